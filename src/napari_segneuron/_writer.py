@@ -1,0 +1,30 @@
+"""npe2 writer hook: save a labels layer as tif or zarr through ``io.write_labels``.
+
+The file keeps the layer's provenance (``layer.metadata['segneuron']``), scale and
+translate. napari's save dialog already asked before replacing an existing file, so
+this hook replaces; the SegNeuron dock's Export button asks on its own before calling it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def layer_file_metadata(meta: dict) -> dict:
+    """The metadata to store next to the labels: provenance plus geometry."""
+    out: dict[str, Any] = {}
+    layer_md = meta.get("metadata") or {}
+    prov = layer_md.get("segneuron")
+    if prov:
+        out["segneuron"] = prov
+    for key in ("name", "scale", "translate"):
+        if meta.get(key) is not None:
+            value = meta[key]
+            out[key] = [float(v) for v in value] if key != "name" else str(value)
+    return out
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    from . import io
+
+    io.write_labels(path, data, metadata=layer_file_metadata(meta), overwrite=True)
+    return [str(path)]
