@@ -1,0 +1,804 @@
+"""Foreground-restricted waterz agglomeration with an instant threshold.
+
+``agglomerate`` runs waterz once, up to ``max_threshold``, and records its merge history.
+``Agglomeration.labels(t)`` then gives the segmentation waterz itself would give at ``t``
+without calling waterz again:
+
+- waterz pops region-graph edges cheapest first and stops at the first edge whose score
+  is ``>= t`` (``t`` as float32).  Merge ``i`` of the recorded history is therefore part
+  of the result at ``t`` exactly when the running maximum of the merge scores up to ``i``
+  is ``< t``; that gives the number ``k`` of merges to replay.
+- Replaying is not done merge by merge.  While the history is read once (in the worker),
+  fragments are chained into one list so that every segment, at every ``k``, is a
+  contiguous run of that list; each link remembers the merge that created it.  At ``k``
+  the segments are the runs between links made by merges ``>= k``: one cumulative sum
+  over the fragments gives a fragment -> label table, and one ``take`` over the fragment
+  volume gives the labels.
+
+Foreground restriction (as SegNeuron does it): every affinity channel is replaced by the
+voxel-wise minimum of affinity and foreground probability; voxels with foreground below
+``fg_threshold`` are background (label 0): their edges are set to 0 so waterz's watershed
+leaves them unlabelled, and given fragments are cleared there.  waterz never merges
+label 0.
+
+Small segments: after the threshold is applied, segments with fewer than ``min_size``
+voxels are *removed* (set to background 0), not merged.  The metrics' default
+``background="fill"`` then scores such voxels as part of the nearest segment.
+
+waterz holds the GIL and prints to stdout, so by default it runs in a separate process
+(multiprocessing "spawn"); inputs go through shared memory, outputs through a temporary
+``.npz``.  A set ``CancelToken`` terminates that process.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .cancel import CancelToken, Cancelled, check
+from .io import InputError
+from .metrics import (
+    BACKGROUND_MODES,
+    DEFAULT_BACKGROUND,
+    Scores,
+    adapted_rand_error,
+    evaluate,
+    pair_counts,
+    scores_from_table,
+    variation_of_information,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_FG_THRESHOLD",
+    "DEFAULT_MIN_SIZE",
+    "DEFAULT_MAX_THRESHOLD",
+    "SCORING_FUNCTIONS",
+    "Agglomeration",
+    "SweepResult",
+    "Scores",
+    "agglomerate",
+    "affinities_from_boundaries",
+    "restrict_to_foreground",
+    "threshold_sweep",
+    "segment_and_score",
+    "variation_of_information",
+    "adapted_rand_error",
+    "evaluate",
+]
+
+# Chosen on the SNEMI3D crop (benchmarks/bench_quality.py); to be re-tuned on fib25_b once
+# the bundled model exists.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_FG_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 0
+DEFAULT_MAX_THRESHOLD = 1.0
+
+SCORING_FUNCTIONS = {
+    # waterz's default: 1 - mean affinity along the boundary of two regions
+    "mean": "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
+    # 1 - median (256-bin histogram) affinity, the function SegNeuron's waterz script uses
+    "median": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>",
+}
+
+ProgressFn = Optional[Callable[..., None]]
+
+# waterz's own log lines, mapped to progress steps (for the worker's progress reports)
+_STAGES = (
+    ("performing initial watershed", "watershed"),
+    ("counting regions", "reading fragments"),
+    ("extracting region graph", "building the region graph"),
+    ("computing initial scores", "scoring edges"),
+    ("merging until", "merging"),
+)
+_TOTAL_STEPS = len(_STAGES) + 3
+
+
+# ---------------------------------------------------------------------------------------
+# inputs
+
+
+def affinities_from_boundaries(boundary: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
+    """Affinities (3,Z,Y,X) float32 from a boundary-probability map.
+
+    The edge between a voxel and its lower neighbour along z, y or x gets
+    ``1 - max(p(voxel), p(neighbour))``; edges leaving the volume get ``1 - p(voxel)``.
+    ``scale`` divides ``boundary`` first (default: 255 for uint8 maps, else 1).
+    """
+    b = np.asarray(boundary)
+    if b.ndim != 3:
+        raise InputError(f"A boundary map must be 3-D (z, y, x), not {b.shape}")
+    if scale is None:
+        scale = 255.0 if b.dtype == np.uint8 else 1.0
+    p = b.astype(np.float32) / np.float32(scale)
+    aff = np.empty((3,) + p.shape, np.float32)
+    for c in range(3):
+        m = p.copy()
+        lead = [slice(None)] * 3
+        prev = [slice(None)] * 3
+        lead[c] = slice(1, None)
+        prev[c] = slice(None, -1)
+        np.maximum(m[tuple(lead)], p[tuple(prev)], out=m[tuple(lead)])
+        np.subtract(1.0, m, out=aff[c])
+    return aff
+
+
+def _as_affinities(affinities: Any) -> np.ndarray:
+    aff = np.asarray(affinities)
+    if aff.ndim != 4 or aff.shape[0] != 3:
+        raise InputError(
+            f"Affinities must have the shape (3, Z, Y, X) with channels z, y, x; got {aff.shape}"
+        )
+    if min(aff.shape[1:]) < 1:
+        raise InputError(f"Affinities are empty: {aff.shape}")
+    if aff.dtype.kind not in "fiub":
+        raise InputError(f"Affinities must be numbers, not {aff.dtype}")
+    if aff.dtype == np.uint8:
+        aff = aff.astype(np.float32) / np.float32(255)
+    return aff
+
+
+def _check_unit_range(arr: np.ndarray, name: str) -> None:
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if math.isnan(lo) or math.isnan(hi):
+        raise InputError(f"The {name} contain NaN values")
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(
+            f"The {name} must be probabilities in [0, 1]; found values in [{lo:.3g}, {hi:.3g}] "
+            "(logits? apply a sigmoid first)"
+        )
+
+
+def _check_threshold(value: float, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number in [0, 1], not {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise InputError(f"{name} must lie in [0, 1], not {v}")
+    return v
+
+
+def restrict_to_foreground(
+    affinities: np.ndarray, foreground: np.ndarray, fg_threshold: float, out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """SegNeuron's foreground restriction; returns the background mask (foreground < fg_threshold).
+
+    ``out`` (3,Z,Y,X) float32 receives ``min(affinity, foreground)`` per channel, with every
+    edge that touches a background voxel set to 0 (so waterz's watershed leaves those
+    voxels at 0).  ``out`` may be ``affinities`` itself when that is float32.
+    """
+    if out is None:
+        out = np.empty(affinities.shape, np.float32)
+    fg = np.asarray(foreground, dtype=np.float32)
+    for c in range(3):
+        np.minimum(affinities[c], fg, out=out[c])
+    bg = fg < np.float32(fg_threshold)
+    if bg.any():
+        for c in range(3):
+            np.copyto(out[c], 0, where=bg)
+            lead = [slice(None)] * 3
+            prev = [slice(None)] * 3
+            lead[c] = slice(1, None)
+            prev[c] = slice(None, -1)
+            np.copyto(out[c][tuple(lead)], 0, where=bg[tuple(prev)])
+    return bg
+
+
+# ---------------------------------------------------------------------------------------
+# the waterz run (in a worker process or in this one)
+
+
+def _silence_stdout(log_path: Optional[str]) -> tuple[int, int]:
+    """Point the process' fd 1 and 2 at ``log_path`` (or /dev/null); returns the saved fds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return saved
+
+
+def _restore_stdout(saved: tuple[int, int]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+
+
+def _chain_history(n_nodes: int, a: np.ndarray, b: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """List order of the fragments and, per list position, the merge that linked it to the
+    previous position (``len(a)`` for positions that start a final segment)."""
+    m = len(a)
+    nxt = [-1] * n_nodes
+    tail = list(range(n_nodes))
+    joined = [m] * n_nodes
+    is_child = [False] * n_nodes
+    for i, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+        nxt[tail[x]] = y
+        tail[x] = tail[y]
+        joined[y] = i
+        is_child[y] = True
+    order: list[int] = []
+    for r in np.flatnonzero(present).tolist():
+        if is_child[r]:
+            continue
+        while r != -1:
+            order.append(r)
+            r = nxt[r]
+    order_arr = np.asarray(order, dtype=np.int64)
+    join_arr = np.asarray(joined, dtype=np.int64)[order_arr]
+    return order_arr, join_arr
+
+
+def _waterz_job(
+    aff: np.ndarray,
+    fragments: Optional[np.ndarray],
+    frag_out: np.ndarray,
+    scoring: str,
+    discretize_queue: int,
+    max_threshold: float,
+    low: float,
+    high: float,
+) -> dict[str, np.ndarray]:
+    """Run waterz to ``max_threshold`` and turn its history into the replay tables.
+
+    ``frag_out`` (uint64, volume shape) receives the fragments.  ``fragments``, if given,
+    must already be uint64 with background 0 (it is overwritten by waterz)."""
+    import waterz
+
+    thresholds = [0.0, max_threshold] if max_threshold > 0 else [0.0]
+    gen = waterz.agglomerate(
+        aff,
+        thresholds,
+        fragments=fragments,
+        aff_threshold_low=low,
+        aff_threshold_high=high,
+        return_merge_history=True,
+        scoring_function=SCORING_FUNCTIONS.get(scoring, scoring),
+        discretize_queue=discretize_queue,
+    )
+    seg, _ = next(gen)  # threshold 0: nothing merged yet, these are the fragments
+    np.copyto(frag_out, seg)
+    history: list = []
+    if len(thresholds) > 1:
+        _, history = next(gen)
+    for _ in gen:
+        pass
+    m = len(history)
+    a = np.fromiter((h["a"] for h in history), np.int64, count=m)
+    b = np.fromiter((h["b"] for h in history), np.int64, count=m)
+    scores = np.fromiter((h["score"] for h in history), np.float32, count=m)
+    del history
+    n_nodes = int(frag_out.max()) + 1
+    sizes = np.bincount(frag_out.reshape(-1), minlength=n_nodes).astype(np.int64)
+    present = sizes > 0
+    present[0] = False
+    order, join = _chain_history(n_nodes, a, b, present)
+    return {
+        "order": order,
+        "join": join,
+        "scores": scores,
+        "sizes": sizes,
+        "merges": np.stack([a, b], axis=1) if m else np.zeros((0, 2), np.int64),
+    }
+
+
+def _worker_main(spec: dict) -> None:
+    """Entry point of the worker process (must stay importable at module level)."""
+    saved = _silence_stdout(spec["log"])
+    try:
+        shape = tuple(spec["shape"])
+        shm_aff = shared_memory.SharedMemory(name=spec["aff"])
+        shm_frag = shared_memory.SharedMemory(name=spec["frag"])
+        try:
+            aff = np.ndarray((3,) + shape, np.float32, buffer=shm_aff.buf)
+            frag_out = np.ndarray(shape, np.uint64, buffer=shm_frag.buf)
+            fragments = None
+            if spec["given_fragments"]:
+                fragments = frag_out.copy()
+            result = _waterz_job(
+                aff, fragments, frag_out, spec["scoring"], spec["queue"], spec["max_threshold"],
+                spec["low"], spec["high"],
+            )
+            del aff, frag_out, fragments
+            np.savez(spec["result"] + ".tmp.npz", **result)
+            os.replace(spec["result"] + ".tmp.npz", spec["result"])
+        finally:
+            shm_aff.close()
+            shm_frag.close()
+    except BaseException:  # reported to the parent through a file
+        with open(spec["error"], "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        _restore_stdout(saved)
+
+
+def _stage(log_path: str) -> int:
+    """How far the worker got, read from waterz's log lines."""
+    try:
+        with open(log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    step = 0
+    for i, (needle, _) in enumerate(_STAGES):
+        if needle in text:
+            step = i + 1
+    return step
+
+
+def _run_in_worker(
+    aff_writer: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, int, int],
+    fragments: Optional[np.ndarray],
+    opts: dict,
+    progress: ProgressFn,
+    cancel: Optional[CancelToken],
+) -> tuple[np.ndarray, dict]:
+    tmp = tempfile.mkdtemp(prefix="segneuron-waterz-")
+    nvox = int(np.prod(shape))
+    shm_aff = shared_memory.SharedMemory(create=True, size=max(1, 3 * nvox * 4))
+    shm_frag = shared_memory.SharedMemory(create=True, size=max(1, nvox * 8))
+    proc = None
+    try:
+        aff_view = np.ndarray((3,) + shape, np.float32, buffer=shm_aff.buf)
+        frag_view = np.ndarray(shape, np.uint64, buffer=shm_frag.buf)
+        bg = aff_writer(aff_view)
+        if fragments is not None:
+            np.copyto(frag_view, fragments)
+            if bg is not None:
+                frag_view[bg] = 0
+        del aff_view
+        spec = dict(
+            opts, shape=list(shape), aff=shm_aff.name, frag=shm_frag.name, given_fragments=fragments is not None,
+            log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
+            error=os.path.join(tmp, "error.txt"),
+        )
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(target=_worker_main, args=(spec,), daemon=True, name="segneuron-waterz")
+        proc.start()
+        last = -1
+        while proc.is_alive():
+            if cancel is not None and cancel.cancelled:
+                proc.terminate()
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                raise Cancelled("cancelled by the user")
+            if progress is not None:
+                step = _stage(spec["log"])
+                if step != last:
+                    last = step
+                    progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
+            proc.join(0.05)
+        if proc.exitcode != 0 or not os.path.exists(spec["result"]):
+            detail = ""
+            if os.path.exists(spec["error"]):
+                with open(spec["error"]) as f:
+                    detail = f.read().strip().splitlines()[-1]
+            raise RuntimeError(f"The waterz worker failed (exit code {proc.exitcode}). {detail}".strip())
+        with np.load(spec["result"]) as z:
+            result = {k: z[k] for k in z.files}
+        frags = _compact_dtype(frag_view)
+        del frag_view
+        return frags, result
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join()
+        shm_aff.close()
+        shm_aff.unlink()
+        shm_frag.close()
+        shm_frag.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compact_dtype(frag: np.ndarray) -> np.ndarray:
+    """A uint32 copy of the fragment ids when they fit (halves the per-threshold pass)."""
+    if frag.size and int(frag.max()) < 2**32 - 1:
+        return frag.astype(np.uint32)
+    return frag.copy()
+
+
+# ---------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class Agglomeration:
+    """One waterz agglomeration up to ``max_threshold``; ``labels(t)`` replays it to ``t``.
+
+    ``fragments`` (Z,Y,X, uint32 or uint64, 0 = background) are waterz's initial regions.
+    """
+
+    fragments: np.ndarray
+    max_threshold: float
+    min_size: int
+    merge_scores: np.ndarray  # (M,) float32, waterz's score of each merge, in order
+    merges: np.ndarray  # (M, 2) the (kept, absorbed) fragment-tree ids of each merge
+    _order: np.ndarray = field(repr=False)
+    _join: np.ndarray = field(repr=False)
+    _sizes: np.ndarray = field(repr=False)
+    _stop: np.ndarray = field(repr=False, default=None)  # running max of merge_scores
+    _size_in_order: np.ndarray = field(repr=False, default=None)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stop = np.maximum.accumulate(self.merge_scores) if len(self.merge_scores) else self.merge_scores
+        self._size_in_order = self._sizes[self._order]
+        self.info.setdefault("n_fragments", int(len(self._order)))
+        self.info.setdefault("n_merges", int(len(self.merge_scores)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.fragments.shape
+
+    @property
+    def n_fragments(self) -> int:
+        return int(len(self._order))
+
+    def n_merges(self, threshold: float) -> int:
+        """How many recorded merges waterz performs at ``threshold``."""
+        t = self._threshold(threshold)
+        return int(np.searchsorted(self._stop, np.float32(t), side="left"))
+
+    def _threshold(self, threshold: float) -> float:
+        t = _check_threshold(threshold, "threshold")
+        if t > self.max_threshold + 1e-7:
+            raise InputError(
+                f"threshold {t} is above {self.max_threshold}, the highest threshold this agglomeration was run to"
+            )
+        return t
+
+    def lookup_table(self, threshold: float, min_size: Optional[int] = None) -> np.ndarray:
+        """Fragment id -> label at ``threshold`` (labels 1..K, 0 = background), as uint32."""
+        k = self.n_merges(threshold)
+        min_size = self.min_size if min_size is None else int(min_size)
+        starts = self._join >= k  # a position starts a segment unless merged before k
+        if len(starts):
+            starts[0] = True
+        seg = np.cumsum(starts, dtype=np.uint32)
+        if min_size > 1 and len(seg):
+            first = np.flatnonzero(starts)
+            sizes = np.add.reduceat(self._size_in_order, first)
+            keep = sizes >= min_size
+            if not keep.all():
+                new_id = np.zeros(len(keep) + 1, np.uint32)
+                new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+                seg = new_id[seg]
+        n_nodes = len(self._sizes)
+        lut = np.zeros(n_nodes, np.uint32)
+        lut[self._order] = seg
+        return lut
+
+    def labels(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        region: Optional[tuple[slice, ...]] = None,
+        min_size: Optional[int] = None,
+        out: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        """Label volume (uint32, 0 = background) of waterz's result at ``threshold``.
+
+        ``region``: a tuple of slices to compute only part of the volume (e.g. a
+        ground-truth crop); ``out``: an array to write into (reused between calls)."""
+        lut = self.lookup_table(threshold, min_size)
+        frag = self.fragments if region is None else self.fragments[region]
+        return np.take(lut, frag, out=out)
+
+    def n_segments(self, threshold: float, min_size: Optional[int] = None) -> int:
+        lut = self.lookup_table(threshold, min_size)
+        return int(lut.max()) if len(lut) else 0
+
+
+def agglomerate(
+    affinities: Any,
+    foreground: Any = None,
+    *,
+    fg_threshold: float = DEFAULT_FG_THRESHOLD,
+    fragments: Any = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_threshold: float = DEFAULT_MAX_THRESHOLD,
+    scoring: str = "mean",
+    discretize_queue: int = 0,
+    aff_threshold_low: float = 0.0001,
+    aff_threshold_high: float = 0.9999,
+    worker: bool = True,
+    progress: ProgressFn = None,
+    cancel: Optional[CancelToken] = None,
+) -> Agglomeration:
+    """Agglomerate affinities with waterz once, up to ``max_threshold``.
+
+    affinities: (3,Z,Y,X) probabilities, channels z, y, x (edge to the lower neighbour).
+    foreground: (Z,Y,X) probabilities or None (plain waterz).  With a foreground each
+      channel is limited to it (voxel-wise minimum) and voxels below ``fg_threshold``
+      become background 0.
+    fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
+      waterz's watershed.
+    min_size: segments smaller than this many voxels are removed (become 0) by ``labels``.
+    scoring: "mean", "median" (see ``SCORING_FUNCTIONS``) or a waterz C++ scoring type.
+      ``labels(t)`` equals a direct waterz run at every ``t`` with the exact priority
+      queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
+    worker: run waterz in a spawned process (default; cancellable, keeps a GUI
+      responsive); False runs it here, with waterz's output silenced.
+    """
+    check(cancel)
+    aff = _as_affinities(affinities)
+    shape = tuple(int(s) for s in aff.shape[1:])
+    _check_unit_range(aff, "affinities")
+    fg_threshold = _check_threshold(fg_threshold, "fg_threshold")
+    max_threshold = _check_threshold(max_threshold, "max_threshold")
+    if int(min_size) < 0:
+        raise InputError(f"min_size must be >= 0, not {min_size}")
+    if scoring not in SCORING_FUNCTIONS and "<" not in scoring:
+        raise InputError(f"scoring must be one of {sorted(SCORING_FUNCTIONS)} or a waterz scoring type, not {scoring!r}")
+    fg = None
+    if foreground is not None:
+        fg = np.asarray(foreground)
+        if fg.ndim == 4 and fg.shape[0] == 1:
+            fg = fg[0]
+        if fg.shape != shape:
+            raise InputError(f"The foreground {fg.shape} must have the shape of the affinities' volume {shape}")
+        if fg.dtype == np.uint8:
+            fg = fg.astype(np.float32) / np.float32(255)
+        _check_unit_range(fg, "foreground probabilities")
+        if not (fg >= np.float32(fg_threshold)).any():
+            raise InputError(
+                f"Every voxel is background: no foreground probability reaches fg_threshold={fg_threshold} "
+                f"(highest is {float(fg.max()):.3f}); lower fg_threshold"
+            )
+    frag_in = None
+    if fragments is not None:
+        frag_in = np.asarray(fragments)
+        if frag_in.shape != shape:
+            raise InputError(f"The fragments {frag_in.shape} must have the shape of the affinities' volume {shape}")
+        if frag_in.dtype.kind not in "biu" or (frag_in.dtype.kind == "i" and frag_in.min() < 0):
+            raise InputError("Fragments must be non-negative integer labels")
+        import fastremap
+
+        frag_in, _ = fastremap.renumber(np.ascontiguousarray(frag_in), preserve_zero=True)
+        frag_in = frag_in.astype(np.uint64, copy=False)
+
+    if progress is not None:
+        progress(0, _TOTAL_STEPS, "preparing affinities")
+
+    def write_affinities(out: np.ndarray) -> Optional[np.ndarray]:
+        if fg is None:
+            np.copyto(out, aff, casting="same_kind")
+            return None
+        return restrict_to_foreground(aff, fg, fg_threshold, out=out)
+
+    opts = dict(
+        scoring=scoring, queue=int(discretize_queue), max_threshold=max_threshold,
+        low=float(aff_threshold_low), high=float(aff_threshold_high),
+    )
+    t0 = time.perf_counter()
+    if worker:
+        frags, result = _run_in_worker(write_affinities, shape, frag_in, opts, progress, cancel)
+    else:
+        prepared = np.empty((3,) + shape, np.float32)
+        bg = write_affinities(prepared)
+        frag_out = np.empty(shape, np.uint64)
+        given = None
+        if frag_in is not None:
+            given = frag_in.copy()
+            if bg is not None:
+                given[bg] = 0
+        saved = _silence_stdout(None)
+        try:
+            result = _waterz_job(prepared, given, frag_out, scoring, opts["queue"], max_threshold,
+                                 opts["low"], opts["high"])
+        finally:
+            _restore_stdout(saved)
+        del prepared, given
+        frags = _compact_dtype(frag_out)
+        del frag_out
+    check(cancel)
+    if len(result["order"]) == 0:
+        raise InputError(
+            "waterz found no fragments: every affinity is below aff_threshold_low or every voxel is background"
+        )
+    agg = Agglomeration(
+        fragments=frags,
+        max_threshold=max_threshold,
+        min_size=int(min_size),
+        merge_scores=result["scores"],
+        merges=result["merges"],
+        _order=result["order"],
+        _join=result["join"],
+        _sizes=result["sizes"],
+        info=dict(
+            seconds=time.perf_counter() - t0, scoring=scoring, fg_threshold=fg_threshold if fg is not None else None,
+            restricted=fg is not None, discretize_queue=int(discretize_queue),
+        ),
+    )
+    if progress is not None:
+        progress(_TOTAL_STEPS, _TOTAL_STEPS, "agglomeration done")
+    return agg
+
+
+# ---------------------------------------------------------------------------------------
+# threshold sweep against ground truth
+
+
+@dataclass
+class SweepResult:
+    """Scores for each threshold of one agglomeration against a ground-truth crop."""
+
+    thresholds: np.ndarray
+    vi_split: np.ndarray
+    vi_merge: np.ndarray
+    arand: np.ndarray
+    n_segments: np.ndarray
+    background: str
+
+    @property
+    def vi(self) -> np.ndarray:
+        return self.vi_split + self.vi_merge
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmin(self.vi))
+
+    @property
+    def best_threshold(self) -> float:
+        """The suggested threshold: lowest VI (split + merge)."""
+        return float(self.thresholds[self.best_index])
+
+    def rows(self) -> list[dict]:
+        return [
+            dict(threshold=float(t), vi_split=float(s), vi_merge=float(m), vi=float(s + m), arand=float(a),
+                 n_segments=int(n))
+            for t, s, m, a, n in zip(self.thresholds, self.vi_split, self.vi_merge, self.arand, self.n_segments)
+        ]
+
+    def table(self) -> str:
+        lines = [f"{'threshold':>9} {'VI split':>9} {'VI merge':>9} {'VI':>8} {'ARAND':>7} {'segments':>8}"]
+        best = self.best_index
+        for i, r in enumerate(self.rows()):
+            mark = "  <- lowest VI" if i == best else ""
+            lines.append(
+                f"{r['threshold']:9.3f} {r['vi_split']:9.4f} {r['vi_merge']:9.4f} {r['vi']:8.4f} "
+                f"{r['arand']:7.4f} {r['n_segments']:8d}{mark}"
+            )
+        return "\n".join(lines)
+
+
+def _region_slices(region: Any, shape: tuple[int, ...], gt_shape: tuple[int, ...]) -> tuple[slice, ...]:
+    if region is None:
+        if tuple(gt_shape) != tuple(shape):
+            raise InputError(
+                f"The ground truth {tuple(gt_shape)} is smaller than the volume {tuple(shape)}: "
+                "say where it lies (region=(slice, slice, slice) or offset)"
+            )
+        return (slice(None),) * 3
+    if all(isinstance(r, (int, np.integer)) for r in region):  # an offset
+        region = tuple(slice(int(o), int(o) + s) for o, s in zip(region, gt_shape))
+    region = tuple(region)
+    sizes = tuple(len(range(*r.indices(n))) for r, n in zip(region, shape))
+    if sizes != tuple(gt_shape):
+        raise InputError(f"The region {region} covers {sizes} voxels, the ground truth is {tuple(gt_shape)}")
+    return region
+
+
+def threshold_sweep(
+    agglomeration: Agglomeration,
+    gt: np.ndarray,
+    thresholds: Optional[Sequence[float]] = None,
+    *,
+    region: Any = None,
+    background: str = DEFAULT_BACKGROUND,
+    ignore_gt: Sequence[int] = (0,),
+    progress: ProgressFn = None,
+    cancel: Optional[CancelToken] = None,
+) -> SweepResult:
+    """VI split/merge and ARAND at every threshold from one agglomeration.
+
+    gt: ground-truth labels of the whole volume or of a crop; for a crop give ``region``
+    (tuple of slices, or the crop's (z, y, x) offset).  Default thresholds: 0.02 to
+    ``max_threshold`` in steps of 0.02.  Background handling as in ``metrics``.
+
+    The (fragment, gt) contingency table is built once; every threshold only relabels its
+    rows, so a sweep costs about one evaluation plus a little per threshold.
+    """
+    gt = np.asarray(gt)
+    if gt.ndim != 3:
+        raise InputError(f"The ground truth must be 3-D (z, y, x), not {gt.shape}")
+    if gt.dtype.kind not in "biu":
+        raise InputError(f"The ground truth must hold integer labels, not {gt.dtype}")
+    if background not in BACKGROUND_MODES:
+        raise InputError(f"background must be one of {BACKGROUND_MODES}, not {background!r}")
+    region = _region_slices(region, agglomeration.shape, gt.shape)
+    if thresholds is None:
+        top = agglomeration.max_threshold
+        thresholds = np.round(np.arange(0.02, top + 1e-9, 0.02), 4)
+    thresholds = np.asarray([agglomeration._threshold(t) for t in thresholds], dtype=np.float64)
+    if thresholds.size == 0:
+        raise InputError("No thresholds to sweep")
+
+    frag = agglomeration.fragments[region]
+    g = gt.reshape(-1)
+    keep = ~np.isin(g, np.asarray(list(ignore_gt), dtype=g.dtype)) if len(ignore_gt) else None
+    fill_idx = None
+    if background == "fill" and (frag == 0).any():
+        if not (frag != 0).any():
+            raise InputError("The ground-truth region holds no fragment (all background)")
+        from scipy import ndimage
+
+        fill_idx = ndimage.distance_transform_edt(frag == 0, return_distances=False, return_indices=True)
+        frag_filled = frag[tuple(fill_idx)]
+    else:
+        frag_filled = frag
+    f = frag_filled.reshape(-1)
+    if keep is not None:
+        f, g = f[keep], g[keep]
+    f_ids, g_ids, counts = pair_counts(f, g)
+
+    vs, vm, ar, ns = [], [], [], []
+    for i, t in enumerate(thresholds):
+        check(cancel)
+        lut = agglomeration.lookup_table(float(t))
+        removed = agglomeration.min_size > 1 and bool((lut[np.unique(frag)] == 0).sum() > (0 in frag))
+        if removed and background == "fill":
+            # min_size removed segments here: fill them too (voxel-level, rare)
+            sc = evaluate(lut[frag], gt, ignore_gt=ignore_gt, background=background)
+        else:
+            s_ids = lut[f_ids]
+            if background == "ignore":
+                nz = s_ids != 0
+                sc = scores_from_table(*pair_counts(s_ids[nz], g_ids[nz], counts[nz].astype(np.float64)))
+            else:
+                sc = scores_from_table(*pair_counts(s_ids, g_ids, counts.astype(np.float64)))
+        vs.append(sc.vi_split)
+        vm.append(sc.vi_merge)
+        ar.append(sc.arand)
+        ns.append(int(lut.max()) if len(lut) else 0)
+        if progress is not None:
+            progress(i + 1, len(thresholds), f"threshold {t:.3f}")
+    return SweepResult(thresholds, np.array(vs), np.array(vm), np.array(ar), np.array(ns), background)
+
+
+def segment_and_score(
+    affinities: np.ndarray,
+    foreground: Optional[np.ndarray],
+    gt: np.ndarray,
+    *,
+    threshold: Optional[float] = None,
+    fg_threshold: float = DEFAULT_FG_THRESHOLD,
+    min_size: int = DEFAULT_MIN_SIZE,
+    background: str = DEFAULT_BACKGROUND,
+    worker: bool = False,
+) -> dict:
+    """Agglomerate and score in one call (for benchmarks comparing predictors).
+
+    Returns a dict with the scores at ``threshold`` (default ``DEFAULT_THRESHOLD``), the
+    full sweep, and the best threshold with its scores.
+    """
+    agg = agglomerate(affinities, foreground, fg_threshold=fg_threshold, min_size=min_size, worker=worker)
+    sweep = threshold_sweep(agg, gt, background=background)
+    t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    at = evaluate(agg.labels(t), gt, background=background)
+    b = sweep.best_index
+    return dict(
+        threshold=t, vi_split=at.vi_split, vi_merge=at.vi_merge, vi=at.vi, arand=at.arand,
+        best_threshold=sweep.best_threshold, best_vi=float(sweep.vi[b]), best_arand=float(sweep.arand[b]),
+        sweep=sweep, agglomeration=agg,
+    )
