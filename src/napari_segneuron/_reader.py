@@ -57,7 +57,8 @@ def read_zarr(path: Any) -> list:
 
     p = Path(str(path).rstrip("/"))
     attrs = _attrs(p)
-    md = {"segneuron": attrs.get("segneuron", attrs), "path": str(p)}
+    attrs = dict(attrs.get("napari_segneuron", attrs))
+    md = {"segneuron": attrs.get("segneuron", attrs), "source_path": str(p)}
     import zarr
 
     node = zarr.open(str(p), mode="r")

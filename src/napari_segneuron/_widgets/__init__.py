@@ -1,0 +1,1 @@
+"""napari dock widgets (thin Qt glue over the Qt-free core)."""

@@ -1,0 +1,829 @@
+"""The SegNeuron dock: 1. Model, 2. Predict, 3. Segment, 4. Export & evaluate.
+
+The widget is glue: the work is done by the Qt-free core (``_model``, ``inference``,
+``segmentation``, ``io``) in a background thread through :class:`TaskRunner`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    LayerCombo,
+    TripleSpin,
+    cli_command,
+    double_spin,
+    int_spin,
+    json_safe,
+    layer_source_path,
+    plugin_version,
+    spatial_geometry,
+    weights_provenance,
+    wrap_label,
+)
+from ._runner import TaskRunner, error_message, notify_error, notify_info, notify_warning
+
+CHECKPOINT_ITEM = "Checkpoint file…"
+SLIDER_STEPS = 100  # slider ticks per unit threshold
+
+
+def _segmentation():
+    from .. import segmentation
+
+    return segmentation
+
+
+def _defaults() -> tuple[float, float, int]:
+    """(merge threshold, foreground threshold, min size) defaults from the core."""
+    try:
+        seg = _segmentation()
+        thr = float(getattr(seg, "DEFAULT_THRESHOLD", 0.5))
+        fg = float(getattr(seg, "DEFAULT_FG_THRESHOLD", 0.5))
+        ms = int(getattr(seg, "DEFAULT_MIN_SIZE", 50))
+        return thr, fg, ms
+    except Exception:
+        return 0.5, 0.5, 50
+
+
+def _tiling_defaults():
+    try:
+        from ..inference import DEFAULT_TILING
+
+        return tuple(DEFAULT_TILING.tile), tuple(DEFAULT_TILING.overlap)
+    except Exception:
+        return (32, 192, 192), (8, 32, 32)
+
+
+def _available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+    except Exception:  # pragma: no cover
+        pass
+    return devices
+
+
+@dataclass
+class Prediction:
+    """The last prediction: arrays in (z, y, x), the source image's geometry and provenance."""
+
+    affinities: np.ndarray
+    foreground: np.ndarray
+    image_name: str
+    scale: tuple
+    translate: tuple
+    squeeze: bool  # the image was 2D: outputs drop the z axis
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """A finished agglomeration and the labels layer its slider drives."""
+
+    agglomeration: Any
+    layer: Any
+    provenance: dict
+    squeeze: bool
+    edited: bool = False
+
+
+class SegNeuronWidget(QWidget):
+    """Weights, predict, segment with a live merge slider, export and evaluate."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        import napari.layers
+
+        self.viewer = napari_viewer
+        self.model = None
+        self.prediction: Optional[Prediction] = None
+        self.segmentation: Optional[Segmentation] = None
+        self.slider_latency_ms: list[float] = []
+        self._pending_threshold: Optional[float] = None
+        thr, fg, min_size = _defaults()
+        tile, overlap = _tiling_defaults()
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 4, 4, 4)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        body = QWidget()
+        root = QVBoxLayout(body)
+        root.setContentsMargins(0, 0, 0, 0)
+        scroll.setWidget(body)
+        outer.addWidget(scroll)
+
+        # ---- 1. Model -------------------------------------------------------------------
+        box = QGroupBox("1. Model")
+        form = QFormLayout(box)
+        self.weights_combo = QComboBox()
+        self._fill_weights()
+        self.weights_combo.setToolTip(
+            "Which trained network to use. 'default' is bundled with the plugin (works offline); "
+            "'segneuron' is the authors' released model (downloaded once, ~100 MB); or pick a checkpoint file."
+        )
+        form.addRow("Weights", self.weights_combo)
+        path_row = QWidget()
+        hl = QHBoxLayout(path_row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        self.weights_path = QLineEdit()
+        self.weights_path.setPlaceholderText("path to a .pt / .ckpt checkpoint")
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._browse_weights)
+        hl.addWidget(self.weights_path)
+        hl.addWidget(self.browse_button)
+        self.path_row = path_row
+        form.addRow("File", path_row)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_available_devices())
+        self.device_combo.setToolTip("Where the network runs. 'auto' uses a GPU when there is one.")
+        form.addRow("Device", self.device_combo)
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load (and if needed download) the chosen weights")
+        self.load_button.clicked.connect(self.load_weights)
+        form.addRow(self.load_button)
+        self.model_label = wrap_label("No model loaded.")
+        form.addRow(self.model_label)
+        root.addWidget(box)
+        self.weights_combo.currentTextChanged.connect(self._weights_choice_changed)
+        self._weights_choice_changed(self.weights_combo.currentText())
+
+        # ---- 2. Predict ------------------------------------------------------------------
+        box = QGroupBox("2. Predict")
+        form = QFormLayout(box)
+        self.image_combo = LayerCombo(self.viewer, (napari.layers.Image,), placeholder="(open an EM image)")
+        self.image_combo.setToolTip("The greyscale 3D EM stack to segment")
+        form.addRow("Image", self.image_combo)
+        self.tile = TripleSpin(tile, 1, 1024, tooltip="Size of the blocks the network sees at once (z, y, x); y and x must be multiples of 16. Smaller uses less memory.")
+        form.addRow("Tile", self.tile)
+        self.overlap = TripleSpin(overlap, 0, 512, tooltip="How much neighbouring blocks overlap (z, y, x); more overlap = smoother seams, slower")
+        form.addRow("Overlap", self.overlap)
+        self.batch = int_spin(0, 0, 64, tooltip="Blocks per network call; 0 = automatic (1 on CPU, fits GPU memory)")
+        self.batch.setSpecialValueText("auto")
+        form.addRow("Batch", self.batch)
+        self.half = QCheckBox("Half precision (faster on GPU)")
+        self.half.setToolTip("Run the network in 16-bit floats: about 2x faster on GPUs, tiny differences")
+        form.addRow(self.half)
+        self.predict_button = QPushButton("Predict whole image")
+        self.predict_button.setToolTip("Predict boundaries (affinities) and foreground for the whole stack")
+        self.predict_button.clicked.connect(self.predict)
+        self.preview_button = QPushButton("Preview in view")
+        self.preview_button.setToolTip(
+            "Predict + segment only the region in view (or the last rectangle of a selected Shapes layer), "
+            "a few slices around the current one: tune settings in seconds"
+        )
+        self.preview_button.clicked.connect(self.preview)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.predict_button)
+        hl.addWidget(self.preview_button)
+        form.addRow(row)
+        self.preview_depth = int_spin(8, 1, 256, tooltip="Preview: slices above and below the current one", suffix=" slices")
+        self.preview_size = int_spin(256, 32, 2048, 16, tooltip="Preview: largest y/x size of the region (pixels)", suffix=" px")
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(QLabel("±"))
+        hl.addWidget(self.preview_depth)
+        hl.addWidget(QLabel("max"))
+        hl.addWidget(self.preview_size)
+        form.addRow("Preview", row)
+        root.addWidget(box)
+
+        # ---- 3. Segment ------------------------------------------------------------------
+        box = QGroupBox("3. Segment")
+        form = QFormLayout(box)
+        self.fg_threshold = double_spin(fg, 0.0, 1.0, 0.05, tooltip="Voxels with foreground probability below this are background (label 0)")
+        form.addRow("Foreground ≥", self.fg_threshold)
+        self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into a neighbour or removed", suffix=" voxels")
+        form.addRow("Min size", self.min_size)
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.setToolTip("Split the prediction into neurons (watershed + agglomeration)")
+        self.segment_button.clicked.connect(self.segment)
+        form.addRow(self.segment_button)
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(1, SLIDER_STEPS - 1)
+        self.slider.setValue(int(round(thr * SLIDER_STEPS)))
+        self.slider.setEnabled(False)
+        self.slider.setToolTip("Merge threshold: higher merges more (fewer, larger segments); lower splits more. Updates live after Segment.")
+        self.slider_label = QLabel(f"{thr:.2f}")
+        self.slider_label.setMinimumWidth(36)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(QLabel("split"))
+        hl.addWidget(self.slider, 1)
+        hl.addWidget(QLabel("merge"))
+        hl.addWidget(self.slider_label)
+        form.addRow("Merge", row)
+        self.segment_label = wrap_label("Predict first, then Segment; then move the slider.")
+        form.addRow(self.segment_label)
+        self.slider.valueChanged.connect(self._slider_moved)
+        self._slider_timer = QTimer(self)
+        self._slider_timer.setSingleShot(True)
+        self._slider_timer.setInterval(0)
+        self._slider_timer.timeout.connect(self._apply_threshold)
+        root.addWidget(box)
+
+        # ---- 4. Export & evaluate --------------------------------------------------------
+        box = QGroupBox("4. Export && evaluate")
+        form = QFormLayout(box)
+        self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
+        self.labels_combo.setToolTip("The segmentation to export or evaluate")
+        form.addRow("Labels", self.labels_combo)
+        self.export_button = QPushButton("Export labels…")
+        self.export_button.setToolTip("Save as .tif or .zarr, with the settings used (provenance) inside the file")
+        self.export_button.clicked.connect(self._export_clicked)
+        self.cli_button = QPushButton("Copy as CLI command")
+        self.cli_button.setToolTip("Copy the napari-segneuron command that reproduces this segmentation without the GUI")
+        self.cli_button.clicked.connect(self.copy_cli_command)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.export_button)
+        hl.addWidget(self.cli_button)
+        form.addRow(row)
+        self.gt_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
+        self.gt_combo.setToolTip("Ground-truth labels of the same shape (0 = ignored)")
+        form.addRow("Ground truth", self.gt_combo)
+        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button.setToolTip("Compare the labels with the ground truth (lower is better)")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        form.addRow(self.evaluate_button)
+        self.eval_label = wrap_label(
+            "VI split / merge (over- / under-segmentation) and adapted Rand error; lower is better."
+        )
+        form.addRow(self.eval_label)
+        root.addWidget(box)
+        root.addStretch(1)
+
+        # ---- progress / cancel -----------------------------------------------------------
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label = wrap_label("Ready.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running step; what you had stays as it was")
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.progress_bar, 1)
+        hl.addWidget(self.cancel_button)
+        outer.addWidget(row)
+        outer.addWidget(self.status_label)
+        self.runner = TaskRunner(self.progress_bar, self.status_label, self.cancel_button, self)
+        self.runner.started.connect(lambda _n: self._set_busy(True))
+        self.runner.finished.connect(lambda _n, _s: self._set_busy(False))
+        self._pick_default_layers()
+        self.viewer.layers.events.inserted.connect(self._pick_default_layers)
+        self.setMinimumWidth(320)
+
+    # =====================================================================================
+    # helpers
+    # =====================================================================================
+    def _set_busy(self, busy: bool) -> None:
+        for w in (self.load_button, self.predict_button, self.preview_button, self.segment_button,
+                  self.export_button, self.evaluate_button):
+            w.setEnabled(not busy)
+
+    def _fill_weights(self) -> None:
+        try:
+            from .._model import REGISTRY, list_weights
+
+            names = list_weights()
+        except Exception:
+            REGISTRY, names = {}, ["default"]
+        for name in names:
+            self.weights_combo.addItem(name)
+            entry = REGISTRY.get(name) if REGISTRY else None
+            if entry is not None:
+                self.weights_combo.setItemData(self.weights_combo.count() - 1, entry.description, Qt.ToolTipRole)
+        self.weights_combo.addItem(CHECKPOINT_ITEM)
+
+    def _weights_choice_changed(self, text: str) -> None:
+        self.path_row.setVisible(text == CHECKPOINT_ITEM)
+
+    def _browse_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a SegNeuron checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)")
+        if path:
+            self.weights_path.setText(path)
+
+    def _pick_default_layers(self, event=None) -> None:
+        """After a layer is added, pick sensible defaults (e.g. a 'ground truth' layer for evaluation)."""
+        layers = self.gt_combo.layers()
+        for lay in layers:
+            if "truth" in lay.name.lower() or "gt" in lay.name.lower().split():
+                if self.gt_combo.value() is None or self.gt_combo.value() is self.labels_combo.value():
+                    self.gt_combo.set_value(lay)
+
+    def _image_volume(self):
+        """The selected image as a validated (z, y, x) volume; raises InputError with a message."""
+        from ..io import InputError, as_volume
+
+        layer = self.image_combo.value()
+        if layer is None:
+            raise InputError("There is no image layer: open an EM stack (File ▸ Open) or a sample (File ▸ Open Sample ▸ SegNeuron)")
+        if layer.multiscale:
+            raise InputError(f"'{layer.name}' is a multiscale image; open its full-resolution level as a normal image")
+        if layer.rgb:
+            raise InputError(f"'{layer.name}' is an RGB image; SegNeuron needs a greyscale EM stack (convert it first)")
+        volume = as_volume(layer.data, name=f"image '{layer.name}'", rgb=False)
+        if volume.ndim != 3:
+            raise InputError(f"'{layer.name}' must be a 3D (z, y, x) stack, got shape {tuple(layer.data.shape)}")
+        return layer, volume
+
+    def _require_model(self) -> None:
+        from ..io import InputError
+
+        if self.model is None:
+            raise InputError("No model is loaded: choose weights in '1. Model' and press 'Load model'")
+
+    def _predict_settings(self) -> dict:
+        return {
+            "tile": list(self.tile.value()),
+            "overlap": list(self.overlap.value()),
+            "batch_size": int(self.batch.value()) or None,
+            "device": self.device_combo.currentText(),
+            "half": bool(self.half.isChecked()),
+        }
+
+    def _segment_settings(self) -> dict:
+        return {
+            "fg_threshold": float(self.fg_threshold.value()),
+            "min_size": int(self.min_size.value()),
+            "threshold": self.threshold(),
+        }
+
+    def threshold(self) -> float:
+        return self.slider.value() / SLIDER_STEPS
+
+    def set_threshold(self, value: float) -> None:
+        self.slider.setValue(int(round(value * SLIDER_STEPS)))
+
+    def _predictor(self):
+        from ..inference import Predictor
+
+        s = self._predict_settings()
+        device = None if s["device"] == "auto" else s["device"]
+        return Predictor(self.model, tile=s["tile"], overlap=s["overlap"], batch_size=s["batch_size"], device=device, half=s["half"])
+
+    def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None):
+        seg = _segmentation()
+        return seg.agglomerate(
+            affinities,
+            foreground,
+            fg_threshold=seg_settings["fg_threshold"],
+            min_size=seg_settings["min_size"],
+            max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
+            progress=progress,
+            cancel=cancel,
+        )
+
+    def _base_provenance(self, image_layer, step: str) -> dict:
+        return {
+            "plugin": "napari-segneuron",
+            "plugin_version": plugin_version(),
+            "step": step,
+            "source_image": image_layer.name,
+            "source_path": layer_source_path(image_layer),
+            "weights": weights_provenance(self.model),
+            "predict": self._predict_settings(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _upsert_layer(self, name: str, data, kind: str, provenance: dict, scale, translate, **kwargs):
+        """Update our own output layer of that name, or add a new one (never touch the user's layers)."""
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        ours = existing is not None and existing.metadata.get("segneuron", {}).get("plugin") == "napari-segneuron"
+        if existing is not None and ours and existing._type_string == kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
+            existing.data = data
+            existing.scale = scale
+            existing.translate = translate
+            existing.metadata["segneuron"] = provenance
+            return existing
+        if existing is not None:
+            i = 2
+            while f"{name} [{i}]" in self.viewer.layers:
+                i += 1
+            name = f"{name} [{i}]"
+        add = getattr(self.viewer, f"add_{kind}")
+        return add(data, name=name, scale=scale, translate=translate, metadata={"segneuron": provenance}, **kwargs)
+
+    # =====================================================================================
+    # 1. Model
+    # =====================================================================================
+    def load_weights(self) -> None:
+        choice = self.weights_combo.currentText()
+        if choice == CHECKPOINT_ITEM:
+            source = self.weights_path.text().strip()
+            if not source:
+                notify_error("Choose a checkpoint file first (Browse…)")
+                return
+        else:
+            source = choice
+        device = self.device_combo.currentText()
+        device = None if device == "auto" else device
+        name = Path(source).stem if choice == CHECKPOINT_ITEM else choice
+
+        def work(progress, cancel):
+            from .._model import fetch_weights, load_model
+
+            progress(0, 2, f"finding weights '{name}'")
+            path = fetch_weights(source, progress=progress, cancel=cancel)
+            cancel.raise_if_cancelled()
+            progress(1, 2, "loading the network")
+            model = load_model(path, device=device, name=name)
+            progress(2, 2, "loaded")
+            return model
+
+        self.runner.start("Load model", work, self.set_model)
+
+    def set_model(self, model) -> None:
+        """Use ``model`` (an MNet with ``.info``) from now on; old predictions stay but are marked stale."""
+        self.model = model
+        info = getattr(model, "info", {}) or {}
+        n = info.get("n_parameters") or sum(p.numel() for p in model.parameters())
+        sha = (info.get("sha256") or "")[:12]
+        vs = info.get("voxel_size_nm")
+        text = (
+            f"<b>{info.get('name', 'model')}</b>: MNet kn={tuple(info.get('kn', getattr(model, 'kn', ())))}, "
+            f"{n / 1e6:.2f} M parameters, on {info.get('device', '?')}"
+        )
+        if vs:
+            text += f"; trained at {'×'.join(f'{v:g}' for v in vs)} nm"
+        if sha:
+            text += f"<br><small>sha256 {sha}…</small>"
+        self.model_label.setText(text)
+        self.model_label.setToolTip(info.get("path", ""))
+        self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded.")
+
+    # =====================================================================================
+    # 2. Predict
+    # =====================================================================================
+    def predict(self) -> None:
+        try:
+            self._require_model()
+            layer, volume = self._image_volume()
+            predictor = self._predictor()
+        except Exception as exc:  # noqa: BLE001
+            notify_error(error_message(exc, "Predict"))
+            return
+        squeeze = layer.ndim == 2
+        scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
+        provenance = self._base_provenance(layer, "predict")
+
+        def work(progress, cancel):
+            return predictor.predict(volume, progress=progress, cancel=cancel)
+
+        def done(result):
+            aff, fg = result
+            self._invalidate_segmentation("the prediction changed: press Segment again")
+            self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance)
+            self._show_prediction(self.prediction)
+
+        self.runner.start("Predict", work, done)
+
+    def _show_prediction(self, p: Prediction) -> None:
+        aff, fg = p.affinities, p.foreground
+        if p.squeeze:
+            aff, fg = aff[:, 0], fg[0]
+        prov = json_safe(p.provenance)
+        # affinities as one RGB layer (z, y, x channels -> R, G, B): dark = boundary
+        self._upsert_layer(
+            f"{p.image_name} affinities", np.moveaxis(aff, 0, -1), "image", prov, p.scale, p.translate,
+            rgb=True, opacity=0.6, visible=True,
+        )
+        self._upsert_layer(
+            f"{p.image_name} foreground", fg, "image", prov, p.scale, p.translate,
+            colormap="magma", contrast_limits=(0.0, 1.0), visible=False,
+        )
+        self.segment_label.setText("Prediction ready: press Segment.")
+
+    def _invalidate_segmentation(self, why: str) -> None:
+        if self.segmentation is not None:
+            self.segmentation = None
+            self.slider.setEnabled(False)
+            self.segment_label.setText(f"Old segmentation kept as is; {why}.")
+
+    def preview_region(self, layer, shape) -> tuple[slice, slice, slice]:
+        """The (z, y, x) region to preview: a box from a selected Shapes layer, else the view."""
+        import napari.layers
+
+        zc = None
+        try:
+            point = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
+            zc = int(round(point[-3]))
+        except Exception:
+            pass
+        if zc is None or not (0 <= zc < shape[0]):
+            zc = shape[0] // 2
+        dz = int(self.preview_depth.value())
+        z0, z1 = max(0, zc - dz), min(shape[0], zc + dz + 1)
+        y0, y1, x0, x1 = 0, shape[1], 0, shape[2]
+        active = self.viewer.layers.selection.active
+        box_found = False
+        if isinstance(active, napari.layers.Shapes) and len(active.data):
+            verts = np.asarray(active.data[-1], dtype=float)
+            world = np.array([active.data_to_world(v) for v in verts])
+            full = np.zeros((len(world), self.viewer.dims.ndim))
+            full[:, -world.shape[1]:] = world
+            data = np.array([layer.world_to_data(w) for w in full])
+            y0, x0 = np.floor(data[:, -2:].min(0)).astype(int)
+            y1, x1 = np.ceil(data[:, -2:].max(0)).astype(int) + 1
+            box_found = True
+        else:
+            corners = np.asarray(getattr(layer, "corner_pixels", np.zeros((2, layer.ndim))), dtype=int)
+            if corners.shape[-1] >= 2 and (corners[1, -2:] > corners[0, -2:]).all():
+                y0, x0 = corners[0, -2:]
+                y1, x1 = corners[1, -2:] + 1
+        y0, y1 = max(0, int(y0)), min(shape[1], int(y1))
+        x0, x1 = max(0, int(x0)), min(shape[2], int(x1))
+        if y1 <= y0 or x1 <= x0:
+            y0, y1, x0, x1 = 0, shape[1], 0, shape[2]
+        limit = int(self.preview_size.value())
+        if not box_found:
+            # cap the region around its centre
+            if y1 - y0 > limit:
+                c = (y0 + y1) // 2
+                y0, y1 = max(0, c - limit // 2), min(shape[1], c - limit // 2 + limit)
+            if x1 - x0 > limit:
+                c = (x0 + x1) // 2
+                x0, x1 = max(0, c - limit // 2), min(shape[2], c - limit // 2 + limit)
+        return slice(z0, z1), slice(y0, y1), slice(x0, x1)
+
+    def preview(self) -> None:
+        try:
+            self._require_model()
+            layer, volume = self._image_volume()
+            region = self.preview_region(layer, tuple(volume.shape))
+            predictor = self._predictor()
+        except Exception as exc:  # noqa: BLE001
+            notify_error(error_message(exc, "Preview"))
+            return
+        squeeze = layer.ndim == 2
+        scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
+        start = [s.start for s in region]
+        stop = [s.stop for s in region]
+        offset = [t + s * a for t, s, a in zip(translate, scale, start[-len(scale):])]
+        seg_settings = self._segment_settings()
+        provenance = self._base_provenance(layer, "preview")
+        provenance["segment"] = seg_settings
+        provenance["region"] = {"start": start, "stop": stop}
+
+        def work(progress, cancel):
+            crop = np.asarray(volume[region])
+
+            def p_pred(done, total, msg=""):
+                progress(done, 2 * total, f"predict {msg}")
+
+            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel)
+
+            def p_seg(done, total, msg=""):
+                progress(total + done, 2 * total, f"segment {msg}")
+
+            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel)
+            labels = agg.labels(seg_settings["threshold"])
+            return agg, labels
+
+        def done(result):
+            agg, labels = result
+            self._install_segmentation(
+                agg, labels, f"{layer.name} preview", provenance, scale, offset, squeeze,
+            )
+            shape_txt = "×".join(str(b - a) for a, b in zip(start, stop))
+            self.segment_label.setText(
+                f"Preview of z {start[0]}–{stop[0] - 1}, y {start[1]}–{stop[1] - 1}, x {start[2]}–{stop[2] - 1} "
+                f"({shape_txt}): move the slider to tune, then Predict/Segment the whole image."
+            )
+
+        self.runner.start("Preview", work, done)
+
+    # =====================================================================================
+    # 3. Segment
+    # =====================================================================================
+    def segment(self) -> None:
+        if self.prediction is None:
+            notify_error("Nothing to segment yet: run '2. Predict' first (or Preview)")
+            return
+        p = self.prediction
+        seg_settings = self._segment_settings()
+        provenance = dict(p.provenance)
+        provenance["step"] = "segment"
+        provenance["segment"] = seg_settings
+
+        def work(progress, cancel):
+            agg = self._agglomerate(p.affinities, p.foreground, seg_settings, progress=progress, cancel=cancel)
+            labels = agg.labels(seg_settings["threshold"])
+            return agg, labels
+
+        def done(result):
+            agg, labels = result
+            if self.prediction is not p:
+                notify_warning("The prediction changed while segmenting; press Segment again")
+                return
+            self._install_segmentation(agg, labels, f"{p.image_name} segmentation", provenance, p.scale, p.translate, p.squeeze)
+            self.segment_label.setText(
+                f"Segmented '{p.image_name}'. Move the merge slider: the labels update live."
+            )
+
+        self.runner.start("Segment", work, done)
+
+    def _install_segmentation(self, agg, labels, name, provenance, scale, translate, squeeze) -> None:
+        data = labels[0] if squeeze else labels
+        prov = json_safe(provenance)
+        prov["cli"] = cli_command(prov)
+        layer = self._upsert_layer(name, data, "labels", prov, scale, translate, opacity=0.6)
+        try:
+            layer.events.paint.connect(self._labels_painted)
+        except Exception:  # pragma: no cover - older napari
+            pass
+        self.segmentation = Segmentation(agg, layer, prov, squeeze)
+        self.slider.setEnabled(True)
+        self.labels_combo.set_value(layer)
+        self.viewer.layers.selection.active = layer
+
+    def _labels_painted(self, event=None) -> None:
+        seg = self.segmentation
+        if seg is not None and not seg.edited:
+            seg.edited = True
+            notify_info(f"You edited '{seg.layer.name}': the merge slider now writes to a new layer so your edits are kept")
+
+    def _slider_moved(self, value: int) -> None:
+        self.slider_label.setText(f"{value / SLIDER_STEPS:.2f}")
+        if self.segmentation is None:
+            return
+        self._pending_threshold = value / SLIDER_STEPS
+        self._slider_timer.start()  # coalesce fast slider drags into one update per event-loop pass
+
+    def _apply_threshold(self) -> None:
+        """Relabel at the slider's threshold; measured latency goes to ``slider_latency_ms``."""
+        seg = self.segmentation
+        t = self._pending_threshold
+        if seg is None or t is None:
+            return
+        self._pending_threshold = None
+        t0 = time.perf_counter()
+        try:
+            labels = seg.agglomeration.labels(t)
+        except Exception as exc:  # noqa: BLE001
+            notify_error(error_message(exc, "Updating the segmentation"))
+            return
+        data = labels[0] if seg.squeeze else labels
+        prov = dict(seg.provenance)
+        prov["segment"] = {**prov.get("segment", {}), "threshold": t}
+        prov["cli"] = cli_command(prov)
+        layer = seg.layer
+        if seg.edited or layer not in self.viewer.layers:
+            layer = self._upsert_layer(f"{layer.name} t={t:.2f}", data, "labels", prov, layer.scale, layer.translate, opacity=0.6)
+            layer.events.paint.connect(self._labels_painted)
+            seg.layer = layer
+            seg.edited = False
+        else:
+            layer.data = data
+            layer.metadata["segneuron"] = prov
+        seg.provenance = prov
+        ms = (time.perf_counter() - t0) * 1000
+        self.slider_latency_ms.append(ms)
+        self.status_label.setText(f"Merge threshold {t:.2f}: labels updated in {ms:.0f} ms")
+
+    # =====================================================================================
+    # 4. Export & evaluate
+    # =====================================================================================
+    def ask_overwrite(self, path: str) -> bool:
+        """Ask before replacing a file (tests monkeypatch this)."""
+        answer = QMessageBox.question(
+            self, "Replace file?", f"{path} already exists.\nReplace it?",
+            QMessageBox.Yes | QMessageBox.No, QMessageBox.No,
+        )
+        return answer == QMessageBox.Yes
+
+    def _export_clicked(self) -> None:
+        layer = self.labels_combo.value()
+        if layer is None:
+            notify_error("There is no labels layer to export: Segment first")
+            return
+        suggestion = f"{layer.name.replace(' ', '_')}.tif"
+        path, selected = QFileDialog.getSaveFileName(
+            self, "Export labels", suggestion, "TIFF (*.tif *.tiff);;Zarr (*.zarr)",
+            options=QFileDialog.DontConfirmOverwrite,
+        )
+        if not path:
+            return
+        if not path.lower().endswith((".tif", ".tiff", ".zarr")):
+            path += ".zarr" if "zarr" in selected.lower() else ".tif"
+        self.export(path)
+
+    def export(self, path: str, layer=None) -> bool:
+        """Save ``layer`` (default: the selected labels) to ``path`` (.tif or .zarr); asks before replacing."""
+        layer = layer or self.labels_combo.value()
+        if layer is None:
+            notify_error("There is no labels layer to export: Segment first")
+            return False
+        path = str(path)
+        if not path.lower().rstrip("/").endswith((".tif", ".tiff", ".zarr")):
+            notify_error(f"Export to .tif or .zarr, not '{Path(path).suffix or path}'")
+            return False
+        if Path(path).exists() and not self.ask_overwrite(path):
+            self.status_label.setText("Export cancelled: the existing file was kept.")
+            return False
+        from .._writer import write_labels
+
+        meta = {"name": layer.name, "scale": layer.scale, "translate": layer.translate, "metadata": dict(layer.metadata)}
+        prov = meta["metadata"].get("segneuron")
+        if prov:
+            prov = dict(prov)
+            prov["output"] = path
+            prov["cli"] = cli_command(prov, output=path)
+            meta["metadata"]["segneuron"] = prov
+        data = np.asarray(layer.data)
+
+        def work(progress, cancel):
+            progress(0, 1, f"writing {Path(path).name}")
+            write_labels(path, data, meta)
+            progress(1, 1, "saved")
+            return path
+
+        def done(p):
+            notify_info(f"Saved '{layer.name}' to {p}")
+
+        return self.runner.start("Export", work, done) is not None
+
+    def copy_cli_command(self) -> Optional[str]:
+        layer = self.labels_combo.value()
+        prov = (layer.metadata.get("segneuron") if layer is not None else None) or (
+            self.segmentation.provenance if self.segmentation is not None else None
+        )
+        if not prov or not prov.get("weights"):
+            notify_error("Select a labels layer made by SegNeuron (Segment or Preview) to copy its command")
+            return None
+        cmd = cli_command(prov)
+        QApplication.clipboard().setText(cmd)
+        notify_info(f"Copied to the clipboard: {cmd}")
+        return cmd
+
+    def evaluate(self) -> None:
+        seg_layer, gt_layer = self.labels_combo.value(), self.gt_combo.value()
+        if seg_layer is None or gt_layer is None:
+            notify_error("Evaluate needs two labels layers: a segmentation and a ground truth (e.g. File ▸ Open Sample ▸ SegNeuron ▸ ground truth)")
+            return
+        if seg_layer is gt_layer:
+            notify_error("Pick different layers for the segmentation and the ground truth")
+            return
+        if tuple(seg_layer.data.shape) != tuple(gt_layer.data.shape):
+            notify_error(
+                f"'{seg_layer.name}' {tuple(seg_layer.data.shape)} and '{gt_layer.name}' {tuple(gt_layer.data.shape)} "
+                "have different shapes; evaluate a full-size segmentation (not a preview) against its ground truth"
+            )
+            return
+        seg_data, gt_data = np.asarray(seg_layer.data), np.asarray(gt_layer.data)
+
+        def work(progress, cancel):
+            progress(0, 1, "comparing with the ground truth")
+            scores = _segmentation().evaluate(seg_data, gt_data)
+            progress(1, 1, "done")
+            return scores
+
+        def done(scores):
+            self.show_scores(seg_layer.name, gt_layer.name, scores)
+
+        self.runner.start("Evaluate", work, done)
+
+    def show_scores(self, seg_name, gt_name, scores) -> None:
+        self.scores = {"vi_split": scores.vi_split, "vi_merge": scores.vi_merge, "arand": scores.arand}
+        self.eval_label.setText(
+            f"<b>{seg_name}</b> vs <b>{gt_name}</b><br>"
+            f"VI split {scores.vi_split:.3f} · VI merge {scores.vi_merge:.3f} · VI {scores.vi:.3f}<br>"
+            f"ARAND {scores.arand:.3f}<br><small>Lower is better. Split = over-segmentation, merge = "
+            "under-segmentation; ground-truth 0 is ignored, unlabelled voxels of the segmentation "
+            "are filled from the nearest segment.</small>"
+        )
