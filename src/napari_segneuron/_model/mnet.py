@@ -33,6 +33,15 @@ def merge_features(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown feature merging mode {mode!r}; expected one of {FMU_MODES}")
 
 
+def _use_onednn(x: torch.Tensor) -> bool:
+    # PyTorch routes fp32 3D convolutions on CPU to a slow reference kernel; oneDNN's
+    # kernel gives the same result about 5x faster. Only used without autograd.
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and _ONEDNN
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
 class ConvNormAct(nn.Module):
     """Conv3d -> InstanceNorm3d(affine) -> LeakyReLU(0.01)."""
 
@@ -44,7 +53,12 @@ class ConvNormAct(nn.Module):
         self.norm = nn.InstanceNorm3d(cout, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(self.norm(self.conv(x)), 0.01)
+        if _use_onednn(x):
+            conv = self.conv
+            x = torch.ops.aten.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, (1, 1, 1), (1, 1, 1), 1)
+        else:
+            x = self.conv(x)
+        return F.leaky_relu(self.norm(x), 0.01)
 
 
 class ConvPair(nn.Module):

@@ -1,0 +1,110 @@
+"""Helpers shared by the CLI subcommands: argument types, progress bars, model loading."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from .io import InputError
+
+
+def triple(text: str) -> tuple[int, int, int]:
+    """Parse ``Z,Y,X`` (or one number for all three axes)."""
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X integers, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers Z,Y,X, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def float_triple(text: str) -> tuple[float, float, float]:
+    """Parse ``Z,Y,X`` floats (voxel sizes in nm)."""
+    try:
+        parts = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X numbers, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive numbers Z,Y,X, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[str] = "default") -> None:
+    g = p.add_argument_group("model and inference")
+    g.add_argument("--weights", default=weights_default, metavar="NAME_OR_PATH",
+                   help="weights: 'default' (bundled), 'segneuron' (released, downloaded once) or a checkpoint file "
+                        f"(default: {weights_default})")
+    g.add_argument("--tile", type=triple, default=None, metavar="Z,Y,X",
+                   help="tile size in voxels; y and x multiples of 16 (default 32,192,192)")
+    g.add_argument("--overlap", type=triple, default=None, metavar="Z,Y,X",
+                   help="overlap between tiles (default 8,32,32)")
+    g.add_argument("--official-tiling", action="store_true",
+                   help="use the official SegNeuron tiling (20,128,128 tiles, stride 10,64,64): slower")
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="tiles per forward pass (default: 1 on CPU, sized to free memory on a GPU)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="where to run the network (default: cuda, then mps, then cpu)")
+    g.add_argument("--half", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU): faster, slightly different")
+
+
+class TerminalProgress:
+    """A tqdm progress bar fed by ``progress(done, total, message)`` callbacks."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, desc=self.desc, unit="tile", file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_weights(name_or_path: str, device: Optional[str]):
+    """Fetch (download if needed) and load weights, with a download bar."""
+    from ._model import fetch_weights, load_model
+
+    bar = TerminalProgress("download")
+    try:
+        path = fetch_weights(name_or_path, progress=bar)
+    finally:
+        bar.close()
+    name = name_or_path if not str(name_or_path).endswith((".pt", ".pth", ".ckpt")) else None
+    return load_model(path, device=None if device in (None, "auto") else device, name=name)
+
+
+def make_predictor(args: argparse.Namespace, model):
+    from .inference import OFFICIAL_TILING, Predictor
+
+    tiling = OFFICIAL_TILING if getattr(args, "official_tiling", False) else None
+    return Predictor(
+        model,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=None if args.device == "auto" else args.device,
+        half=args.half,
+        tiling=tiling,
+    )
+
+
+def check_output_path(path: str, overwrite: bool) -> None:
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise InputError(f"{p} already exists; pass --overwrite to replace it")
+    if not str(p).lower().rstrip("/").endswith((".tif", ".tiff", ".zarr")):
+        raise InputError(f"Output must end in .tif, .tiff or .zarr, got {p.name}")
