@@ -127,6 +127,8 @@ class SegNeuronWidget(QWidget):
         self.prediction: Optional[Prediction] = None
         self.segmentation: Optional[Segmentation] = None
         self.slider_latency_ms: list[float] = []
+        #: waterz runs in a worker process (cancellable, keeps the GUI responsive)
+        self.agglomerate_in_process = True
         self._pending_threshold: Optional[float] = None
         thr, fg, min_size = _defaults()
         tile, overlap = _tiling_defaults()
@@ -405,6 +407,7 @@ class SegNeuronWidget(QWidget):
             fg_threshold=seg_settings["fg_threshold"],
             min_size=seg_settings["min_size"],
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
+            worker=self.agglomerate_in_process,
             progress=progress,
             cancel=cancel,
         )
@@ -448,6 +451,9 @@ class SegNeuronWidget(QWidget):
             source = self.weights_path.text().strip()
             if not source:
                 notify_error("Choose a checkpoint file first (Browse…)")
+                return
+            if not Path(source).expanduser().is_file():
+                notify_error(f"Checkpoint file not found: {source}")
                 return
         else:
             source = choice
