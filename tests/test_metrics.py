@@ -1,0 +1,115 @@
+"""VI / ARAND on real label volumes, cross-checked against skimage.metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.metrics import adapted_rand_error as sk_arand
+from skimage.metrics import variation_of_information as sk_vi
+
+from napari_segneuron.io import InputError
+from napari_segneuron.metrics import evaluate, fill_background
+from napari_segneuron.segmentation import adapted_rand_error, variation_of_information
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+
+
+@pytest.fixture(scope="module")
+def fib25_b() -> np.ndarray:
+    return tifffile.imread(DATA / "fib25_b_labels.tif")
+
+
+@pytest.fixture(scope="module")
+def snemi() -> tuple[np.ndarray, np.ndarray]:
+    return tifffile.imread(DATA / "snemi_mini_fragments.tif"), tifffile.imread(DATA / "snemi_mini_labels.tif")
+
+
+def _perturbed(gt: np.ndarray) -> np.ndarray:
+    """Merge some neighbouring ids, split others along x, blank a slab: a realistic mistake mix."""
+    seg = gt.astype(np.uint64).copy()
+    ids = np.unique(gt[gt > 0])
+    for a, b in zip(ids[::7], ids[1::7]):
+        seg[gt == b] = a
+    half = gt.shape[2] // 2
+    for a in ids[3::5]:
+        m = gt == a
+        m[:, :, :half] = False
+        seg[m] = a + 10_000
+    seg[:, :5, :10] = 0
+    return seg
+
+
+def test_matches_skimage_on_fib25(fib25_b: np.ndarray) -> None:
+    seg = _perturbed(fib25_b)
+    split, merge = variation_of_information(seg, fib25_b, background="segment")
+    ref = sk_vi(fib25_b, seg, ignore_labels=(0,))  # skimage: (H(seg|gt), H(gt|seg))
+    assert split == pytest.approx(ref[0], abs=1e-9)
+    assert merge == pytest.approx(ref[1], abs=1e-9)
+    assert split > 0.05 and merge > 0.05
+    are = adapted_rand_error(seg, fib25_b, background="segment")
+    assert are == pytest.approx(sk_arand(fib25_b, seg, ignore_labels=(0,))[0], abs=1e-9)
+
+
+def test_matches_skimage_on_snemi_fragments(snemi: tuple[np.ndarray, np.ndarray]) -> None:
+    frags, gt = snemi
+    s = evaluate(frags, gt, background="segment")
+    ref = sk_vi(gt, frags, ignore_labels=(0,))
+    assert (s.vi_split, s.vi_merge) == pytest.approx(tuple(ref), abs=1e-9)
+    assert s.arand == pytest.approx(sk_arand(gt, frags, ignore_labels=(0,))[0], abs=1e-9)
+    # fragments over-segment: many splits, few merges
+    assert s.vi_split > 3 * s.vi_merge
+
+
+def test_split_and_merge_parts_are_the_right_way_round(fib25_b: np.ndarray) -> None:
+    assert evaluate(fib25_b, fib25_b).vi == 0.0
+    assert evaluate(fib25_b, fib25_b).arand == pytest.approx(0.0, abs=1e-12)
+    ids, counts = np.unique(fib25_b[fib25_b > 0], return_counts=True)
+    big = ids[np.argsort(counts)[-2:]]
+    merged = fib25_b.copy()
+    merged[merged == big[0]] = big[1]
+    split = fib25_b.astype(np.int64).copy()
+    m = fib25_b == big[1]
+    m[:25] = False
+    split[m] = 10**6
+    s_merged, s_split = evaluate(merged, fib25_b), evaluate(split, fib25_b)
+    assert s_merged.vi_split == pytest.approx(0.0, abs=1e-12) and s_merged.vi_merge > 0.01
+    assert s_split.vi_merge == pytest.approx(0.0, abs=1e-12) and s_split.vi_split > 0.01
+
+
+def test_background_modes(fib25_b: np.ndarray) -> None:
+    seg = _perturbed(fib25_b)
+    filled = fill_background(seg)
+    assert not (filled == 0).any()
+    assert np.array_equal(filled[seg != 0], seg[seg != 0])
+    assert evaluate(seg, fib25_b, background="fill") == evaluate(filled, fib25_b, background="segment")
+    keep = seg != 0
+    ign = evaluate(seg, fib25_b, background="ignore")
+    ref = sk_vi(np.where(keep, fib25_b, 0), seg, ignore_labels=(0,))
+    assert (ign.vi_split, ign.vi_merge) == pytest.approx(tuple(ref), abs=1e-9)
+    assert ign.n_voxels == int(((fib25_b != 0) & keep).sum())
+    # predicted background as one segment is a big merge error
+    assert evaluate(seg, fib25_b, background="segment").vi_merge > ign.vi_merge
+
+
+def test_huge_ids_use_a_sparse_table(fib25_b: np.ndarray) -> None:
+    seg = fib25_b.astype(np.uint64) * np.uint64(2**40) + np.uint64(7)
+    seg[fib25_b == 0] = 0
+    s = evaluate(seg, fib25_b)
+    assert s.vi == pytest.approx(0.0, abs=1e-12) and s.arand == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bad_input(fib25_b: np.ndarray) -> None:
+    with pytest.raises(InputError, match="different shapes"):
+        evaluate(fib25_b[:10], fib25_b)
+    with pytest.raises(InputError, match="integer"):
+        evaluate(fib25_b.astype(np.float32), fib25_b)
+    with pytest.raises(InputError, match="all background"):
+        evaluate(np.zeros_like(fib25_b), fib25_b, background="fill")
+    with pytest.raises(InputError, match="background must be"):
+        evaluate(fib25_b, fib25_b, background="nearest")
+    with pytest.raises(InputError, match="No voxel"):
+        evaluate(fib25_b, np.zeros_like(fib25_b))

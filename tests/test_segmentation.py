@@ -1,0 +1,204 @@
+"""Foreground-restricted waterz agglomeration with instant threshold replay, on real data."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import waterz
+
+from napari_segneuron.cancel import CancelToken, Cancelled
+from napari_segneuron.io import InputError
+from napari_segneuron.metrics import evaluate, pair_counts
+from napari_segneuron.segmentation import (
+    SCORING_FUNCTIONS,
+    _restore_stdout,
+    _silence_stdout,
+    affinities_from_boundaries,
+    agglomerate,
+    restrict_to_foreground,
+    threshold_sweep,
+)
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+
+THRESHOLDS = [0.0, 0.2, 0.3, 0.35, 0.42, 0.5, 0.6, 0.75, 0.9, 1.0]
+
+
+@pytest.fixture(scope="module")
+def snemi() -> dict:
+    # The file is high inside neurons and low on membranes (mean 0.88 off and 0.56 on
+    # ground-truth boundaries), so 255 - value is the boundary probability.
+    b = 255 - tifffile.imread(DATA / "snemi_mini_boundary_probability.tif")
+    return dict(
+        aff=affinities_from_boundaries(b),
+        fg=1.0 - b.astype(np.float32) / 255.0,
+        gt=tifffile.imread(DATA / "snemi_mini_labels.tif"),
+        fragments=tifffile.imread(DATA / "snemi_mini_fragments.tif"),
+    )
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same segments (ids may differ) and the same background."""
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    s, g, _ = pair_counts(a.ravel(), b.ravel())
+    return len(s) == len(np.unique(s)) == len(np.unique(g))
+
+
+def direct_waterz(aff: np.ndarray, thresholds: list[float], scoring: str, fragments=None) -> list[np.ndarray]:
+    saved = _silence_stdout(None)
+    try:
+        frag = None if fragments is None else fragments.astype(np.uint64)
+        return [s.copy() for s in waterz.agglomerate(aff, thresholds, fragments=frag,
+                                                      scoring_function=SCORING_FUNCTIONS[scoring])]
+    finally:
+        _restore_stdout(saved)
+
+
+@pytest.mark.parametrize("scoring", ["mean", "median"])
+@pytest.mark.parametrize("restricted", [False, True])
+def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool) -> None:
+    fg = snemi["fg"] if restricted else None
+    agg = agglomerate(snemi["aff"], fg, fg_threshold=0.4, scoring=scoring, worker=False)
+    prepared = snemi["aff"]
+    if restricted:
+        prepared = np.empty_like(prepared)
+        restrict_to_foreground(snemi["aff"], fg, 0.4, out=prepared)
+    direct = direct_waterz(prepared, THRESHOLDS, scoring)
+    counts = []
+    for t, ref in zip(THRESHOLDS, direct):
+        lab = agg.labels(t)
+        assert lab.dtype == np.uint32
+        assert same_partition(lab, ref), f"threshold {t}"
+        counts.append(agg.n_segments(t))
+    assert counts[0] > 3 * counts[-2] > 0  # the thresholds really change the result
+
+
+def test_replay_with_given_fragments(snemi: dict) -> None:
+    agg = agglomerate(snemi["aff"], fragments=snemi["fragments"], worker=False)
+    assert agg.n_fragments == len(np.unique(snemi["fragments"]))
+    assert same_partition(agg.labels(0.0), snemi["fragments"])
+    for t, ref in zip([0.3, 0.5, 0.7], direct_waterz(snemi["aff"], [0.3, 0.5, 0.7], "mean", snemi["fragments"])):
+        assert same_partition(agg.labels(t), ref)
+
+
+def test_foreground_restriction(snemi: dict) -> None:
+    aff, fg = snemi["aff"], snemi["fg"]
+    out = np.empty_like(aff)
+    bg = restrict_to_foreground(aff, fg, 0.45, out=out)
+    assert np.array_equal(bg, fg < 0.45)
+    inner = ~bg
+    inner[1:] &= ~bg[:-1]
+    assert np.array_equal(out[0][inner], np.minimum(aff[0], fg)[inner])
+    assert (out[:, bg] == 0).all() and (out[0, 1:][bg[:-1]] == 0).all()
+
+    agg = agglomerate(aff, fg, fg_threshold=0.45, worker=False)
+    lab = agg.labels(0.4)
+    assert (lab[fg < 0.45] == 0).all()
+    assert (lab > 0).mean() > 0.5
+    plain = agglomerate(aff, None, worker=False).labels(0.4)
+    assert (plain[fg < 0.45] != 0).mean() > 0.9  # plain waterz labels membranes too
+
+
+def test_restriction_beats_plain_waterz_on_snemi(snemi: dict) -> None:
+    restricted = threshold_sweep(agglomerate(snemi["aff"], snemi["fg"], worker=False), snemi["gt"])
+    plain = threshold_sweep(agglomerate(snemi["aff"], None, worker=False), snemi["gt"])
+    assert restricted.vi.min() < plain.vi.min() - 0.05
+
+
+def test_min_size_removes_small_segments(snemi: dict) -> None:
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, worker=False)
+    t = 0.3
+    lab, full = agg.labels(t), agg.labels(t, min_size=0)
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    assert counts.min() >= 200
+    fids, fcounts = np.unique(full[full > 0], return_counts=True)
+    assert len(ids) == int((fcounts >= 200).sum()) < len(fids)
+    small = np.isin(full, fids[fcounts < 200])
+    assert (lab[small] == 0).all()
+    assert same_partition(np.where(small, 0, full), lab)
+
+
+def test_worker_process_matches_in_process(snemi: dict) -> None:
+    seen = []
+    a = agglomerate(snemi["aff"], snemi["fg"], worker=True, progress=lambda d, n, m="": seen.append((d, n, m)))
+    b = agglomerate(snemi["aff"], snemi["fg"], worker=False)
+    for t in (0.2, 0.4, 0.6):
+        assert np.array_equal(a.labels(t), b.labels(t))
+    assert seen[-1][0] == seen[-1][1] and any("merging" in m for _, _, m in seen)
+    assert not mp.active_children()
+
+
+def test_cancel_terminates_the_worker(snemi: dict) -> None:
+    big = np.tile(snemi["aff"], (1, 3, 3, 3))  # 96×480×480: several seconds of waterz here
+    token = CancelToken()
+    stages: list[str] = []
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        stages.append(message)
+        if "waterz" in message and not token.cancelled:
+            threading.Timer(0.3, token.cancel).start()
+
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        agglomerate(big, None, worker=True, progress=progress, cancel=token)
+    assert time.perf_counter() - t0 < 8
+    assert any("waterz" in s for s in stages)
+    assert not mp.active_children()
+
+
+def test_sweep_matches_direct_scoring(snemi: dict) -> None:
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=50, worker=False)
+    gt = snemi["gt"]
+    for background in ("fill", "ignore", "segment"):
+        sweep = threshold_sweep(agg, gt, [0.2, 0.35, 0.45, 0.6], background=background)
+        for i, t in enumerate(sweep.thresholds):
+            s = evaluate(agg.labels(t), gt, background=background)
+            assert sweep.vi_split[i] == pytest.approx(s.vi_split, abs=1e-9), (background, t)
+            assert sweep.vi_merge[i] == pytest.approx(s.vi_merge, abs=1e-9), (background, t)
+            assert sweep.arand[i] == pytest.approx(s.arand, abs=1e-9), (background, t)
+        assert sweep.best_threshold == sweep.thresholds[np.argmin(sweep.vi)]
+    # a ground-truth crop, given by its offset
+    crop = (slice(8, 24), slice(40, 120), slice(30, 130))
+    sub = threshold_sweep(agg, gt[crop], [0.35, 0.45], region=(8, 40, 30))
+    s = evaluate(agg.labels(0.45, region=crop), gt[crop])
+    assert sub.vi[1] == pytest.approx(s.vi, abs=1e-9)
+    assert "lowest VI" in sub.table()
+
+
+def test_bad_input(snemi: dict) -> None:
+    aff, fg = snemi["aff"], snemi["fg"]
+    with pytest.raises(InputError, match=r"\(3, Z, Y, X\)"):
+        agglomerate(aff[:2], worker=False)
+    with pytest.raises(InputError, match=r"\(3, Z, Y, X\)"):
+        agglomerate(aff[0], worker=False)
+    with pytest.raises(InputError, match="foreground"):
+        agglomerate(aff, fg[:, :10], worker=False)
+    with pytest.raises(InputError, match="fg_threshold"):
+        agglomerate(aff, fg, fg_threshold=1.5, worker=False)
+    with pytest.raises(InputError, match="max_threshold"):
+        agglomerate(aff, fg, max_threshold=-0.1, worker=False)
+    with pytest.raises(InputError, match="Every voxel is background"):
+        agglomerate(aff, fg * 0.1, fg_threshold=0.5, worker=False)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        agglomerate(aff * 3 - 1, worker=False)
+    bad = aff.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        agglomerate(bad, worker=False)
+    with pytest.raises(InputError, match="no fragments"):
+        agglomerate(np.zeros_like(aff), worker=False)
+    agg = agglomerate(aff, fg, max_threshold=0.5, worker=False)
+    with pytest.raises(InputError, match="highest threshold"):
+        agg.labels(0.7)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        agg.labels(-0.2)
+    with pytest.raises(InputError, match="region"):
+        threshold_sweep(agg, snemi["gt"][:5])
