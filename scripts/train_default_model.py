@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Train the bundled default SegNeuron model (compact MNet) on the real EM data, on CPU.
+
+Recipe (SegNeuron, scaled down): self-supervised pretraining (noise masking,
+image + HOG reconstruction) on raw FIB-25 and ISBI 2012 stacks, then supervised
+finetuning on fib25_a (3D ids) and ISBI 2012 (2D membranes, z affinity masked),
+validating on fib25_b only. Resumable: run the same command again to continue.
+
+    PYTHONPATH=src python scripts/train_default_model.py --out runs/default --export
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_segneuron.training.augment import AugmentConfig  # noqa: E402
+from napari_segneuron.training.checkpoints import read_checkpoint, write_checkpoint  # noqa: E402
+from napari_segneuron.training.data import TrainVolume  # noqa: E402
+from napari_segneuron.training.finetune import (build_mnet, finetune, mnet_from_state_dict,  # noqa: E402
+                                                segmentation_loss, validate)
+from napari_segneuron.training.data import CropSampler  # noqa: E402
+from napari_segneuron.training.pretrain import pretrain, transfer_encoder  # noqa: E402
+from napari_segneuron.training.targets import labels_from_membranes  # noqa: E402
+
+DATA = Path("/work/shared/data")
+WEIGHTS = ROOT / "src" / "napari_segneuron" / "weights" / "default.pt"
+
+
+def block_mean(a: np.ndarray, f: tuple) -> np.ndarray:
+    """Downsample by integer factors (z, y, x) with block averaging (edges trimmed)."""
+    s = [d // k * k for d, k in zip(a.shape, f)]
+    a = a[: s[0], : s[1], : s[2]].astype(np.float32)
+    return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
+
+
+def load_data(data: Path):
+    """Everything at ~10 nm in xy: unlabeled cube 2x down in z, y, x; ISBI 2x down in xy."""
+    rd = lambda n: tifffile.imread(str(data / n))  # noqa: E731
+    unl = np.round(block_mean(rd("fib25_unlabeled_raw.tif"), (2, 2, 2))).astype(np.uint8)
+    a_raw, a_lab = rd("fib25_a_raw.tif"), rd("fib25_a_labels.tif")
+    b_raw, b_lab = rd("fib25_b_raw.tif"), rd("fib25_b_labels.tif")
+    isbi = np.round(block_mean(rd("isbi2012_raw.tif"), (1, 2, 2))).astype(np.uint8)
+    memb = block_mean(rd("isbi2012_membranes.tif"), (1, 2, 2)) / 255.0
+    isbi_lab = labels_from_membranes(memb, threshold=0.35)
+    return dict(unl=unl, a_raw=a_raw, a_lab=a_lab, b_raw=b_raw, b_lab=b_lab, isbi=isbi, isbi_lab=isbi_lab)
+
+
+def time_step(kn, crop, batch, volumes, threads) -> float:
+    torch.set_num_threads(threads)
+    m = build_mnet(kn)
+    opt = torch.optim.Adam(m.parameters())
+    s = CropSampler(volumes, crop, seed=123)
+    ts = []
+    for _ in range(3):
+        t = time.time()
+        b = s.batch(batch)
+        opt.zero_grad()
+        segmentation_loss(m, b, "cpu")[0].backward()
+        opt.step()
+        ts.append(time.time() - t)
+    return float(np.median(ts))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/default")
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--kn", default="8,16,24,32,64")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-iters", type=int, default=300, help="0 = no pretraining (ablation)")
+    p.add_argument("--pretrain-minutes", type=float, default=12.0, help="stop pretraining early after this")
+    p.add_argument("--pretrain-crop", default="20,96,96")
+    p.add_argument("--finetune-iters", default="auto",
+                   help="iterations, or 'auto' = as many as fit in --finetune-minutes at the measured speed")
+    p.add_argument("--finetune-minutes", type=float, default=60.0)
+    p.add_argument("--crop", default="16,96,96")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--isbi-weight", type=float, default=0.25)
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--keep-every", type=int, default=100)
+    p.add_argument("--export", action="store_true", help="write the best model to the package's weights/default.pt")
+    a = p.parse_args(argv)
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kn = tuple(int(v) for v in a.kn.split(","))
+    crop = tuple(int(v) for v in a.crop.split(","))
+    pcrop = tuple(int(v) for v in a.pretrain_crop.split(","))
+    torch.set_num_threads(a.threads)
+    logf = open(out / "log.txt", "a", buffering=1)
+
+    def log(msg: str) -> None:
+        line = time.strftime("%H:%M:%S ") + msg
+        print(line, flush=True)
+        logf.write(line + "\n")
+
+    log("command: " + " ".join(sys.argv))
+    d = load_data(Path(a.data))
+    log("data: " + ", ".join(f"{k} {v.shape}" for k, v in d.items()))
+    plan_path = out / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+
+    # ---------------- pretraining
+    pre_ck = out / "pretrain.pt"
+    if a.pretrain_iters > 0 and not plan.get("pretrain_done"):
+        resume = pre_ck if pre_ck.is_file() else None
+        aug = AugmentConfig(zoom=0.5, zoom_range=(0.7, 1.4))
+        r = pretrain([d["unl"], d["a_raw"], d["isbi"]], kn=kn, iterations=a.pretrain_iters, batch_size=1,
+                     crop=pcrop, lr=a.lr, augment=aug, weights=[0.5, 0.25, 0.25], checkpoint=pre_ck,
+                     checkpoint_every=25, resume=resume, seed=a.seed, threads=a.threads,
+                     time_limit_s=a.pretrain_minutes * 60, log=log)
+        plan.update(pretrain_done=True, pretrain_iters=r.iterations,
+                    pretrain_wall_s=plan.get("pretrain_wall_s", 0) + r.wall_time_s)
+        plan_path.write_text(json.dumps(plan, indent=1))
+        log(f"pretraining done: {r.iterations} iterations")
+
+    # ---------------- finetuning
+    vols = [TrainVolume(d["a_raw"], d["a_lab"], weight=1 - a.isbi_weight, name="fib25_a")]
+    if a.isbi_weight > 0:
+        vols.append(TrainVolume(d["isbi"], d["isbi_lab"], z_affinity=False, weight=a.isbi_weight, name="isbi2012"))
+    if "finetune_iters" not in plan:
+        if a.finetune_iters == "auto":
+            sec = time_step(kn, crop, a.batch, vols, a.threads)
+            plan["finetune_iters"] = max(50, int(a.finetune_minutes * 60 / (sec * 1.08)))
+            log(f"measured {sec:.2f} s/step -> {plan['finetune_iters']} finetune iterations")
+        else:
+            plan["finetune_iters"] = int(a.finetune_iters)
+        plan_path.write_text(json.dumps(plan, indent=1))
+    ft_ck = out / "finetune.pt"
+    model, resume = None, None
+    if ft_ck.is_file():
+        resume = ft_ck
+    else:
+        model = build_mnet(kn)
+        if a.pretrain_iters > 0 and pre_ck.is_file():
+            names = transfer_encoder(pre_ck, model)
+            log(f"transferred {len(names)} pretrained encoder tensors")
+    aug = AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
+    meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0], "pretrained": a.pretrain_iters > 0,
+            "pretrain_iters": plan.get("pretrain_iters", 0),
+            "training_data": "fib25_a (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
+            "validation_data": "fib25_b"}
+    r = finetune(model, volumes=vols, val_image=d["b_raw"], val_labels=d["b_lab"],
+                 iterations=plan["finetune_iters"], batch_size=a.batch, crop=crop, lr=a.lr, min_lr=1e-5,
+                 schedule="cosine", warmup=20, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
+                 checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
+                 validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
+                 time_limit_s=a.finetune_minutes * 60 * 1.15, metadata=meta, log=log)
+    plan.update(finetune_done=True, finetune_iters_done=r.iterations,
+                finetune_wall_s=plan.get("finetune_wall_s", 0) + r.wall_time_s)
+    plan_path.write_text(json.dumps(plan, indent=1))
+    log(f"finetuning done: {r.iterations} iterations, best {r.best_score}")
+
+    # final validation of the last weights as well
+    v = validate(r.model, d["b_raw"], d["b_lab"])
+    v.pop("vi_parts", None)
+    log(f"final weights validation: {v}")
+    best = out / "finetune_best.pt"
+    src = best if best.is_file() else ft_ck
+    ck = read_checkpoint(src)
+    plan["exported_from"] = str(src)
+    plan["exported_iters"] = ck["iters"]
+    plan_path.write_text(json.dumps(plan, indent=1))
+    if a.export:
+        m = mnet_from_state_dict(ck["model_weights"])
+        meta = dict(ck["metadata"], name="default", iters=ck["iters"],
+                    pretrain_wall_s=round(plan.get("pretrain_wall_s", 0)),
+                    finetune_wall_s=round(plan.get("finetune_wall_s", 0)))
+        write_checkpoint(m, WEIGHTS, ck["iters"], meta, half=True)
+        log(f"exported {src} (iteration {ck['iters']}) to {WEIGHTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

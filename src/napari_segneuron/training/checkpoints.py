@@ -1,0 +1,101 @@
+"""Checkpoint writing/reading for training: official layout, atomic, optimizer state beside it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .data import TrainingInputError
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def state_dict_of(model) -> dict:
+    sd = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+    return {k.replace("module.", "", 1) if k.startswith("module.") else k: v.detach().cpu().clone()
+            for k, v in sd.items()}
+
+
+def write_checkpoint(model, path, iters: int = 0, metadata: Optional[dict] = None,
+                     optimizer_state: Optional[dict] = None, half: bool = False) -> Path:
+    """Write ``{'model_weights', 'iters', 'metadata'}`` atomically; optimizer state goes to ``<path>.optim``.
+
+    Uses the package's ``save_checkpoint`` when it exists so that every
+    checkpoint in the project has the same layout.
+    """
+    path = Path(path)
+    sd = state_dict_of(model)
+    meta = dict(metadata or {})
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+        meta["dtype"] = "float16"
+    saved = False
+    try:
+        from .._model import save_checkpoint  # type: ignore
+        save_checkpoint(sd, path, iters=int(iters), metadata=meta)
+        saved = True
+    except ImportError:
+        pass
+    if not saved:
+        _atomic_torch_save({"model_weights": sd, "iters": int(iters), "metadata": meta}, path)
+    if optimizer_state is not None:
+        _atomic_torch_save(optimizer_state, Path(str(path) + ".optim"))
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """Read a checkpoint written here or by the official code; clear error if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingInputError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise TrainingInputError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(ck, dict) and "model_weights" in ck:
+        sd = ck["model_weights"]
+    elif isinstance(ck, dict) and ck and all(isinstance(v, torch.Tensor) for v in ck.values()):
+        sd, ck = ck, {}
+    else:
+        raise TrainingInputError(f"{path} is not a model checkpoint (no 'model_weights')")
+    sd = {k.replace("module.", "", 1) if k.startswith("module.") else k:
+          (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    iters = ck.get("iters", ck.get("current_iter", 0)) or 0
+    return {"model_weights": sd, "iters": int(iters), "metadata": dict(ck.get("metadata") or {})}
+
+
+def read_optimizer_state(path) -> Optional[dict]:
+    p = Path(str(path) + ".optim")
+    if not p.is_file():
+        return None
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception:
+        return None
+
+
+def infer_kn(sd: dict) -> tuple:
+    """Channel counts of an MNet from its state dict."""
+    names = ["down11", "down12", "down13", "down14", "bottleneck1"]
+    kn = []
+    for n in names:
+        key = f"{n}.CB2d.conv1.conv.weight"
+        if key not in sd:
+            raise TrainingInputError(f"not an MNet state dict (missing {key})")
+        kn.append(int(sd[key].shape[0]))
+    return tuple(kn)

@@ -1,0 +1,380 @@
+"""Supervised finetuning of MNet on affinities and foreground (SegNeuron's objective).
+
+Loss = ``aff_weight`` * BCE(affinity logits, affinity targets)
+     + ``fg_weight``  * BCE(foreground logit, label > 0),
+both averaged over voxels the loss weights keep (annotated voxels; the z
+affinity of 2D-only labels is dropped). Adam, warm-up then cosine / poly /
+constant learning rate, atomic checkpoints in the official layout.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cancel import CancelToken, Cancelled
+from .augment import AugmentConfig
+from .checkpoints import infer_kn, read_checkpoint, read_optimizer_state, write_checkpoint
+from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
+
+ModelLike = Union["torch.nn.Module", str, Path, None]
+
+
+class TrainingCancelled(Cancelled):
+    """Raised when training is cancelled; ``.result`` holds the model and the last checkpoint."""
+
+    def __init__(self, result: "TrainResult"):
+        super().__init__("training cancelled by the user; last checkpoint kept")
+        self.result = result
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    checkpoint: Optional[Path]
+    iterations: int
+    best_checkpoint: Optional[Path] = None
+    best_score: Optional[dict] = None
+    history: list = field(default_factory=list)       # (iteration, loss)
+    validation: list = field(default_factory=list)    # dicts per validation
+    cancelled: bool = False
+    wall_time_s: float = 0.0
+
+
+def build_mnet(kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
+    from .._model.mnet import MNet
+    return MNet(1, kn=tuple(kn), fmu=fmu)
+
+
+def mnet_from_state_dict(sd: dict):
+    kn = infer_kn(sd)
+    w = sd.get("down22.CB2d.conv1.conv.weight")
+    fmu = "cat" if w is not None and int(w.shape[1]) == 2 * kn[1] else "sub"
+    model = build_mnet(kn, fmu)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def resolve_model(model: ModelLike, kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
+    """An MNet from an instance, a checkpoint path / registry name, or None (fresh weights)."""
+    if model is None:
+        return build_mnet(kn, fmu)
+    if isinstance(model, torch.nn.Module):
+        return model
+    p = Path(str(model))
+    if not p.is_file():
+        try:
+            from .._model import fetch_weights  # type: ignore
+            p = Path(fetch_weights(str(model)))
+        except ImportError:
+            raise TrainingInputError(f"no checkpoint file {model}")
+        except Exception as exc:
+            raise TrainingInputError(f"cannot find weights {model!r}: {exc}") from exc
+    ck = read_checkpoint(p)
+    try:
+        return mnet_from_state_dict(ck["model_weights"])
+    except Exception as exc:
+        raise TrainingInputError(f"{p} does not hold MNet weights: {exc}") from exc
+
+
+def pick_device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def learning_rate(it: int, total: int, base: float, final: float, schedule: str, warmup: int) -> float:
+    """Learning rate at iteration ``it`` (0-based)."""
+    if warmup > 0 and it < warmup:
+        return base * (it + 1) / warmup
+    if schedule == "constant":
+        return base
+    t = min(1.0, (it - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
+    if schedule == "poly":  # SegNeuron's decay, power 1.5
+        return final + (base - final) * (1 - t) ** 1.5
+    raise ValueError(f"unknown schedule {schedule!r}; use cosine, poly or constant")
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits averaged over the weighted voxels."""
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp_min(1.0)
+
+
+def segmentation_loss(model, batch: dict, device, aff_weight: float = 1.0, fg_weight: float = 1.0):
+    """Return (total, affinity, foreground) losses for a numpy batch."""
+    t = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    aff_logits, fg_logits = model.forward_logits(t["image"])
+    l_aff = masked_bce(aff_logits, t["aff"], t["w_aff"])
+    l_fg = masked_bce(fg_logits, t["fg"], t["w_fg"])
+    return aff_weight * l_aff + fg_weight * l_fg, l_aff, l_fg
+
+
+@torch.no_grad()
+def predict_volume(model, image: np.ndarray, device=None) -> tuple:
+    """Whole-volume prediction (pads Y, X to multiples of 16): (aff (3,Z,Y,X), fg (Z,Y,X)) float32."""
+    device = pick_device(device) if device is None else torch.device(device)
+    img = normalize_image(image)
+    z, y, x = img.shape
+    py, px = (-y) % 16, (-x) % 16
+    padded = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect")
+    was_training = model.training
+    model.eval()
+    aff, fg = model(torch.from_numpy(padded)[None, None].to(device))
+    model.train(was_training)
+    return aff[0, :, :, :y, :x].float().cpu().numpy(), fg[0, 0, :, :y, :x].float().cpu().numpy()
+
+
+def _segmentation_api():
+    """The package's agglomeration + metrics, or None while they are missing/broken."""
+    import importlib
+    importlib.invalidate_caches()
+    try:
+        seg = importlib.import_module("napari_segneuron.segmentation")
+        return seg if all(hasattr(seg, n) for n in ("agglomerate", "variation_of_information",
+                                                      "adapted_rand_error")) else None
+    except Exception:
+        return None
+
+
+def _vi_total(v) -> float:
+    if isinstance(v, dict):
+        return float(v.get("vi", v.get("total", sum(float(x) for x in v.values()))))
+    if isinstance(v, (tuple, list)):
+        return float(sum(float(x) for x in v[:2]))
+    return float(v)
+
+
+def score_prediction(aff: np.ndarray, fg: Optional[np.ndarray], gt: np.ndarray,
+                     thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                     use_foreground: bool = True) -> Optional[dict]:
+    """Agglomerate and score against ``gt`` over thresholds; best VI wins. None if unavailable."""
+    seg = _segmentation_api()
+    if seg is None:
+        return None
+    ag = seg.agglomerate(aff, fg if use_foreground else None)
+    best = None
+    for t in thresholds:
+        labels = ag.labels(t)
+        vi = seg.variation_of_information(labels, gt)
+        ar = seg.adapted_rand_error(labels, gt)
+        row = {"threshold": float(t), "vi": _vi_total(vi), "vi_parts": vi, "arand": _vi_total(ar) if not
+               isinstance(ar, (tuple, list, dict)) else ar}
+        if best is None or row["vi"] < best["vi"]:
+            best = row
+    return best
+
+
+def validate(model, image: np.ndarray, labels: np.ndarray, device=None,
+             aff_weight: float = 1.0, fg_weight: float = 1.0) -> dict:
+    """Loss on the whole validation volume plus VI/ARAND when agglomeration is available."""
+    aff, fg = predict_volume(model, image, device)
+    lab = np.asarray(labels)
+    from .targets import affinities_from_labels
+    tgt = affinities_from_labels(lab)
+    eps = 1e-6
+    bce = lambda p, t: float(-(t * np.log(p + eps) + (1 - t) * np.log(1 - p + eps)).mean())  # noqa: E731
+    out = {"val_loss": aff_weight * bce(aff, tgt) + fg_weight * bce(fg, (lab > 0).astype(np.float32))}
+    try:
+        sc = score_prediction(aff, fg, lab)
+    except Exception as exc:  # agglomeration is someone else's module: never kill training over it
+        sc, out["score_error"] = None, repr(exc)
+    if sc is not None:
+        out.update(sc)
+    return out
+
+
+def _better(new: dict, old: Optional[dict]) -> bool:
+    if old is None:
+        return True
+    if "vi" in new and "vi" in old:
+        return new["vi"] < old["vi"]
+    if "vi" in new:
+        return True
+    if "vi" in old:
+        return False
+    return new["val_loss"] < old["val_loss"]
+
+
+def finetune(
+    model: ModelLike,
+    image=None,
+    labels=None,
+    *,
+    mask=None,
+    z_affinity: bool = True,
+    volumes: Optional[Sequence[TrainVolume]] = None,
+    val_image=None,
+    val_labels=None,
+    iterations: int = 500,
+    batch_size: int = 2,
+    crop: Sequence[int] = (16, 96, 96),
+    lr: float = 1e-3,
+    min_lr: float = 1e-5,
+    schedule: str = "cosine",
+    warmup: int = 20,
+    aff_weight: float = 1.0,
+    fg_weight: float = 1.0,
+    augment: Optional[AugmentConfig] = None,
+    amp_sources: Optional[Sequence[np.ndarray]] = None,
+    checkpoint=None,
+    checkpoint_every: int = 100,
+    keep_every: int = 0,
+    validate_every: int = 0,
+    resume=None,
+    device=None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    time_limit_s: Optional[float] = None,
+    metadata: Optional[dict] = None,
+    progress: Optional[Callable] = None,
+    cancel: Optional[CancelToken] = None,
+    loss_callback: Optional[Callable] = None,
+    log: Optional[Callable[[str], None]] = None,
+    kn: Sequence[int] = (16, 32, 48, 64, 128),
+    fmu: str = "sub",
+) -> TrainResult:
+    """Finetune an MNet on labelled volumes (numpy arrays) and return the trained model.
+
+    ``model``: an MNet, a checkpoint path / weights name, or None for fresh
+    weights of size ``kn``. Give ``image`` + ``labels`` (+ ``mask`` of annotated
+    voxels) and/or ``volumes`` (TrainVolume list). ``checkpoint`` is the file
+    written atomically every ``checkpoint_every`` iterations and at the end
+    (``<stem>_best.pt`` keeps the best validation, ``keep_every`` keeps numbered
+    copies). ``resume`` continues from a checkpoint (weights, optimizer,
+    iteration). ``progress(done, total, message)``, ``loss_callback(iteration,
+    loss)``; cancelling writes the checkpoint and raises TrainingCancelled
+    (``.result`` has the model and path).
+    """
+    t_start = time.time()
+    say = log or (lambda s: None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    # ---- validate every input before touching any file
+    vols = list(volumes or [])
+    if image is not None or labels is not None:
+        if image is None or labels is None:
+            raise TrainingInputError("give both an image and a labels volume")
+        vols.insert(0, TrainVolume(image, labels, mask=mask, z_affinity=z_affinity, name="training"))
+    if not vols:
+        raise TrainingInputError("no training data: give image and labels")
+    if val_image is not None or val_labels is not None:
+        if val_image is None or val_labels is None:
+            raise TrainingInputError("validation needs both an image and labels")
+        if np.shape(val_image) != np.shape(val_labels):
+            raise TrainingInputError(
+                f"validation labels shape {np.shape(val_labels)} differs from image shape {np.shape(val_image)}")
+    if iterations < 1 or batch_size < 1:
+        raise TrainingInputError("iterations and batch size must be at least 1")
+    sampler = CropSampler(vols, crop, augment, amp_sources=amp_sources, seed=seed)
+    start_iter, opt_state = 0, None
+    if resume is not None:
+        ck = read_checkpoint(resume)
+        try:
+            net = mnet_from_state_dict(ck["model_weights"])
+        except Exception as exc:
+            raise TrainingInputError(f"cannot resume from {resume}: {exc}") from exc
+        start_iter, opt_state = ck["iters"], read_optimizer_state(resume)
+        meta0 = ck["metadata"]
+    else:
+        net = resolve_model(model, kn, fmu)
+        meta0 = {}
+    dev = pick_device(device)
+    net = net.to(dev).float()
+    net.train()
+    torch.manual_seed(seed + start_iter)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    best_score = meta0.get("best_score")
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state["optimizer"])
+            sampler.rng = np.random.default_rng(seed + start_iter)
+        except Exception:
+            say("optimizer state not usable; continuing with a fresh optimizer")
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    best_path = ckpt.with_name(ckpt.stem + "_best" + ckpt.suffix) if ckpt else None
+    meta = {"kn": list(net.kn), "fmu": net.fmu, "trained_by": "napari_segneuron.training.finetune",
+            "crop": list(sampler.crop), "batch_size": batch_size, "lr": lr, "schedule": schedule,
+            "aff_weight": aff_weight, "fg_weight": fg_weight, "input_normalization": "uint8/255",
+            **{k: v for k, v in meta0.items() if k not in ("best_score", "dtype")}, **(metadata or {})}
+    result = TrainResult(model=net, checkpoint=None, iterations=start_iter, best_checkpoint=None,
+                         best_score=best_score)
+
+    def save(it: int) -> None:
+        if ckpt is None:
+            return
+        m = dict(meta, iterations_done=it, best_score=result.best_score,
+                 wall_time_s=round(time.time() - t_start, 1))
+        write_checkpoint(net, ckpt, it, m, optimizer_state={"optimizer": opt.state_dict(), "iters": it})
+        result.checkpoint = ckpt
+        if keep_every and it % keep_every == 0:
+            write_checkpoint(net, ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
+
+    it = start_iter
+    running = None
+    try:
+        while it < iterations:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("cancelled")
+            if time_limit_s is not None and time.time() - t_start > time_limit_s:
+                say(f"time limit reached at iteration {it}")
+                break
+            cur = learning_rate(it, iterations, lr, min_lr, schedule, warmup)
+            for g in opt.param_groups:
+                g["lr"] = cur
+            batch = sampler.batch(batch_size)
+            opt.zero_grad(set_to_none=True)
+            loss, l_aff, l_fg = segmentation_loss(net, batch, dev, aff_weight, fg_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at iteration {it}")
+            loss.backward()
+            opt.step()
+            it += 1
+            result.iterations = it
+            lv = float(loss.item())
+            result.history.append((it, lv))
+            running = lv if running is None else 0.95 * running + 0.05 * lv
+            if loss_callback is not None:
+                loss_callback(it, lv)
+            if progress is not None:
+                progress(it, iterations, f"iteration {it}/{iterations}, loss {running:.4f}")
+            if it % 10 == 0 or it == start_iter + 1:
+                say(f"it {it} loss {lv:.4f} (aff {l_aff.item():.4f} fg {l_fg.item():.4f}) avg {running:.4f} "
+                    f"lr {cur:.2e} t {time.time() - t_start:.0f}s")
+            if validate_every and val_image is not None and it % validate_every == 0:
+                v = validate(net, val_image, val_labels, dev, aff_weight, fg_weight)
+                v["iteration"] = it
+                result.validation.append(v)
+                say("validation " + " ".join(f"{k}={v[k]}" for k in v if k != "vi_parts"))
+                if _better(v, result.best_score):
+                    result.best_score = {k: v[k] for k in v if k in ("val_loss", "vi", "arand", "threshold",
+                                                                       "iteration")}
+                    if best_path is not None:
+                        write_checkpoint(net, best_path, it, dict(meta, best_score=result.best_score))
+                        result.best_checkpoint = best_path
+            if checkpoint_every and it % checkpoint_every == 0:
+                save(it)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        save(it)
+        result.cancelled = True
+        result.wall_time_s = time.time() - t_start
+        net.eval()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise TrainingCancelled(result) from None
+    save(it)
+    result.wall_time_s = time.time() - t_start
+    net.eval()
+    return result
