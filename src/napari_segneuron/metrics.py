@@ -116,18 +116,32 @@ def pair_counts(s: np.ndarray, g: np.ndarray, weights: np.ndarray | None = None)
     if s.size == 0:
         e = np.zeros(0, np.int64)
         return e, e, e
-    su, si = np.unique(s, return_inverse=True)
-    gu, gi = np.unique(g, return_inverse=True)
+    su, si = _unique_inverse(s)
+    gu, gi = _unique_inverse(g)
     key = si.astype(np.int64).ravel() * len(gu) + gi.astype(np.int64).ravel()
     if len(su) * len(gu) <= max(4 * key.size, 1 << 20):
         counts = np.bincount(key, weights=weights, minlength=len(su) * len(gu))
         pairs = np.flatnonzero(counts)
         counts = counts[pairs]
     else:
-        pairs, inv = np.unique(key, return_inverse=True)
+        pairs, inv = _unique_inverse(key)
         counts = np.bincount(inv.ravel(), weights=weights)
     counts = np.rint(counts).astype(np.int64) if weights is not None else counts.astype(np.int64)
     return su[pairs // len(gu)], gu[pairs % len(gu)], counts
+
+
+def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique values and the inverse index (fastremap's hash-based version is ~30x
+    faster than ``np.unique`` here)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    try:
+        import fastremap
+
+        u, inv = fastremap.unique(x, return_inverse=True)
+        return np.asarray(u), np.asarray(inv).reshape(-1)
+    except (ImportError, TypeError, ValueError):  # pragma: no cover - unusual dtypes
+        u, inv = np.unique(x, return_inverse=True)
+        return u, inv.reshape(-1)
 
 
 def scores_from_table(seg_ids: np.ndarray, gt_ids: np.ndarray, counts: np.ndarray) -> Scores:
@@ -135,8 +149,8 @@ def scores_from_table(seg_ids: np.ndarray, gt_ids: np.ndarray, counts: np.ndarra
     n = float(counts.sum())
     if n == 0:
         raise InputError("No voxel is left to score: the ground truth is all ignored labels (0?)")
-    _, s_inv = np.unique(seg_ids, return_inverse=True)
-    _, g_inv = np.unique(gt_ids, return_inverse=True)
+    _, s_inv = _unique_inverse(seg_ids)
+    _, g_inv = _unique_inverse(gt_ids)
     c = counts.astype(np.float64)
     a = np.bincount(s_inv.ravel(), weights=c)  # segment sizes
     b = np.bincount(g_inv.ravel(), weights=c)  # ground-truth object sizes

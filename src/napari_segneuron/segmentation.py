@@ -432,7 +432,7 @@ def _gather(lut: np.ndarray, frag: np.ndarray, out: Optional[np.ndarray] = None)
     if out is not None:
         if out.shape != frag.shape or out.dtype != lut.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {lut.dtype} array of shape {frag.shape}")
-    if frag.size >= 1 << 16 and frag.dtype == np.uint32 and len(lut) < 2**31 and frag.flags.c_contiguous:
+    if frag.size >= 1 << 22 and frag.dtype == np.uint32 and len(lut) < 2**31 and frag.flags.c_contiguous:
         try:
             import torch
         except ImportError:  # pragma: no cover - torch is a dependency

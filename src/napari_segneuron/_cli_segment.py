@@ -1,0 +1,202 @@
+"""``napari-segneuron segment`` (predict if needed, then agglomerate) and ``evaluate`` (VI, ARAND)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._cli_common import TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
+from .io import InputError
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def add_parser(subparsers) -> None:
+    from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND
+    from .segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, SCORING_FUNCTIONS
+
+    p = subparsers.add_parser(
+        "segment",
+        help="neuron labels from an EM stack (predict + agglomerate) or from a saved prediction",
+        description="Agglomerate affinities with waterz, restricted to the predicted foreground, into neuron "
+        "labels (0 = background). IN is either an EM stack (.tif/.zarr: the network predicts affinities and "
+        "foreground first) or a prediction written by 'napari-segneuron predict' (.zarr with 'affinities' "
+        "and 'foreground' arrays, or a 4-channel .tif).",
+    )
+    p.add_argument("input", metavar="IN", help="EM stack or saved prediction (.tif/.tiff/.zarr)")
+    p.add_argument("-o", "--output", required=True, metavar="LABELS", help="output labels .tif or .zarr")
+    g = p.add_argument_group("agglomeration")
+    g.add_argument("--threshold", type=_unit_interval, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"waterz merge threshold in [0, 1]; higher merges more (default {DEFAULT_THRESHOLD})")
+    g.add_argument("--fg-threshold", type=_unit_interval, default=DEFAULT_FG_THRESHOLD, metavar="F",
+                   help=f"voxels with foreground probability below F are background (default {DEFAULT_FG_THRESHOLD})")
+    g.add_argument("--min-size", type=_non_negative_int, default=DEFAULT_MIN_SIZE, metavar="N",
+                   help=f"remove (set to 0) segments smaller than N voxels (default {DEFAULT_MIN_SIZE})")
+    g.add_argument("--no-foreground", action="store_true",
+                   help="plain waterz: ignore the foreground prediction")
+    g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default="mean",
+                   help="edge score: 1 - mean (waterz default) or 1 - median affinity (default mean)")
+    g.add_argument("--save-prediction", metavar="PRED", default=None,
+                   help="also write the network's prediction (.zarr or .tif) when IN is an EM stack")
+    add_model_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace LABELS (and PRED) if they exist")
+    p.set_defaults(func=run_segment)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="VI (split/merge) and adapted Rand error of a segmentation against ground truth",
+        description="Score SEG against GT (both label volumes of the same shape, .tif or .zarr). VI split = "
+        "H(SEG|GT) (over-segmentation), VI merge = H(GT|SEG) (under-segmentation), in bits; ARAND = adapted "
+        "Rand error. Ground-truth voxels labelled 0 are ignored.",
+    )
+    e.add_argument("seg", metavar="SEG", help="segmentation labels")
+    e.add_argument("gt", metavar="GT", help="ground-truth labels")
+    e.add_argument("--background", choices=BACKGROUND_MODES, default=DEFAULT_BACKGROUND,
+                   help="predicted background (SEG == 0): 'fill' = nearest segment's label, 'ignore' = leave "
+                        "those voxels out, 'segment' = count 0 as one segment like skimage "
+                        f"(default {DEFAULT_BACKGROUND})")
+    e.add_argument("--no-ignore-gt", action="store_true", help="also score ground-truth voxels labelled 0")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
+    e.set_defaults(func=run_evaluate)
+
+
+def _read_labels(path: str, name: str) -> np.ndarray:
+    from .io import read_volume
+
+    data, _ = read_volume(path)
+    arr = np.asarray(data)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"The {name} {Path(path).name} must be a 3-D label volume (z, y, x), not {arr.shape}")
+    if arr.dtype.kind not in "biu":
+        raise InputError(f"The {name} {Path(path).name} holds {arr.dtype} values, not integer labels")
+    return arr
+
+
+def _is_prediction(path: str) -> bool:
+    """A zarr group with 'affinities' and 'foreground', or a 4-channel 4-D tif."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"File not found: {p}")
+    low = str(p).rstrip("/").lower()
+    if low.endswith(".zarr"):
+        import zarr
+
+        try:
+            node = zarr.open(str(p), mode="r")
+        except Exception as err:
+            raise InputError(f"Could not open {p.name} as zarr: {err}") from None
+        return not isinstance(node, zarr.Array) and "affinities" in node
+    if low.endswith((".tif", ".tiff")):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tif:
+                shape = tif.series[0].shape
+        except Exception as err:
+            raise InputError(f"Could not read {p.name} as a TIFF: {err}") from None
+        return len(shape) == 4 and shape[0] == 4
+    raise InputError(f"Unsupported file type {p.suffix!r}: use .tif/.tiff or .zarr")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .io import as_volume, read_prediction, read_volume, write_labels, write_prediction
+    from .segmentation import agglomerate
+
+    check_output_path(args.output, args.overwrite)
+    meta: dict = {"plugin_version": __version__, "source": str(args.input)}
+    t0 = time.perf_counter()
+    if _is_prediction(args.input):
+        aff, fg = read_prediction(args.input)
+        print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
+        meta["prediction"] = str(args.input)
+    else:
+        if args.save_prediction:
+            check_output_path(args.save_prediction, args.overwrite)
+        volume, voxel = read_volume(args.input)
+        volume = as_volume(volume, name=args.input)
+        model = load_weights(args.weights, args.device)
+        predictor = make_predictor(args, model)
+        print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
+        bar = TerminalProgress("predict")
+        try:
+            aff, fg = predictor.predict(volume, progress=bar)
+        finally:
+            bar.close()
+        meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"))
+        if voxel:
+            meta["voxel_size_nm"] = list(voxel)
+        if args.save_prediction:
+            write_prediction(args.save_prediction, aff, fg, metadata=meta, overwrite=args.overwrite)
+            print(f"wrote {args.save_prediction}", file=sys.stderr)
+    t1 = time.perf_counter()
+    # one-shot: waterz only needs to run up to the requested threshold
+    agg = agglomerate(
+        aff, None if args.no_foreground else fg,
+        fg_threshold=args.fg_threshold, min_size=args.min_size, max_threshold=args.threshold,
+        scoring=args.scoring, worker=False,
+    )
+    labels = agg.labels(args.threshold)
+    t2 = time.perf_counter()
+    meta.update(
+        threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
+        min_size=args.min_size, scoring=args.scoring, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
+    )
+    write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
+    n = int(labels.max()) if labels.size else 0
+    print(
+        f"wrote {args.output}: {n} segments, {100.0 * float((labels == 0).mean()):.1f}% background "
+        f"(threshold {args.threshold}, fg threshold {args.fg_threshold}, min size {args.min_size}); "
+        f"input {t1 - t0:.1f} s, agglomeration {t2 - t1:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate
+
+    seg = _read_labels(args.seg, "segmentation")
+    gt = _read_labels(args.gt, "ground truth")
+    if seg.shape != gt.shape:
+        raise InputError(
+            f"{Path(args.seg).name} {seg.shape} and {Path(args.gt).name} {gt.shape} have different shapes; "
+            "crop them to the same region first"
+        )
+    s = evaluate(seg, gt, ignore_gt=() if args.no_ignore_gt else (0,), background=args.background)
+    if args.json:
+        print(json.dumps(dict(vi_split=s.vi_split, vi_merge=s.vi_merge, vi=s.vi, arand=s.arand,
+                              precision=s.precision, recall=s.recall, voxels=s.n_voxels,
+                              background=args.background, ignore_gt_zero=not args.no_ignore_gt)))
+    else:
+        print(f"VI split  {s.vi_split:.4f}   (H(SEG|GT): over-segmentation)")
+        print(f"VI merge  {s.vi_merge:.4f}   (H(GT|SEG): under-segmentation)")
+        print(f"VI        {s.vi:.4f}")
+        print(f"ARAND     {s.arand:.4f}   (precision {s.precision:.4f}, recall {s.recall:.4f})")
+        print(f"scored {s.n_voxels} voxels; ground-truth 0 {'scored' if args.no_ignore_gt else 'ignored'}; "
+              f"predicted background: {args.background}")
+    return 0
