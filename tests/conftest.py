@@ -7,6 +7,16 @@ import pytest
 TINY_KN = (4, 8, 12, 16, 20)
 
 
+def pytest_configure(config):
+    # Tiny tensors on a shared 2-core CI box: one intra-op thread is 5-10x faster than
+    # several threads fighting over the cores (measured). Override with TORCH_NUM_THREADS.
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", "1")))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A small MNet (kn=(4,8,12,16,20)) with random weights, saved like a real checkpoint."""

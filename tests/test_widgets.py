@@ -6,7 +6,7 @@ import pytest
 
 from napari_segneuron._widgets.segment import SegNeuronWidget
 
-WAIT_MS = 60_000
+WAIT_MS = 180_000
 CROP = (slice(0, 16), slice(0, 64), slice(0, 96))  # a corner of the sample: fast on 2 CPU cores
 SMALL_TILE = (16, 64, 96)  # one tile covers the crop
 

@@ -180,9 +180,9 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
     args += ["-o", output or prov.get("output") or "segmentation.zarr"]
     args += ["--weights", str(weights_arg)]
     if pred.get("tile"):
-        args += ["--tile", *[str(v) for v in pred["tile"]]]
+        args += ["--tile", ",".join(str(v) for v in pred["tile"])]
     if pred.get("overlap"):
-        args += ["--overlap", *[str(v) for v in pred["overlap"]]]
+        args += ["--overlap", ",".join(str(v) for v in pred["overlap"])]
     if pred.get("batch_size"):
         args += ["--batch-size", str(pred["batch_size"])]
     if pred.get("device") and pred["device"] != "auto":

@@ -135,8 +135,13 @@ class TaskRunner(QObject):
         on_done: Callable[[Any], None],
         on_cancelled: Optional[Callable[[], None]] = None,
         on_error: Optional[Callable[[BaseException], None]] = None,
+        keep_result_when_cancelled: bool = False,
     ):
-        """Run ``fn(progress=..., cancel=...)`` in a thread; call ``on_done(value)`` in the GUI thread."""
+        """Run ``fn(progress=..., cancel=...)`` in a thread; call ``on_done(value)`` in the GUI thread.
+
+        A run whose token was cancelled is discarded ("nothing changes") unless
+        ``keep_result_when_cancelled`` (training: the returned result holds the last checkpoint).
+        """
         if self.busy:
             notify_warning(f"Wait for '{self.task}' to finish (or press Cancel) before starting '{name}'")
             return None
@@ -152,7 +157,7 @@ class TaskRunner(QObject):
             t0 = time.perf_counter()
             try:
                 value = fn(progress=progress, cancel=token)
-                if token.cancelled:
+                if token.cancelled and not keep_result_when_cancelled:
                     return Outcome("cancelled", seconds=time.perf_counter() - t0)
                 return Outcome("ok", value, seconds=time.perf_counter() - t0)
             except Cancelled:

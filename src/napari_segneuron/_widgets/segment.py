@@ -6,6 +6,7 @@ The widget is glue: the work is done by the Qt-free core (``_model``, ``inferenc
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +48,8 @@ from ._common import (
 from ._runner import TaskRunner, error_message, notify_error, notify_info, notify_warning
 
 CHECKPOINT_ITEM = "Checkpoint file…"
+#: open SegNeuron docks (the training dock hands its trained model to the one of its viewer)
+DOCKS: "weakref.WeakSet" = weakref.WeakSet()
 SLIDER_STEPS = 100  # slider ticks per unit threshold
 
 
@@ -123,6 +126,7 @@ class SegNeuronWidget(QWidget):
         import napari.layers
 
         self.viewer = napari_viewer
+        DOCKS.add(self)
         self.model = None
         self.prediction: Optional[Prediction] = None
         self.segmentation: Optional[Segmentation] = None
