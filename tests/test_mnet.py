@@ -1,0 +1,64 @@
+"""MNet reproduces the official forward pass and has the released checkpoint's names."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_segneuron._model import MNet
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+FIXTURE = REFERENCE / "mnet_tiny_fixture.npz"
+KEYS_TSV = REFERENCE / "segneuron_checkpoint_keys.tsv"
+
+needs_reference = pytest.mark.skipif(not FIXTURE.exists(), reason="../shared/reference not present")
+
+
+@needs_reference
+def test_reproduces_official_forward_pass():
+    ref = np.load(FIXTURE)
+    model = MNet(1, kn=tuple(int(k) for k in ref["kn"]), fmu="sub").eval()
+    state = {k[len("param/"):]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("param/")}
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        aff, fg = model(torch.from_numpy(ref["input"]))
+    assert aff.shape == ref["affinities"].shape and fg.shape == ref["foreground"].shape
+    assert np.abs(aff.numpy() - ref["affinities"]).max() <= 1e-4
+    assert np.abs(fg.numpy() - ref["foreground"]).max() <= 1e-4
+    # same with autograd on (the plain PyTorch convolution path)
+    aff2, fg2 = model(torch.from_numpy(ref["input"]))
+    assert np.abs(aff2.detach().numpy() - ref["affinities"]).max() <= 1e-4
+
+
+@needs_reference
+def test_state_dict_names_and_shapes_match_released_checkpoint():
+    expected = {}
+    for line in KEYS_TSV.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        expected[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    own = {k: tuple(v.shape) for k, v in MNet().state_dict().items()}
+    assert own == expected
+
+
+def test_cat_merging_doubles_merged_channels():
+    sd = MNet(kn=(4, 8, 12, 16, 20), fmu="cat").state_dict()
+    assert sd["down22.CB2d.conv1.conv.weight"].shape[1] == 16
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5, 32, 48), (1, 1, 9, 16, 16), (2, 1, 20, 64, 32)])
+def test_output_shapes_for_odd_depths_and_batches(shape):
+    model = MNet(kn=(2, 4, 4, 8, 8)).eval()
+    with torch.no_grad():
+        aff, fg = model(torch.rand(shape))
+    assert aff.shape == (shape[0], 3) + shape[2:]
+    assert fg.shape == (shape[0], 1) + shape[2:]
+    assert float(aff.min()) >= 0 and float(aff.max()) <= 1
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError, match="fmu"):
+        MNet(fmu="mul")
+    with pytest.raises(ValueError, match="5 channel counts"):
+        MNet(kn=(4, 8))
