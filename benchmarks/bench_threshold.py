@@ -47,15 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(100, 512, 512))
     ap.add_argument("--fresh", type=int, default=3, help="fresh waterz runs to time (each is slow)")
     ap.add_argument("--fg-threshold", type=float, default=None)
+    ap.add_argument("--scoring", default=None, help="mean or median (default: the package default)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from napari_segneuron.segmentation import (
-        DEFAULT_FG_THRESHOLD, SCORING_FUNCTIONS, affinities_from_boundaries, agglomerate, restrict_to_foreground,
+        DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, SCORING_FUNCTIONS, affinities_from_boundaries, agglomerate, restrict_to_foreground,
         _restore_stdout, _silence_stdout,
     )
 
     fg_thr = DEFAULT_FG_THRESHOLD if args.fg_threshold is None else args.fg_threshold
+    scoring = args.scoring or DEFAULT_SCORING
     shape = tuple(args.shape)
     t0 = time.perf_counter()
     b = realistic_boundaries(shape)
@@ -63,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     fg = 1.0 - b
     del b
     print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} Mvoxel, affinities {aff.nbytes / 2**20:.0f} MiB, "
-          f"made in {time.perf_counter() - t0:.1f} s; foreground restriction, fg_threshold {fg_thr}")
+          f"made in {time.perf_counter() - t0:.1f} s; foreground restriction, fg_threshold {fg_thr}, scoring {scoring}")
     rss_inputs = maxrss_mib(resource.RUSAGE_SELF)
 
     t0 = time.perf_counter()
-    agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, worker=True)
+    agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, scoring=scoring, worker=True)
     t_first = time.perf_counter() - t0
     print(f"first agglomeration (worker process, up to threshold 1.0): {t_first:.2f} s, "
           f"{agg.n_fragments} fragments, {len(agg.merge_scores)} merges recorded")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = _silence_stdout(None)
         t1 = time.perf_counter()
         try:
-            seg = next(iter(waterz.agglomerate(prepared, [t], scoring_function=SCORING_FUNCTIONS["mean"])))
+            seg = next(iter(waterz.agglomerate(prepared, [t], scoring_function=SCORING_FUNCTIONS[scoring])))
         finally:
             _restore_stdout(saved)
         fresh_ms[t] = (time.perf_counter() - t1) * 1000

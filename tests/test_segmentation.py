@@ -82,7 +82,7 @@ def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool
 
 
 def test_replay_with_given_fragments(snemi: dict) -> None:
-    agg = agglomerate(snemi["aff"], fragments=snemi["fragments"], worker=False)
+    agg = agglomerate(snemi["aff"], fragments=snemi["fragments"], scoring="mean", worker=False)
     assert agg.n_fragments == len(np.unique(snemi["fragments"]))
     assert same_partition(agg.labels(0.0), snemi["fragments"])
     for t, ref in zip([0.3, 0.5, 0.7], direct_waterz(snemi["aff"], [0.3, 0.5, 0.7], "mean", snemi["fragments"])):
@@ -202,3 +202,46 @@ def test_bad_input(snemi: dict) -> None:
         agg.labels(-0.2)
     with pytest.raises(InputError, match="region"):
         threshold_sweep(agg, snemi["gt"][:5])
+
+
+def test_mask_mode_is_waterz_then_foreground_mask(snemi: dict) -> None:
+    aff, fg = snemi["aff"], snemi["fg"]
+    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode="mask", worker=False)
+    prepared = np.empty_like(aff)
+    bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False)
+    assert np.array_equal(prepared, np.minimum(aff, fg[None]))
+    for t, ref in zip([0.3, 0.45, 0.6], direct_waterz(prepared, [0.3, 0.45, 0.6], "mean")):
+        assert same_partition(agg.labels(t), np.where(bg, 0, ref))
+
+
+def test_cli_segment_and_evaluate(snemi: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from napari_segneuron.cli import main
+    from napari_segneuron.io import write_prediction
+
+    pred = tmp_path / "pred.zarr"
+    write_prediction(pred, snemi["aff"], snemi["fg"])
+    gt = tmp_path / "gt.tif"
+    tifffile.imwrite(gt, snemi["gt"])
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(pred), "-o", str(out), "--threshold", "0.3", "--fg-threshold", "0.5"]) == 0
+    labels = tifffile.imread(out)
+    ref = agglomerate(snemi["aff"], snemi["fg"], fg_threshold=0.5, worker=False).labels(0.3)
+    assert same_partition(labels, ref)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(gt), "--background", "segment"]) == 0
+    text = capsys.readouterr().out
+    s = evaluate(labels, snemi["gt"], background="segment")
+    assert f"VI split  {s.vi_split:.4f}" in text and f"ARAND     {s.arand:.4f}" in text
+    # bad input: clear one-line messages, exit code 2
+    bad = tmp_path / "bad.zarr"
+    write_prediction(bad, snemi["aff"][:2], snemi["fg"])
+    assert main(["segment", str(bad), "-o", str(tmp_path / "x.tif")]) == 2
+    assert "(3, Z, Y, X)" in capsys.readouterr().err
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, snemi["gt"][:4])
+    assert main(["evaluate", str(out), str(small)]) == 2
+    assert "different shapes" in capsys.readouterr().err
+    dark = tmp_path / "dark.zarr"
+    write_prediction(dark, snemi["aff"], snemi["fg"] * 0.3)
+    assert main(["segment", str(dark), "-o", str(tmp_path / "y.tif"), "--fg-threshold", "0.5"]) == 2
+    assert "Every voxel is background" in capsys.readouterr().err

@@ -35,7 +35,9 @@ def _non_negative_int(text: str) -> int:
 
 def add_parser(subparsers) -> None:
     from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND
-    from .segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, SCORING_FUNCTIONS
+    from .segmentation import (
+        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
+    )
 
     p = subparsers.add_parser(
         "segment",
@@ -56,8 +58,8 @@ def add_parser(subparsers) -> None:
                    help=f"remove (set to 0) segments smaller than N voxels (default {DEFAULT_MIN_SIZE})")
     g.add_argument("--no-foreground", action="store_true",
                    help="plain waterz: ignore the foreground prediction")
-    g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default="mean",
-                   help="edge score: 1 - mean (waterz default) or 1 - median affinity (default mean)")
+    g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default=DEFAULT_SCORING,
+                   help=f"edge score: 1 - mean (waterz default) or 1 - median affinity (default {DEFAULT_SCORING})")
     g.add_argument("--save-prediction", metavar="PRED", default=None,
                    help="also write the network's prediction (.zarr or .tif) when IN is an EM stack")
     add_model_arguments(p)

@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_FG_THRESHOLD",
     "DEFAULT_MIN_SIZE",
     "DEFAULT_MAX_THRESHOLD",
+    "DEFAULT_SCORING",
     "SCORING_FUNCTIONS",
     "Agglomeration",
     "SweepResult",
@@ -77,12 +78,16 @@ __all__ = [
     "evaluate",
 ]
 
-# Chosen on the SNEMI3D crop (benchmarks/bench_quality.py); to be re-tuned on fib25_b once
-# the bundled model exists.
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_FG_THRESHOLD = 0.5
+# Defaults chosen on the real SNEMI3D boundary map (benchmarks/bench_quality.py, VI with
+# predicted background filled): the median score beats the mean (best VI 1.72 vs 2.04);
+# with it, foreground thresholds 0.1-0.3 are within 0.08 VI of each other (0.2 best) and
+# thresholds 0.14-0.24 form the good plateau (VI 1.72-1.89; above 0.26 segments merge).
+# To be re-tuned on fib25_b with the bundled model's predictions.
+DEFAULT_THRESHOLD = 0.2
+DEFAULT_FG_THRESHOLD = 0.2
 DEFAULT_MIN_SIZE = 0
 DEFAULT_MAX_THRESHOLD = 1.0
+DEFAULT_SCORING = "median"
 
 SCORING_FUNCTIONS = {
     # waterz's default: 1 - mean affinity along the boundary of two regions
@@ -170,7 +175,11 @@ def _check_threshold(value: float, name: str) -> float:
 
 
 def restrict_to_foreground(
-    affinities: np.ndarray, foreground: np.ndarray, fg_threshold: float, out: Optional[np.ndarray] = None
+    affinities: np.ndarray,
+    foreground: np.ndarray,
+    fg_threshold: float,
+    out: Optional[np.ndarray] = None,
+    exclude_background: bool = True,
 ) -> np.ndarray:
     """SegNeuron's foreground restriction; returns the background mask (foreground < fg_threshold).
 
@@ -184,7 +193,7 @@ def restrict_to_foreground(
     for c in range(3):
         np.minimum(affinities[c], fg, out=out[c])
     bg = fg < np.float32(fg_threshold)
-    if bg.any():
+    if exclude_background and bg.any():
         for c in range(3):
             np.copyto(out[c], 0, where=bg)
             lead = [slice(None)] * 3
@@ -545,7 +554,8 @@ def agglomerate(
     fragments: Any = None,
     min_size: int = DEFAULT_MIN_SIZE,
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
-    scoring: str = "mean",
+    scoring: str = DEFAULT_SCORING,
+    background_mode: str = "exclude",
     discretize_queue: int = 0,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
@@ -559,6 +569,11 @@ def agglomerate(
     foreground: (Z,Y,X) probabilities or None (plain waterz).  With a foreground each
       channel is limited to it (voxel-wise minimum) and voxels below ``fg_threshold``
       become background 0.
+    background_mode: "exclude" (default) takes background voxels out of waterz's graph
+      (their edges are 0, the watershed leaves them unlabelled, regions only touch through
+      foreground); "mask" lets waterz agglomerate every voxel on the min-restricted
+      affinities and sets background voxels to 0 afterwards (SegNeuron's post-processing
+      followed by a foreground mask).
     fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
       waterz's watershed.
     min_size: segments smaller than this many voxels are removed (become 0) by ``labels``.
@@ -576,6 +591,8 @@ def agglomerate(
     max_threshold = _check_threshold(max_threshold, "max_threshold")
     if int(min_size) < 0:
         raise InputError(f"min_size must be >= 0, not {min_size}")
+    if background_mode not in ("exclude", "mask"):
+        raise InputError(f"background_mode must be 'exclude' or 'mask', not {background_mode!r}")
     if scoring not in SCORING_FUNCTIONS and "<" not in scoring:
         raise InputError(f"scoring must be one of {sorted(SCORING_FUNCTIONS)} or a waterz scoring type, not {scoring!r}")
     fg = None
@@ -608,11 +625,14 @@ def agglomerate(
     if progress is not None:
         progress(0, _TOTAL_STEPS, "preparing affinities")
 
+    exclude = background_mode == "exclude"
+
     def write_affinities(out: np.ndarray) -> Optional[np.ndarray]:
         if fg is None:
             np.copyto(out, aff, casting="same_kind")
             return None
-        return restrict_to_foreground(aff, fg, fg_threshold, out=out)
+        bg = restrict_to_foreground(aff, fg, fg_threshold, out=out, exclude_background=exclude)
+        return bg if exclude else None
 
     opts = dict(
         scoring=scoring, queue=int(discretize_queue), max_threshold=max_threshold,
@@ -639,6 +659,12 @@ def agglomerate(
         del prepared, given
         frags = frag_out
     check(cancel)
+    if fg is not None and not exclude:
+        # "mask": waterz saw every voxel; background is cut out of the fragments afterwards
+        bg = fg < np.float32(fg_threshold)
+        frags[bg] = 0
+        del bg
+        result["sizes"] = np.bincount(frags.reshape(-1), minlength=len(result["sizes"])).astype(np.int64)
     if len(result["order"]) == 0:
         raise InputError(
             "waterz found no fragments: every affinity is below aff_threshold_low or every voxel is background"
@@ -654,7 +680,7 @@ def agglomerate(
         _sizes=result["sizes"],
         info=dict(
             seconds=time.perf_counter() - t0, scoring=scoring, fg_threshold=fg_threshold if fg is not None else None,
-            restricted=fg is not None, discretize_queue=int(discretize_queue),
+            restricted=fg is not None, discretize_queue=int(discretize_queue), background_mode=background_mode,
         ),
     )
     if progress is not None:
