@@ -133,6 +133,8 @@ class Predictor:
         half: bool = False,
         tiling: Optional[Tiling] = None,
         channels_last: bool = True,
+        model_voxel_size: Optional[Sequence[float]] = None,
+        tolerance: Optional[float] = None,
     ) -> None:
         base = tiling or DEFAULT_TILING
         tile_t = _parse_triple(tile, "tile") or base.tile
@@ -150,6 +152,11 @@ class Predictor:
         if batch_size is not None and batch_size < 1:
             raise InputError(f"Batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
+        from .resample import DEFAULT_TOLERANCE, parse_voxel_size
+
+        info = getattr(model, "info", None) or {}
+        self.model_voxel_size = parse_voxel_size(model_voxel_size or info.get("voxel_size_nm"), "model voxel size")
+        self.tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
 
     # -- device helpers -------------------------------------------------------------------
     def _autocast(self):
@@ -200,13 +207,22 @@ class Predictor:
         cancel: Optional[CancelToken] = None,
         out: Optional[dict] = None,
         dtype: Any = np.float32,
+        voxel_size: Optional[Sequence[float]] = None,
     ) -> tuple[Any, Any]:
         """Predict ``(affinities (3,Z,Y,X), foreground (Z,Y,X))`` for a (Z,Y,X) volume.
 
         ``out`` may hold preallocated array-likes ``{'affinities': ..., 'foreground': ...}``
         (e.g. zarr arrays) that are written slice by slice; otherwise numpy arrays of
-        ``dtype`` (float32 or float16) are returned.
+        ``dtype`` (float32 or float16) are returned. With ``voxel_size`` (z, y, x nm) and a
+        model voxel size known, the volume is predicted at the model's resolution and the
+        result resampled back (see ``resample``).
         """
+        from .resample import needs_resampling, parse_voxel_size, predict_resampled
+
+        voxel = parse_voxel_size(voxel_size)
+        if needs_resampling(voxel, self.model_voxel_size, self.tolerance):
+            return predict_resampled(self, volume, voxel, self.model_voxel_size, progress=progress,
+                                     cancel=cancel, out=out, dtype=dtype)
         volume = as_volume(volume)
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
