@@ -50,6 +50,10 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="where to run the network (default: cuda, then mps, then cpu)")
     g.add_argument("--half", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU): faster, slightly different")
+    g.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
+                   help="voxel size of the input in nm (default: from the tif metadata; if unknown, the model's own)")
+    g.add_argument("--model-voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
+                   help="override the voxel size in nm the model was trained at (e.g. for the released SegNeuron weights)")
 
 
 class TerminalProgress:
@@ -91,6 +95,7 @@ def make_predictor(args: argparse.Namespace, model):
     tiling = OFFICIAL_TILING if getattr(args, "official_tiling", False) else None
     return Predictor(
         model,
+        model_voxel_size=getattr(args, "model_voxel_size", None),
         tile=args.tile,
         overlap=args.overlap,
         batch_size=args.batch_size,
@@ -108,3 +113,19 @@ def check_output_path(path: str, overwrite: bool) -> None:
         raise InputError(f"{p} already exists; pass --overwrite to replace it")
     if not str(p).lower().rstrip("/").endswith((".tif", ".tiff", ".zarr")):
         raise InputError(f"Output must end in .tif, .tiff or .zarr, got {p.name}")
+
+
+def input_voxel_size(args: argparse.Namespace, from_file, predictor) -> Optional[tuple]:
+    """The input's voxel size: --voxel-size, else the file's metadata, else None (with a note)."""
+    from .resample import needs_resampling
+
+    voxel = getattr(args, "voxel_size", None) or from_file
+    model_voxel = predictor.model_voxel_size
+    if voxel is None:
+        if model_voxel is not None:
+            print(f"note: the input's voxel size is unknown; assuming the model's own {model_voxel} nm "
+                  "(pass --voxel-size Z,Y,X to resample)", file=sys.stderr)
+        return None
+    if needs_resampling(voxel, model_voxel, predictor.tolerance):
+        print(f"resampling from {tuple(voxel)} nm to the model's {model_voxel} nm and back", file=sys.stderr)
+    return tuple(voxel)

@@ -6,7 +6,14 @@ import sys
 
 import numpy as np
 
-from ._cli_common import TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
+from ._cli_common import (
+    TerminalProgress,
+    add_model_arguments,
+    check_output_path,
+    input_voxel_size,
+    load_weights,
+    make_predictor,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +43,7 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "tile": list(predictor.tiling.tile),
         "overlap": list(predictor.tiling.overlap),
         "half": predictor.half,
+        "model_voxel_size_nm": predictor.model_voxel_size,
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }
 
@@ -51,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights, args.device)
     predictor = make_predictor(args, model)
     print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
+    voxel = input_voxel_size(args, _voxel, predictor)
     dtype = np.float16 if args.float16 else np.float32
     meta = provenance(args, model, predictor)
     bar = TerminalProgress("predict")
@@ -58,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         if str(args.output).rstrip("/").lower().endswith(".zarr"):
             with atomic_output(args.output) as tmp:
                 out = zarr_output(str(tmp), tuple(volume.shape), dtype=dtype, metadata=meta)
-                predictor.predict(volume, progress=bar, out=out)
+                predictor.predict(volume, progress=bar, out=out, voxel_size=voxel)
         else:
-            aff, fg = predictor.predict(volume, progress=bar, dtype=dtype)
+            aff, fg = predictor.predict(volume, progress=bar, dtype=dtype, voxel_size=voxel)
             write_prediction(args.output, aff, fg, metadata=meta, overwrite=args.overwrite)
     finally:
         bar.close()

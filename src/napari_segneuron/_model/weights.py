@@ -50,6 +50,11 @@ def _read_checkpoint(path: Path) -> Any:
         raise WeightsError(f"Weights file not found: {path}")
     if path.is_dir():
         raise WeightsError(f"Expected a weights file but {path} is a folder")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic not in (b"PK", b"\x80\x02") and not magic.startswith(b"\x80"):
+        # torch.save writes a zip archive; very old files are raw pickles (protocol >= 2)
+        raise WeightsError(f"{path.name} is not a readable PyTorch checkpoint (no zip or pickle header)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
