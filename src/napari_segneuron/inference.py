@@ -65,6 +65,18 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def fit_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers ``size``
+    with as many tiles as ``tile`` itself would need. Avoids a last tile that mostly
+    repeats its neighbour (e.g. 250 voxels with 192-voxel tiles becomes 2 tiles of 144)."""
+    if size <= tile:
+        return min(tile, -(-size // multiple) * multiple)
+    n = -(-(size - overlap) // (tile - overlap))
+    fitted = -(-(size + (n - 1) * overlap) // n)
+    fitted = -(-fitted // multiple) * multiple
+    return int(min(tile, max(fitted, overlap + multiple)))
+
+
 def gaussian_weight(shape: Sequence[int], sigma: float = 0.5, floor: float = 1e-3) -> np.ndarray:
     """Separable Gaussian over coordinates in [-1, 1] per axis, never below ``floor``."""
     w = np.ones((1, 1, 1), dtype=np.float64)
@@ -135,6 +147,7 @@ class Predictor:
         channels_last: bool = True,
         model_voxel_size: Optional[Sequence[float]] = None,
         tolerance: Optional[float] = None,
+        fit_tiles: bool = True,
     ) -> None:
         base = tiling or DEFAULT_TILING
         tile_t = _parse_triple(tile, "tile") or base.tile
@@ -149,6 +162,7 @@ class Predictor:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.half = bool(half)
+        self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
         if batch_size is not None and batch_size < 1:
             raise InputError(f"Batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -226,13 +240,19 @@ class Predictor:
         volume = as_volume(volume)
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
-        # Shrink the tile to the volume where the volume is smaller (xy rounded up to 16).
-        tz = min(self.tiling.tile[0], shape[0])
-        ty = min(self.tiling.tile[1], -(-shape[1] // 16) * 16)
-        tx = min(self.tiling.tile[2], -(-shape[2] // 16) * 16)
+        # Fit the tile to the volume (xy stays a multiple of 16); the overlap is kept.
+        ov = self.tiling.overlap
+        if self.fit_tiles:
+            tz = fit_tile(shape[0], self.tiling.tile[0], ov[0])
+            ty = fit_tile(shape[1], self.tiling.tile[1], ov[1], 16)
+            tx = fit_tile(shape[2], self.tiling.tile[2], ov[2], 16)
+        else:
+            tz = min(self.tiling.tile[0], shape[0])
+            ty = min(self.tiling.tile[1], -(-shape[1] // 16) * 16)
+            tx = min(self.tiling.tile[2], -(-shape[2] // 16) * 16)
         # Axes smaller than the tile are edge-padded to a full tile and cropped back.
         padded = tuple(max(s, t) for s, t in zip(shape, (tz, ty, tx)))
-        sz, sy, sx = self.tiling.stride
+        sz, sy, sx = tz - min(ov[0], tz - 1), ty - min(ov[1], ty - 1), tx - min(ov[2], tx - 1)
         zs, ys, xs = tile_starts(padded[0], tz, sz), tile_starts(padded[1], ty, sy), tile_starts(padded[2], tx, sx)
         weight = gaussian_weight((tz, ty, tx), self.tiling.sigma, self.tiling.floor)
         if out is None:
