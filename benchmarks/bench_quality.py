@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT / ".." / "shared" / "data"))
-FG_THRESHOLDS = (0.2, 0.35, 0.5, 0.65)
+FG_THRESHOLDS = (0.2, 0.35, 0.4, 0.45, 0.5, 0.65)
 
 
 def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings=("mean", "median")) -> dict:

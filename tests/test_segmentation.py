@@ -211,7 +211,10 @@ def test_mask_mode_is_waterz_then_foreground_mask(snemi: dict) -> None:
     bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False)
     assert np.array_equal(prepared, np.minimum(aff, fg[None]))
     for t, ref in zip([0.3, 0.45, 0.6], direct_waterz(prepared, [0.3, 0.45, 0.6], "mean")):
-        assert same_partition(agg.labels(t), np.where(bg, 0, ref))
+        lab = agg.labels(t)
+        assert same_partition(lab, np.where(bg, 0, ref))
+        # segments emptied by the mask are dropped: labels stay 1..K
+        assert np.array_equal(np.unique(lab[lab > 0]), np.arange(1, agg.n_segments(t) + 1))
 
 
 def test_cli_segment_and_evaluate(snemi: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

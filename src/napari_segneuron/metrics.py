@@ -165,7 +165,10 @@ def scores_from_table(seg_ids: np.ndarray, gt_ids: np.ndarray, counts: np.ndarra
     recall = sum_ij / sum_b if sum_b > 0 else 1.0
     denom = sum_a + sum_b
     arand = 1.0 - 2.0 * sum_ij / denom if denom > 0 else 0.0
-    return Scores(max(split, 0.0), max(merge, 0.0), arand, precision, recall, int(n))
+    # clamp rounding noise (and -0.0) of perfect agreement to 0
+    split = split if split > 1e-12 else 0.0
+    merge = merge if merge > 1e-12 else 0.0
+    return Scores(split, merge, arand, precision, recall, int(n))
 
 
 def evaluate(
