@@ -5,7 +5,17 @@ import shlex
 from typing import Any, Optional, Sequence
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def plugin_version() -> str:
@@ -91,6 +101,8 @@ class TripleSpin(QWidget):
             box.setValue(int(v))
             box.setPrefix(f"{axis} ")
             box.setToolTip(tooltip)
+            box.setButtonSymbols(QAbstractSpinBox.NoButtons)
+            box.setMinimumWidth(30)
             lay.addWidget(box)
             self.boxes.append(box)
         self.setToolTip(tooltip)
@@ -101,6 +113,30 @@ class TripleSpin(QWidget):
     def set_value(self, values: Sequence[int]) -> None:
         for b, v in zip(self.boxes, values):
             b.setValue(int(v))
+
+
+class Collapsible(QWidget):
+    """A titled section that opens and closes (for advanced settings)."""
+
+    def __init__(self, title: str, content: QWidget, expanded: bool = False, parent=None):
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.button = QToolButton()
+        self.button.setText(title)
+        self.button.setCheckable(True)
+        self.button.setChecked(expanded)
+        self.button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.button.setStyleSheet("QToolButton { border: none; }")
+        self.content = content
+        lay.addWidget(self.button)
+        lay.addWidget(content)
+        self.button.toggled.connect(self._toggle)
+        self._toggle(expanded)
+
+    def _toggle(self, on: bool) -> None:
+        self.button.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
+        self.content.setVisible(on)
 
 
 def double_spin(value: float, lo: float, hi: float, step: float, decimals: int = 2, tooltip: str = "") -> QDoubleSpinBox:
@@ -195,9 +231,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--min-size", str(int(seg["min_size"]))]
     if seg.get("threshold") is not None:
         args += ["--threshold", f"{seg['threshold']:g}"]
-    region = prov.get("region")
-    if region:
-        args += ["--roi", ",".join(f"{a}:{b}" for a, b in zip(region["start"], region["stop"]))]
+    # A preview's region is not part of the command: after tuning, the same settings
+    # are meant for the whole stack (the CLI has no region option).
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import (
+    Collapsible,
     LayerCombo,
     TripleSpin,
     cli_command,
@@ -142,6 +143,7 @@ class SegNeuronWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         body = QWidget()
         root = QVBoxLayout(body)
         root.setContentsMargins(0, 0, 0, 0)
@@ -168,7 +170,8 @@ class SegNeuronWidget(QWidget):
         hl.addWidget(self.weights_path)
         hl.addWidget(self.browse_button)
         self.path_row = path_row
-        form.addRow("File", path_row)
+        self.path_label = QLabel("File")
+        form.addRow(self.path_label, path_row)
         self.device_combo = QComboBox()
         self.device_combo.addItems(_available_devices())
         self.device_combo.setToolTip("Where the network runs. 'auto' uses a GPU when there is one.")
@@ -189,16 +192,25 @@ class SegNeuronWidget(QWidget):
         self.image_combo = LayerCombo(self.viewer, (napari.layers.Image,), placeholder="(open an EM image)")
         self.image_combo.setToolTip("The greyscale 3D EM stack to segment")
         form.addRow("Image", self.image_combo)
+        adv = QWidget()
+        af = QFormLayout(adv)
+        af.setContentsMargins(0, 0, 0, 0)
         self.tile = TripleSpin(tile, 1, 1024, tooltip="Size of the blocks the network sees at once (z, y, x); y and x must be multiples of 16. Smaller uses less memory.")
-        form.addRow("Tile", self.tile)
+        af.addRow("Tile", self.tile)
         self.overlap = TripleSpin(overlap, 0, 512, tooltip="How much neighbouring blocks overlap (z, y, x); more overlap = smoother seams, slower")
-        form.addRow("Overlap", self.overlap)
+        af.addRow("Overlap", self.overlap)
         self.batch = int_spin(0, 0, 64, tooltip="Blocks per network call; 0 = automatic (1 on CPU, fits GPU memory)")
         self.batch.setSpecialValueText("auto")
-        form.addRow("Batch", self.batch)
+        af.addRow("Batch", self.batch)
         self.half = QCheckBox("Half precision (faster on GPU)")
         self.half.setToolTip("Run the network in 16-bit floats: about 2x faster on GPUs, tiny differences")
-        form.addRow(self.half)
+        af.addRow(self.half)
+        self.preview_depth = int_spin(8, 1, 256, tooltip="Preview: slices above and below the current one", suffix=" slices")
+        af.addRow("Preview ±", self.preview_depth)
+        self.preview_size = int_spin(256, 32, 2048, 16, tooltip="Preview: largest y/x size of the region in view (pixels)", suffix=" px")
+        af.addRow("Preview ≤", self.preview_size)
+        self.advanced = Collapsible("Advanced settings", adv, expanded=False)
+        form.addRow(self.advanced)
         self.predict_button = QPushButton("Predict whole image")
         self.predict_button.setToolTip("Predict boundaries (affinities) and foreground for the whole stack")
         self.predict_button.clicked.connect(self.predict)
@@ -214,16 +226,6 @@ class SegNeuronWidget(QWidget):
         hl.addWidget(self.predict_button)
         hl.addWidget(self.preview_button)
         form.addRow(row)
-        self.preview_depth = int_spin(8, 1, 256, tooltip="Preview: slices above and below the current one", suffix=" slices")
-        self.preview_size = int_spin(256, 32, 2048, 16, tooltip="Preview: largest y/x size of the region (pixels)", suffix=" px")
-        row = QWidget()
-        hl = QHBoxLayout(row)
-        hl.setContentsMargins(0, 0, 0, 0)
-        hl.addWidget(QLabel("±"))
-        hl.addWidget(self.preview_depth)
-        hl.addWidget(QLabel("max"))
-        hl.addWidget(self.preview_size)
-        form.addRow("Preview", row)
         root.addWidget(box)
 
         # ---- 3. Segment ------------------------------------------------------------------
@@ -231,7 +233,7 @@ class SegNeuronWidget(QWidget):
         form = QFormLayout(box)
         self.fg_threshold = double_spin(fg, 0.0, 1.0, 0.05, tooltip="Voxels with foreground probability below this are background (label 0)")
         form.addRow("Foreground ≥", self.fg_threshold)
-        self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into a neighbour or removed", suffix=" voxels")
+        self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are removed (they become background, label 0)", suffix=" voxels")
         form.addRow("Min size", self.min_size)
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip("Split the prediction into neurons (watershed + agglomeration)")
@@ -312,7 +314,7 @@ class SegNeuronWidget(QWidget):
         self.runner.finished.connect(lambda _n, _s: self._set_busy(False))
         self._pick_default_layers()
         self.viewer.layers.events.inserted.connect(self._pick_default_layers)
-        self.setMinimumWidth(320)
+        self.setMinimumWidth(340)
 
     # =====================================================================================
     # helpers
@@ -338,6 +340,7 @@ class SegNeuronWidget(QWidget):
 
     def _weights_choice_changed(self, text: str) -> None:
         self.path_row.setVisible(text == CHECKPOINT_ITEM)
+        self.path_label.setVisible(text == CHECKPOINT_ITEM)
 
     def _browse_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a SegNeuron checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)")

@@ -41,9 +41,9 @@ from .segment import _available_devices
 
 FINETUNE = "Finetune (image + labels)"
 PRETRAIN = "Pretrain (unlabelled images)"
-START_LOADED = "the model loaded in the SegNeuron dock"
-START_FRESH = "fresh random weights"
-START_PRETRAINED = "the last pretrained checkpoint"
+START_LOADED = "loaded model"
+START_FRESH = "fresh weights"
+START_PRETRAINED = "last pretrained checkpoint"
 
 
 class LossPlot(QWidget):
@@ -169,7 +169,10 @@ class TrainingWidget(QWidget):
         ff.addRow("Mask", self.mask_combo)
         self.start_combo = QComboBox()
         self.start_combo.addItems([START_LOADED, START_FRESH, START_PRETRAINED])
-        self.start_combo.setToolTip("Which weights training starts from")
+        self.start_combo.setToolTip(
+            "Which weights training starts from: the model loaded in the SegNeuron dock, fresh random "
+            "weights, or the checkpoint of the last Pretrain run"
+        )
         ff.addRow("Start from", self.start_combo)
         self.pages.addWidget(ft)
         # pretrain page
