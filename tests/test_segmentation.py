@@ -126,14 +126,26 @@ def test_min_size_removes_small_segments(snemi: dict) -> None:
     assert same_partition(np.where(small, 0, full), lab)
 
 
-def test_worker_process_matches_in_process(snemi: dict) -> None:
+def test_worker_process_matches_in_process(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import napari_segneuron.segmentation as segmentation
+
     seen = []
-    a = agglomerate(snemi["aff"], snemi["fg"], worker=True, progress=lambda d, n, m="": seen.append((d, n, m)))
-    b = agglomerate(snemi["aff"], snemi["fg"], worker=False)
+    a = agglomerate(snemi["aff"], snemi["fg"], fragments=snemi["fragments"], worker=True,
+                    progress=lambda d, n, m="": seen.append((d, n, m)))
+    b = agglomerate(snemi["aff"], snemi["fg"], fragments=snemi["fragments"], worker=False)
     for t in (0.2, 0.4, 0.6):
         assert np.array_equal(a.labels(t), b.labels(t))
     assert seen[-1][0] == seen[-1][1] and any("merging" in m for _, _, m in seen)
     assert not mp.active_children()
+    # a container's small /dev/shm: the transport falls back to files on disk
+    dirs = []
+    real = segmentation._scratch_dir
+    monkeypatch.setattr(segmentation.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
+    monkeypatch.setattr(segmentation, "_scratch_dir", lambda n: dirs.append(real(n)) or dirs[-1])
+    c = agglomerate(snemi["aff"], snemi["fg"], worker=True)
+    assert not dirs[0].startswith("/dev/shm") and not Path(dirs[0]).exists()
+    d = agglomerate(snemi["aff"], snemi["fg"], worker=False)
+    assert np.array_equal(c.labels(0.3), d.labels(0.3))
 
 
 def test_cancel_terminates_the_worker(snemi: dict) -> None:

@@ -28,8 +28,8 @@ voxels are *removed* (set to background 0), not merged.  The metrics' default
 ``background="fill"`` then scores such voxels as part of the nearest segment.
 
 waterz holds the GIL and prints to stdout, so by default it runs in a separate process
-(multiprocessing "spawn"); inputs go through shared memory, outputs through a temporary
-``.npz``.  A set ``CancelToken`` terminates that process.
+(multiprocessing "spawn"); volumes go through memory-mapped files in /dev/shm (shared
+memory; on disk when /dev/shm is small), the merge history through a temporary ``.npz``.  A set ``CancelToken`` terminates that process.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -325,30 +324,36 @@ def _worker_main(spec: dict) -> None:
     saved = _silence_stdout(spec["log"])
     try:
         shape = tuple(spec["shape"])
-        shm_aff = shared_memory.SharedMemory(name=spec["aff"])
-        shm_frag = shared_memory.SharedMemory(name=spec["frag"])
-        try:
-            aff = np.ndarray((3,) + shape, np.float32, buffer=shm_aff.buf)
-            frag_out = np.ndarray(shape, np.uint32, buffer=shm_frag.buf)
-            fragments = None
-            if spec["given_fragments"]:
-                fragments = frag_out.astype(np.uint64)
-            result = _waterz_job(
-                aff, fragments, frag_out, spec["scoring"], spec["queue"], spec["max_threshold"],
-                spec["low"], spec["high"],
-            )
-            del aff, frag_out, fragments
-            np.savez(spec["result"] + ".tmp.npz", **result)
-            os.replace(spec["result"] + ".tmp.npz", spec["result"])
-        finally:
-            shm_aff.close()
-            shm_frag.close()
+        aff = np.memmap(spec["aff"], np.float32, mode="r", shape=(3,) + shape)
+        frag_out = np.memmap(spec["frag"], np.uint32, mode="r+", shape=shape)
+        fragments = frag_out.astype(np.uint64) if spec["given_fragments"] else None
+        result = _waterz_job(
+            aff, fragments, frag_out, spec["scoring"], spec["queue"], spec["max_threshold"], spec["low"], spec["high"],
+        )
+        frag_out.flush()
+        del aff, frag_out, fragments
+        np.savez(spec["result"] + ".tmp.npz", **result)
+        os.replace(spec["result"] + ".tmp.npz", spec["result"])
     except BaseException:  # reported to the parent through a file
         with open(spec["error"], "w") as f:
             f.write(traceback.format_exc())
         raise
     finally:
         _restore_stdout(saved)
+
+
+def _scratch_dir(nbytes: int) -> str:
+    """A private temp directory in RAM (/dev/shm) when it has room, else on disk.
+
+    Containers often give /dev/shm only 64 MB; writing past that would kill the process
+    (SIGBUS), so the disk (page cache) is used then."""
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and shutil.disk_usage(shm).free > nbytes + (256 << 20):
+            return tempfile.mkdtemp(prefix="segneuron-waterz-", dir=shm)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="segneuron-waterz-")
 
 
 def _stage(log_path: str) -> int:
@@ -373,22 +378,23 @@ def _run_in_worker(
     progress: ProgressFn,
     cancel: Optional[CancelToken],
 ) -> tuple[np.ndarray, dict]:
-    tmp = tempfile.mkdtemp(prefix="segneuron-waterz-")
     nvox = int(np.prod(shape))
-    shm_aff = shared_memory.SharedMemory(create=True, size=max(1, 3 * nvox * 4))
-    shm_frag = shared_memory.SharedMemory(create=True, size=max(1, nvox * 4))
+    tmp = _scratch_dir(nvox * 16)
     proc = None
     try:
-        aff_view = np.ndarray((3,) + shape, np.float32, buffer=shm_aff.buf)
-        frag_view = np.ndarray(shape, np.uint32, buffer=shm_frag.buf)
+        aff_path, frag_path = os.path.join(tmp, "affinities.f32"), os.path.join(tmp, "fragments.u32")
+        aff_view = np.memmap(aff_path, np.float32, mode="w+", shape=(3,) + shape)
+        frag_view = np.memmap(frag_path, np.uint32, mode="w+", shape=shape)
         bg = aff_writer(aff_view)
         if fragments is not None:
-            np.copyto(frag_view, fragments)
+            np.copyto(frag_view, fragments, casting="unsafe")
             if bg is not None:
                 frag_view[bg] = 0
-        del aff_view
+        aff_view.flush()
+        frag_view.flush()
+        del aff_view, bg
         spec = dict(
-            opts, shape=list(shape), aff=shm_aff.name, frag=shm_frag.name, given_fragments=fragments is not None,
+            opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=fragments is not None,
             log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
             error=os.path.join(tmp, "error.txt"),
         )
@@ -422,17 +428,13 @@ def _run_in_worker(
             raise RuntimeError(f"The waterz worker failed (exit code {proc.exitcode}). {detail}".strip())
         with np.load(spec["result"]) as z:
             result = {k: z[k] for k in z.files}
-        frags = frag_view.copy()
+        frags = np.array(frag_view)
         del frag_view
         return frags, result
     finally:
         if proc is not None and proc.is_alive():
             proc.kill()
             proc.join()
-        shm_aff.close()
-        shm_aff.unlink()
-        shm_frag.close()
-        shm_frag.unlink()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
