@@ -94,6 +94,13 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
 
     assert QApplication.clipboard().text() == cmd
     assert cmd.startswith("napari-segneuron segment") and "--threshold 0.7" in cmd
+    import shlex
+
+    from napari_segneuron.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert args.threshold == pytest.approx(0.7) and args.fg_threshold == 0.0
+    assert tuple(args.tile) == SMALL_TILE
 
     # 5. export to tif, read back with provenance; never overwrite without asking
     from napari_segneuron import io
@@ -255,6 +262,14 @@ def test_preview_region_in_view(dock, qtbot, notifications, tiny_model_cpu):
     w.set_threshold(0.9)
     qtbot.waitUntil(lambda: len(w.slider_latency_ms) > 0, timeout=5000)
     np.testing.assert_array_equal(prev.data, w.segmentation.agglomeration.labels(0.9))
+    # painting protects the layer: the slider then writes to a new layer
+    prev.paint((0, 0, 0), 12345, refresh=True)
+    painted = prev.data.copy()
+    assert any("edited" in m for lvl, m in notifications if lvl == "info"), notifications
+    w.set_threshold(0.5)
+    qtbot.waitUntil(lambda: len(w.slider_latency_ms) > 1, timeout=5000)
+    np.testing.assert_array_equal(prev.data, painted)
+    assert w.segmentation.layer is not prev and w.segmentation.layer.name.startswith("em preview t=0.50")
     # a rectangle drawn by the user sets the y/x box
     shapes = viewer.add_shapes([[[20, 10], [20, 50], [40, 50], [40, 10]]], shape_type="rectangle", name="box",
                                scale=(2.0, 2.0), translate=(2.0, 3.0))

@@ -434,7 +434,11 @@ class SegNeuronWidget(QWidget):
     def _upsert_layer(self, name: str, data, kind: str, provenance: dict, scale, translate, **kwargs):
         """Update our own output layer of that name, or add a new one (never touch the user's layers)."""
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        ours = existing is not None and existing.metadata.get("segneuron", {}).get("plugin") == "napari-segneuron"
+        ours = (
+            existing is not None
+            and existing.metadata.get("segneuron", {}).get("plugin") == "napari-segneuron"
+            and not existing.metadata.get("segneuron_edited")  # painted by the user: keep it
+        )
         if existing is not None and ours and existing._type_string == kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
             existing.data = data
             existing.scale = scale
@@ -686,10 +690,19 @@ class SegNeuronWidget(QWidget):
         self.viewer.layers.selection.active = layer
 
     def _labels_painted(self, event=None) -> None:
+        """The user painted one of our labels layers: from now on nothing overwrites it."""
+        layer = getattr(event, "source", None)
         seg = self.segmentation
-        if seg is not None and not seg.edited:
+        if layer is None and seg is not None:
+            layer = seg.layer
+        if layer is None or layer.metadata.get("segneuron_edited"):
+            return
+        layer.metadata["segneuron_edited"] = True
+        if seg is not None and seg.layer is layer:
             seg.edited = True
-            notify_info(f"You edited '{seg.layer.name}': the merge slider now writes to a new layer so your edits are kept")
+        notify_info(
+            f"You edited '{layer.name}': it is kept as is; the merge slider and new runs write to a new layer"
+        )
 
     def _slider_moved(self, value: int) -> None:
         self.slider_label.setText(f"{value / SLIDER_STEPS:.2f}")
