@@ -214,28 +214,37 @@ def restrict_to_foreground(
 
 def _silence_stdout(log_path: Optional[str]) -> tuple:
     """Send fd 1 and 2 (C++ ``std::cout``) and ``sys.stdout``/``sys.stderr`` (waterz's
-    Cython ``print``) to ``log_path`` or /dev/null; returns what ``_restore_stdout`` needs."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    Cython ``print``) to ``log_path`` or /dev/null; returns what ``_restore_stdout`` needs.
+    Processes without usable fds 1/2 (e.g. pythonw) only get the Python-level swap."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        fds: Optional[tuple[int, int]] = (os.dup(1), os.dup(2))
+    except OSError:
+        fds = None
+    if fds is not None:
+        fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     py = open(log_path or os.devnull, "a", buffering=1)
     old = (sys.stdout, sys.stderr)
     sys.stdout = sys.stderr = py
-    return saved, old, py
+    return fds, old, py
 
 
 def _restore_stdout(saved: tuple) -> None:
     fds, (out, err), py = saved
     sys.stdout, sys.stderr = out, err
     py.close()
-    os.dup2(fds[0], 1)
-    os.dup2(fds[1], 2)
-    os.close(fds[0])
-    os.close(fds[1])
+    if fds is not None:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        os.close(fds[0])
+        os.close(fds[1])
 
 
 def _chain_history(n_nodes: int, a: np.ndarray, b: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
