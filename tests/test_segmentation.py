@@ -260,3 +260,27 @@ def test_cli_segment_and_evaluate(snemi: dict, tmp_path: Path, capsys: pytest.Ca
     write_prediction(dark, snemi["aff"], snemi["fg"] * 0.3)
     assert main(["segment", str(dark), "-o", str(tmp_path / "y.tif"), "--fg-threshold", "0.5"]) == 2
     assert "Every voxel is background" in capsys.readouterr().err
+
+
+def test_cli_predicts_then_segments_an_em_stack(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from napari_segneuron._model import load_model
+    from napari_segneuron.cli import main
+    from napari_segneuron.inference import Predictor
+    from napari_segneuron.io import read_prediction
+
+    raw = tifffile.imread(DATA / "fib25_b_raw.tif")[:16, :64, :64]
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, raw)
+    out, pred = tmp_path / "labels.zarr", tmp_path / "pred.zarr"
+    argv = ["segment", str(stack), "-o", str(out), "--weights", str(tiny_checkpoint), "--device", "cpu",
+            "--threshold", "0.5", "--fg-threshold", "0", "--save-prediction", str(pred)]
+    assert main(argv) == 0
+    import zarr
+
+    labels = np.asarray(zarr.open_group(str(out), mode="r")["labels"][...])
+    assert labels.shape == raw.shape and labels.max() > 0
+    aff, fg = read_prediction(pred)
+    ref_aff, ref_fg = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu").predict(raw)
+    np.testing.assert_allclose(aff, ref_aff, atol=1e-6)
+    ref = agglomerate(ref_aff, ref_fg, fg_threshold=0.0, worker=False).labels(0.5)
+    assert same_partition(labels, ref)
