@@ -262,6 +262,13 @@ def test_preview_region_in_view(dock, qtbot, notifications, tiny_model_cpu):
     w.set_threshold(0.9)
     qtbot.waitUntil(lambda: len(w.slider_latency_ms) > 0, timeout=5000)
     np.testing.assert_array_equal(prev.data, w.segmentation.agglomeration.labels(0.9))
+    # a preview is scored against the same region of a full-size ground truth
+    gt = viewer.add_labels(np.arange(40 * 128 * 160, dtype=np.uint32).reshape(40, 128, 160) // 500, name="gt")
+    w.labels_combo.set_value(prev)
+    w.gt_combo.set_value(gt)
+    w.evaluate()
+    wait_idle(qtbot, w)
+    assert 0 <= w.scores["arand"] <= 1
     # painting protects the layer: the slider then writes to a new layer
     prev.paint((0, 0, 0), 12345, refresh=True)
     painted = prev.data.copy()

@@ -825,13 +825,20 @@ class SegNeuronWidget(QWidget):
         if seg_layer is gt_layer:
             notify_error("Pick different layers for the segmentation and the ground truth")
             return
-        if tuple(seg_layer.data.shape) != tuple(gt_layer.data.shape):
+        gt_data = gt_layer.data
+        region = (seg_layer.metadata.get("segneuron") or {}).get("region")
+        if region and tuple(seg_layer.data.shape) != tuple(gt_data.shape):
+            # a preview: score it against the same region of the full-size ground truth
+            box = tuple(slice(a, b) for a, b in zip(region["start"], region["stop"]))
+            if len(box) == gt_data.ndim and all(b.stop <= n for b, n in zip(box, gt_data.shape)):
+                gt_data = gt_data[box]
+        if tuple(seg_layer.data.shape) != tuple(gt_data.shape):
             notify_error(
                 f"'{seg_layer.name}' {tuple(seg_layer.data.shape)} and '{gt_layer.name}' {tuple(gt_layer.data.shape)} "
                 "have different shapes; evaluate a full-size segmentation (not a preview) against its ground truth"
             )
             return
-        seg_data, gt_data = np.asarray(seg_layer.data), np.asarray(gt_layer.data)
+        seg_data, gt_data = np.asarray(seg_layer.data), np.asarray(gt_data)
 
         def work(progress, cancel):
             progress(0, 1, "comparing with the ground truth")
