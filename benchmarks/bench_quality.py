@@ -45,7 +45,6 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
             (f"{m} fg_thr {f}", fg, f, m) for m in ("exclude", "mask") for f in FG_THRESHOLDS
         ]
         for label, fgv, fthr, mode in configs:
-            t0 = time.perf_counter()
             agg = agglomerate(aff, fgv, fg_threshold=fthr, scoring=scoring, background_mode=mode, worker=False)
             for bg in ("fill", "ignore"):
                 sw = threshold_sweep(agg, gt, background=bg)
@@ -56,7 +55,6 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
                       f"{sw.vi[d]:7.3f} {sw.arand[d]:6.3f}")
                 best[(scoring, label, bg)] = (float(sw.vi[b]), float(sw.arand[b]), float(sw.thresholds[b]), fthr)
             del agg
-            _ = time.perf_counter() - t0
     for scoring in scorings:
         for bg in ("fill", "ignore"):
             plain = best[(scoring, "plain waterz", bg)]

@@ -157,15 +157,17 @@ def _as_affinities(affinities: Any) -> np.ndarray:
     return aff
 
 
-def _check_unit_range(arr: np.ndarray, name: str) -> None:
+def _check_unit_range(arr: np.ndarray, name: str) -> bool:
+    """Raise for NaN or values clearly outside [0, 1]; True if rounding noise needs clipping."""
     lo, hi = float(np.min(arr)), float(np.max(arr))
     if math.isnan(lo) or math.isnan(hi):
         raise InputError(f"The {name} contain NaN values")
-    if lo < 0.0 or hi > 1.0:
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
         raise InputError(
             f"The {name} must be probabilities in [0, 1]; found values in [{lo:.3g}, {hi:.3g}] "
             "(logits? apply a sigmoid first)"
         )
+    return lo < 0.0 or hi > 1.0
 
 
 def _check_threshold(value: float, name: str) -> float:
@@ -610,7 +612,7 @@ def agglomerate(
     check(cancel)
     aff = _as_affinities(affinities)
     shape = tuple(int(s) for s in aff.shape[1:])
-    _check_unit_range(aff, "affinities")
+    clip_aff = _check_unit_range(aff, "affinities")
     fg_threshold = _check_threshold(fg_threshold, "fg_threshold")
     max_threshold = _check_threshold(max_threshold, "max_threshold")
     if int(min_size) < 0:
@@ -628,7 +630,8 @@ def agglomerate(
             raise InputError(f"The foreground {fg.shape} must have the shape of the affinities' volume {shape}")
         if fg.dtype == np.uint8:
             fg = fg.astype(np.float32) / np.float32(255)
-        _check_unit_range(fg, "foreground probabilities")
+        if _check_unit_range(fg, "foreground probabilities"):
+            fg = np.clip(fg, 0.0, 1.0)
         if not (fg >= np.float32(fg_threshold)).any():
             raise InputError(
                 f"Every voxel is background: no foreground probability reaches fg_threshold={fg_threshold} "
@@ -654,8 +657,11 @@ def agglomerate(
     def write_affinities(out: np.ndarray) -> Optional[np.ndarray]:
         if fg is None:
             np.copyto(out, aff, casting="same_kind")
-            return None
-        bg = restrict_to_foreground(aff, fg, fg_threshold, out=out, exclude_background=exclude)
+            bg = None
+        else:
+            bg = restrict_to_foreground(aff, fg, fg_threshold, out=out, exclude_background=exclude)
+        if clip_aff:  # rounding noise of blended tiles, e.g. 1.0000001
+            np.clip(out, 0.0, 1.0, out=out)
         return bg if exclude else None
 
     opts = dict(
