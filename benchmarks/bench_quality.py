@@ -70,6 +70,41 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
     return best
 
 
+def held_out(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scoring: str = "mean") -> None:
+    """Choose fg_threshold and threshold on the first half of z, score on the second half.
+
+    Picking the best of several fg thresholds on the scored volume flatters the
+    restriction; this check does not."""
+    from napari_segneuron.metrics import evaluate
+    from napari_segneuron.segmentation import agglomerate, threshold_sweep
+
+    half = gt.shape[0] // 2
+    tune = (slice(0, half), slice(None), slice(None))
+    test = (slice(half, None), slice(None), slice(None))
+    results = {}
+    for label, fgv, choices in (("plain waterz", None, [0.0]), ("restricted", fg, list(FG_THRESHOLDS))):
+        best = None
+        for f in choices:
+            agg = agglomerate(aff, fgv, fg_threshold=f, scoring=scoring, worker=False)
+            sw = threshold_sweep(agg, gt[tune], region=tune)
+            if best is None or sw.vi.min() < best[0]:
+                best = (float(sw.vi.min()), f, sw.best_threshold, agg)
+        _, f, t, agg = best
+        s = evaluate(agg.labels(t, region=test), gt[test])
+        results[label] = s
+        print(f"  {label:>12}: tuned on z < {half}: fg_thr {f}, t {t:.2f} -> held-out z >= {half}: VI {s.vi:.3f} "
+              f"(split {s.vi_split:.3f}, merge {s.vi_merge:.3f}), ARAND {s.arand:.3f}")
+    from napari_segneuron.segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_THRESHOLD
+
+    agg = agglomerate(aff, fg, fg_threshold=DEFAULT_FG_THRESHOLD, scoring=scoring, worker=False)
+    s = evaluate(agg.labels(DEFAULT_THRESHOLD, region=test), gt[test])
+    print(f"  {'defaults':>12}: fg_thr {DEFAULT_FG_THRESHOLD}, t {DEFAULT_THRESHOLD} (chosen on the whole volume) -> "
+          f"held-out VI {s.vi:.3f}, ARAND {s.arand:.3f}")
+    d = results["plain waterz"].vi - results["restricted"].vi
+    print(f"  held-out ({name}, {scoring}): restriction {'wins' if d > 0 else 'loses'} by {abs(d):.3f} VI "
+          f"({100 * d / results['plain waterz'].vi:+.1f}%)")
+
+
 def snemi() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import tifffile
 
@@ -107,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     print(__doc__.split("Run:")[0].strip())
-    compare("snemi_mini (real boundary map)", *snemi())
+    data = snemi()
+    compare("snemi_mini (real boundary map)", *data)
+    print("\nheld-out check (background filled):")
+    for scoring in ("mean", "median"):
+        held_out("snemi_mini", *data, scoring=scoring)
     if args.weights or args.prediction:
         import tifffile
 
         aff, fg = fib25_prediction(args.weights, args.prediction)
-        compare("fib25_b (predicted affinities)", aff, fg, tifffile.imread(DATA / "fib25_b_labels.tif"))
+        gt_b = tifffile.imread(DATA / "fib25_b_labels.tif")
+        compare("fib25_b (predicted affinities)", aff, fg, gt_b)
+        print("\nheld-out check (background filled):")
+        for scoring in ("mean", "median"):
+            held_out("fib25_b", aff, fg, gt_b, scoring=scoring)
     else:
         print("\n(fib25_b skipped: pass --weights W or --prediction PRED once a trained model exists)")
     return 0
