@@ -94,12 +94,13 @@ def held_out(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scoring
         results[label] = s
         print(f"  {label:>12}: tuned on z < {half}: fg_thr {f}, t {t:.2f} -> held-out z >= {half}: VI {s.vi:.3f} "
               f"(split {s.vi_split:.3f}, merge {s.vi_merge:.3f}), ARAND {s.arand:.3f}")
-    from napari_segneuron.segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_THRESHOLD
+    from napari_segneuron.segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, DEFAULT_THRESHOLD
 
-    agg = agglomerate(aff, fg, fg_threshold=DEFAULT_FG_THRESHOLD, scoring=scoring, worker=False)
-    s = evaluate(agg.labels(DEFAULT_THRESHOLD, region=test), gt[test])
-    print(f"  {'defaults':>12}: fg_thr {DEFAULT_FG_THRESHOLD}, t {DEFAULT_THRESHOLD} (chosen on the whole volume) -> "
-          f"held-out VI {s.vi:.3f}, ARAND {s.arand:.3f}")
+    if scoring == DEFAULT_SCORING:
+        agg = agglomerate(aff, fg, fg_threshold=DEFAULT_FG_THRESHOLD, scoring=scoring, worker=False)
+        s = evaluate(agg.labels(DEFAULT_THRESHOLD, region=test), gt[test])
+        print(f"  {'defaults':>12}: fg_thr {DEFAULT_FG_THRESHOLD}, t {DEFAULT_THRESHOLD} (chosen on the whole volume) -> "
+              f"held-out VI {s.vi:.3f}, ARAND {s.arand:.3f}")
     d = results["plain waterz"].vi - results["restricted"].vi
     print(f"  held-out ({name}, {scoring}): restriction {'wins' if d > 0 else 'loses'} by {abs(d):.3f} VI "
           f"({100 * d / results['plain waterz'].vi:+.1f}%)")
