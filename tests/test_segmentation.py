@@ -79,6 +79,12 @@ def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool
         assert same_partition(lab, ref), f"threshold {t}"
         counts.append(agg.n_segments(t))
     assert counts[0] > 3 * counts[-2] > 0  # the thresholds really change the result
+    cp = agg.change_points()
+    inner = cp[(cp > 0.3) & (cp < 0.9)]
+    a, b = float(inner[len(inner) // 2]), float(inner[len(inner) // 2 + 1])
+    mid = (a + b) / 2
+    assert agg.n_merges(mid) == agg.n_merges(np.nextafter(np.float32(b), np.float32(0)))
+    assert agg.n_merges(np.nextafter(np.float32(b), np.float32(1))) > agg.n_merges(mid)
 
 
 def test_replay_with_given_fragments(snemi: dict) -> None:

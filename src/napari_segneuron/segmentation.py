@@ -568,8 +568,14 @@ class Agglomeration:
         return _gather(lut, frag, out)
 
     def n_segments(self, threshold: float, min_size: Optional[int] = None) -> int:
+        """Number of segments (labels 1..K) at ``threshold``."""
         lut = self.lookup_table(threshold, min_size)
         return int(lut.max()) if len(lut) else 0
+
+    def change_points(self) -> np.ndarray:
+        """The thresholds (float32, ascending) just above which the segmentation changes:
+        ``labels(t)`` is constant for ``t`` between two consecutive values."""
+        return np.unique(self._stop)
 
 
 def agglomerate(
