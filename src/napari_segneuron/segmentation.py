@@ -841,11 +841,12 @@ def threshold_sweep(
         f, g = f[keep], g[keep]
     f_ids, g_ids, counts = pair_counts(f, g)
 
+    present = f_ids[f_ids != 0] if background != "fill" else np.unique(frag[frag != 0])
     vs, vm, ar, ns = [], [], [], []
     for i, t in enumerate(thresholds):
         check(cancel)
         lut = agglomeration.lookup_table(float(t))
-        removed = agglomeration.min_size > 1 and bool((lut[np.unique(frag)] == 0).sum() > (0 in frag))
+        removed = agglomeration.min_size > 1 and bool((lut[present] == 0).any())
         if removed and background == "fill":
             # min_size removed segments here: fill them too (voxel-level, rare)
             sc = evaluate(lut[frag], gt, ignore_gt=ignore_gt, background=background)
