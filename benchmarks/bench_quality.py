@@ -52,7 +52,7 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
                 d = int(np.argmin(np.abs(sw.thresholds - DEFAULT_THRESHOLD)))
                 print(f"{scoring:>7} {label:>20} {bg:>6} | {sw.thresholds[b]:6.2f} {sw.vi[b]:6.3f} "
                       f"{sw.vi_split[b]:6.3f} {sw.vi_merge[b]:6.3f} {sw.arand[b]:6.3f} {sw.n_segments[b]:5d} | "
-                      f"{sw.vi[d]:7.3f} {sw.arand[d]:6.3f}")
+                      f"{sw.vi[d]:7.3f} {sw.arand[d]:6.3f} | scored {100 * sw.scored[b]:5.1f}%")
                 best[(scoring, label, bg)] = (float(sw.vi[b]), float(sw.arand[b]), float(sw.thresholds[b]), fthr)
             del agg
     for scoring in scorings:

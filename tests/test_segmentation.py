@@ -183,6 +183,8 @@ def test_sweep_matches_direct_scoring(snemi: dict) -> None:
             assert sweep.vi_merge[i] == pytest.approx(s.vi_merge, abs=1e-9), (background, t)
             assert sweep.arand[i] == pytest.approx(s.arand, abs=1e-9), (background, t)
         assert sweep.best_threshold == sweep.thresholds[np.argmin(sweep.vi)]
+        expected = float((agg.labels(0.2) > 0).mean()) if background == "ignore" else 1.0
+        assert sweep.scored[0] == pytest.approx(expected)
     # a ground-truth crop, given by its offset
     crop = (slice(8, 24), slice(40, 120), slice(30, 130))
     sub = threshold_sweep(agg, gt[crop], [0.35, 0.45], region=(8, 40, 30))

@@ -738,6 +738,8 @@ class SweepResult:
     arand: np.ndarray
     n_segments: np.ndarray
     background: str
+    scored: np.ndarray  # fraction of the non-ignored ground-truth voxels that were scored
+
 
     @property
     def vi(self) -> np.ndarray:
@@ -755,18 +757,20 @@ class SweepResult:
     def rows(self) -> list[dict]:
         return [
             dict(threshold=float(t), vi_split=float(s), vi_merge=float(m), vi=float(s + m), arand=float(a),
-                 n_segments=int(n))
-            for t, s, m, a, n in zip(self.thresholds, self.vi_split, self.vi_merge, self.arand, self.n_segments)
+                 n_segments=int(n), scored=float(c))
+            for t, s, m, a, n, c in zip(self.thresholds, self.vi_split, self.vi_merge, self.arand, self.n_segments,
+                                        self.scored)
         ]
 
     def table(self) -> str:
-        lines = [f"{'threshold':>9} {'VI split':>9} {'VI merge':>9} {'VI':>8} {'ARAND':>7} {'segments':>8}"]
+        lines = [f"{'threshold':>9} {'VI split':>9} {'VI merge':>9} {'VI':>8} {'ARAND':>7} {'segments':>8} "
+                 f"{'scored':>7}"]
         best = self.best_index
         for i, r in enumerate(self.rows()):
             mark = "  <- lowest VI" if i == best else ""
             lines.append(
                 f"{r['threshold']:9.3f} {r['vi_split']:9.4f} {r['vi_merge']:9.4f} {r['vi']:8.4f} "
-                f"{r['arand']:7.4f} {r['n_segments']:8d}{mark}"
+                f"{r['arand']:7.4f} {r['n_segments']:8d} {100 * r['scored']:6.1f}%{mark}"
             )
         return "\n".join(lines)
 
@@ -803,7 +807,8 @@ def threshold_sweep(
 
     gt: ground-truth labels of the whole volume or of a crop; for a crop give ``region``
     (tuple of slices, or the crop's (z, y, x) offset).  Default thresholds: 0.02 to
-    ``max_threshold`` in steps of 0.02.  Background handling as in ``metrics``.
+    ``max_threshold`` in steps of 0.02.  Background handling as in ``metrics``; with
+    ``background="ignore"`` watch ``scored``: dropping voxels can flatter a segmentation.
 
     The (fragment, gt) contingency table is built once; every threshold only relabels its
     rows, so a sweep costs about one evaluation plus a little per threshold.
@@ -840,9 +845,10 @@ def threshold_sweep(
     if keep is not None:
         f, g = f[keep], g[keep]
     f_ids, g_ids, counts = pair_counts(f, g)
+    total = float(counts.sum())
 
     present = f_ids[f_ids != 0] if background != "fill" else np.unique(frag[frag != 0])
-    vs, vm, ar, ns = [], [], [], []
+    vs, vm, ar, ns, cov = [], [], [], [], []
     for i, t in enumerate(thresholds):
         check(cancel)
         lut = agglomeration.lookup_table(float(t))
@@ -857,13 +863,14 @@ def threshold_sweep(
                 sc = scores_from_table(*pair_counts(s_ids[nz], g_ids[nz], counts[nz].astype(np.float64)))
             else:
                 sc = scores_from_table(*pair_counts(s_ids, g_ids, counts.astype(np.float64)))
+        cov.append(sc.n_voxels / total if total else 0.0)
         vs.append(sc.vi_split)
         vm.append(sc.vi_merge)
         ar.append(sc.arand)
         ns.append(int(lut.max()) if len(lut) else 0)
         if progress is not None:
             progress(i + 1, len(thresholds), f"threshold {t:.3f}")
-    return SweepResult(thresholds, np.array(vs), np.array(vm), np.array(ar), np.array(ns), background)
+    return SweepResult(thresholds, np.array(vs), np.array(vm), np.array(ar), np.array(ns), background, np.array(cov))
 
 
 def segment_and_score(
