@@ -133,3 +133,11 @@ def test_unknown_name_lists_known_ones():
 def test_path_passes_through(tmp_path):
     p = save_checkpoint(MNet(kn=(4, 8, 12, 16, 20)), tmp_path / "mine.pt")
     assert fetch_weights(str(p)) == p
+
+
+def test_released_weights_get_the_registry_voxel_size(server):
+    from napari_segneuron._model import load_named
+
+    model = load_named("segneuron")
+    assert model.info["name"] == "segneuron"
+    assert model.info["voxel_size_nm"] == REGISTRY["segneuron"].voxel_size_nm

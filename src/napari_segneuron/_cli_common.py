@@ -78,15 +78,13 @@ class TerminalProgress:
 
 def load_weights(name_or_path: str, device: Optional[str]):
     """Fetch (download if needed) and load weights, with a download bar."""
-    from ._model import fetch_weights, load_model
+    from ._model import load_named
 
     bar = TerminalProgress("download")
     try:
-        path = fetch_weights(name_or_path, progress=bar)
+        return load_named(name_or_path, device=None if device in (None, "auto") else device, progress=bar)
     finally:
         bar.close()
-    name = name_or_path if not str(name_or_path).endswith((".pt", ".pth", ".ckpt")) else None
-    return load_model(path, device=None if device in (None, "auto") else device, name=name)
 
 
 def make_predictor(args: argparse.Namespace, model):

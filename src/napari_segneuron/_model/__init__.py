@@ -1,6 +1,6 @@
 """MNet and its weights."""
 from .mnet import MNet
-from .registry import REGISTRY, download, fetch_weights, list_weights
+from .registry import REGISTRY, download, fetch_weights, list_weights, load_named
 from .weights import WeightsError, load_model, resolve_device, save_checkpoint
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "fetch_weights",
     "list_weights",
     "load_model",
+    "load_named",
     "resolve_device",
     "save_checkpoint",
 ]

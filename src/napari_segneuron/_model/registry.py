@@ -189,3 +189,22 @@ def fetch_weights(
         download(entry.url(), path, sha256=entry.sha256, progress=progress, cancel=cancel)
     _verify(path, entry.sha256)
     return path
+
+
+def load_named(
+    name_or_path: Union[str, os.PathLike],
+    device: Optional[str] = None,
+    progress: Optional[Callable[..., None]] = None,
+    cancel: Optional[CancelToken] = None,
+):
+    """``fetch_weights`` + ``load_model``; a registry entry supplies the model's voxel size
+    when the checkpoint itself does not declare one (the released weights don't)."""
+    from .weights import load_model
+
+    key = str(name_or_path)
+    path = fetch_weights(key, progress=progress, cancel=cancel)
+    entry = REGISTRY.get(key)
+    model = load_model(path, device=device, name=entry.name if entry else None)
+    if entry is not None and model.info.get("voxel_size_nm") is None and entry.voxel_size_nm is not None:
+        model.info["voxel_size_nm"] = tuple(entry.voxel_size_nm)
+    return model
