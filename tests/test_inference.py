@@ -225,3 +225,29 @@ def test_local_network_tiled_equals_untiled_away_from_tile_borders(em):
     diff = np.abs(tiled_aff - whole_aff)
     assert diff.max() < 0.05  # border voxels get little weight
     assert np.median(diff) < 1e-4
+
+
+def test_out_of_memory_backs_off_batch_then_tile(model, em, monkeypatch):
+    """GPU memory back-off, simulated: batches over 2 tiles and tiles over 32 px run out of memory."""
+    pred = Predictor(PointwiseNet(), tile=(8, 128, 128), overlap=(2, 16, 16), batch_size=4)
+    pred.auto_tile = True  # as if no tile had been given on a GPU
+    real_forward = pred._forward
+    seen = []
+
+    def fake_forward(batch):
+        seen.append(tuple(batch.shape))
+        if batch.shape[0] > 2 or batch.shape[-1] > 32:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_forward(batch)
+
+    monkeypatch.setattr(pred, "_forward", fake_forward)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    vol = em[:8, :80, :112]
+    aff, fg = pred.predict(vol)
+    assert pred.tiling.tile[1:] == (32, 32)
+    assert np.abs(fg - vol / 255.0).max() < 1e-5
+    assert any(s[0] == 4 for s in seen) and any(s[0] == 2 and s[-1] == 32 for s in seen)
+    pred.auto_tile = False
+    pred.tiling = Tiling((8, 64, 64), (0, 0, 0))
+    with pytest.raises(InputError, match="out of memory"):
+        pred.predict(vol)

@@ -54,6 +54,12 @@ class Tiling:
 OFFICIAL_TILING = Tiling(tile=(20, 128, 128), overlap=(10, 64, 64))
 #: our default: larger tiles, less redundant overlap (each voxel ~1.6 times)
 DEFAULT_TILING = Tiling(tile=(32, 192, 192), overlap=(8, 32, 32))
+#: default on a GPU when the user names no tile: halved in xy on out-of-memory
+GPU_TILING = Tiling(tile=(48, 256, 256), overlap=(8, 32, 32))
+
+
+class _TileTooLarge(Exception):
+    """A single tile does not fit in GPU memory."""
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -149,14 +155,15 @@ class Predictor:
         tolerance: Optional[float] = None,
         fit_tiles: bool = True,
     ) -> None:
-        base = tiling or DEFAULT_TILING
+        self.device = resolve_device(device)
+        self.auto_tile = tile is None and tiling is None and self.device.type == "cuda"
+        base = tiling or (GPU_TILING if self.auto_tile else DEFAULT_TILING)
         tile_t = _parse_triple(tile, "tile") or base.tile
         overlap_t = _parse_triple(overlap, "overlap")
         if overlap_t is None:
             overlap_t = base.overlap if tile is None else tuple(t // 4 for t in tile_t)  # type: ignore[assignment]
         self.tiling = Tiling(tile_t, overlap_t, base.sigma, base.floor)  # type: ignore[arg-type]
         self.tiling.validate()
-        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = channels_last and self.device.type == "cpu"
         if self.channels_last:
@@ -165,7 +172,7 @@ class Predictor:
         self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
         if batch_size is not None and batch_size < 1:
             raise InputError(f"Batch size must be at least 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = self.requested_batch_size = batch_size
         from .resample import DEFAULT_TOLERANCE, parse_voxel_size
 
         info = getattr(model, "info", None) or {}
@@ -187,7 +194,11 @@ class Predictor:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
-        self._forward(torch.zeros((1, 1) + tile, device=self.device))
+        try:
+            self._forward(torch.zeros((1, 1) + tile, device=self.device))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise _TileTooLarge(tile) from None
         per_tile = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
         free, _ = torch.cuda.mem_get_info(self.device)
         return int(max(1, min(16, (0.7 * free) // per_tile)))
@@ -205,10 +216,7 @@ class Predictor:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if batch.shape[0] == 1:
-                raise InputError(
-                    f"The GPU ran out of memory on a single tile {tuple(batch.shape[2:])}; "
-                    "use a smaller --tile or --half"
-                ) from None
+                raise _TileTooLarge(tuple(batch.shape[2:])) from None
             half = batch.shape[0] // 2
             self.batch_size = max(1, half)
             return torch.cat([self._forward_with_backoff(batch[:half]), self._forward_with_backoff(batch[half:])])
@@ -237,6 +245,21 @@ class Predictor:
         if needs_resampling(voxel, self.model_voxel_size, self.tolerance):
             return predict_resampled(self, volume, voxel, self.model_voxel_size, progress=progress,
                                      cancel=cancel, out=out, dtype=dtype)
+        while True:
+            try:
+                return self._predict(volume, progress, cancel, out, dtype)
+            except _TileTooLarge as err:
+                tile = self.tiling.tile
+                if not self.auto_tile or min(tile[1:]) <= 32:
+                    raise InputError(
+                        f"The GPU ran out of memory on a single tile {err.args[0]}; use a smaller --tile or --half"
+                    ) from None
+                smaller = (tile[0], max(32, tile[1] // 32 * 16), max(32, tile[2] // 32 * 16))
+                ov = tuple(min(o, t // 4) for o, t in zip(self.tiling.overlap, smaller))
+                self.tiling = Tiling(smaller, ov, self.tiling.sigma, self.tiling.floor)  # type: ignore[arg-type]
+                self.batch_size = self.requested_batch_size
+
+    def _predict(self, volume: Any, progress, cancel, out, dtype) -> tuple[Any, Any]:
         volume = as_volume(volume)
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
