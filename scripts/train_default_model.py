@@ -77,13 +77,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/default")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--kn", default="8,16,24,32,64")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 is much faster than 2 on an oversubscribed machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrain-iters", type=int, default=300, help="0 = no pretraining (ablation)")
     p.add_argument("--pretrain-minutes", type=float, default=12.0, help="stop pretraining early after this")
     p.add_argument("--pretrain-crop", default="20,96,96")
     p.add_argument("--finetune-iters", default="auto",
                    help="iterations, or 'auto' = as many as fit in --finetune-minutes at the measured speed")
+    p.add_argument("--time-schedule", action="store_true",
+                   help="decay the learning rate over --finetune-minutes (or the iterations, whichever ends first)")
     p.add_argument("--finetune-minutes", type=float, default=60.0)
     p.add_argument("--crop", default="16,96,96")
     p.add_argument("--batch", type=int, default=1)
@@ -158,7 +161,8 @@ def main(argv=None) -> int:
                  schedule="cosine", warmup=20, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
                  checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
                  validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
-                 time_limit_s=a.finetune_minutes * 60 * 1.15, metadata=meta, log=log)
+                 time_limit_s=a.finetune_minutes * 60 * (1.0 if a.time_schedule else 1.15),
+                 time_schedule=a.time_schedule, metadata=meta, log=log)
     plan.update(finetune_done=True, finetune_iters_done=r.iterations,
                 finetune_wall_s=plan.get("finetune_wall_s", 0) + r.wall_time_s)
     plan_path.write_text(json.dumps(plan, indent=1))

@@ -20,21 +20,23 @@ class TrainingInputError(_InputBase):
 
 
 def normalize_image(img: np.ndarray) -> np.ndarray:
-    """Scale raw intensities to float32 0..1 the way inference does: uint8 / 255.
+    """Scale raw intensities to float32 0..1 exactly as inference does.
 
-    Other integer types are divided by their dtype maximum; float data already
+    Integers are divided by their dtype maximum (uint8 / 255); float data already
     in 0..1 is kept, any other float range is min-max scaled.
     """
     a = np.asarray(img)
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if np.issubdtype(a.dtype, np.integer):
-        return a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if lo >= 0.0 and hi <= 1.0:
-        return a
-    return (a - lo) / max(hi - lo, 1e-6)
+    try:
+        from ..inference import intensity_scale  # the predictor's own rule
+        offset, scale = intensity_scale(a)
+    except Exception:  # pragma: no cover - inference module unavailable
+        if np.issubdtype(a.dtype, np.integer):
+            offset, scale = 0.0, float(np.iinfo(a.dtype).max)
+        else:
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            offset, scale = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, max(hi - lo, 1e-12))
+    out = (a.astype(np.float32) - np.float32(offset)) / np.float32(scale)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 @dataclass

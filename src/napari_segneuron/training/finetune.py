@@ -238,6 +238,7 @@ def finetune(
     seed: int = 0,
     threads: Optional[int] = None,
     time_limit_s: Optional[float] = None,
+    time_schedule: bool = False,
     metadata: Optional[dict] = None,
     progress: Optional[Callable] = None,
     cancel: Optional[CancelToken] = None,
@@ -254,7 +255,9 @@ def finetune(
     written atomically every ``checkpoint_every`` iterations and at the end
     (``<stem>_best.pt`` keeps the best validation, ``keep_every`` keeps numbered
     copies). ``resume`` continues from a checkpoint (weights, optimizer,
-    iteration). ``progress(done, total, message)``, ``loss_callback(iteration,
+    iteration). ``time_limit_s`` stops early; with ``time_schedule`` the learning
+    rate decays over whichever of iterations / time runs out first (for CPU
+    machines of unknown speed). ``progress(done, total, message)``, ``loss_callback(iteration,
     loss)``; cancelling writes the checkpoint and raises TrainingCancelled
     (``.result`` has the model and path).
     """
@@ -331,7 +334,11 @@ def finetune(
             if time_limit_s is not None and time.time() - t_start > time_limit_s:
                 say(f"time limit reached at iteration {it}")
                 break
-            cur = learning_rate(it, iterations, lr, min_lr, schedule, warmup)
+            eff = it
+            if time_schedule and time_limit_s:
+                eff = max(it, int(iterations * (time.time() - t_start) / time_limit_s))
+                eff = it if it < warmup else max(eff, warmup)
+            cur = learning_rate(eff, iterations, lr, min_lr, schedule, warmup)
             for g in opt.param_groups:
                 g["lr"] = cur
             batch = sampler.batch(batch_size)

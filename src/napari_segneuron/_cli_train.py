@@ -1,0 +1,151 @@
+"""``napari-segneuron finetune`` and ``napari-segneuron pretrain`` subcommands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._cli_common import triple
+
+
+def add_parser(subparsers) -> None:
+    f = subparsers.add_parser(
+        "finetune",
+        help="finetune SegNeuron on your own labelled EM stack",
+        description="Finetune MNet on a labelled stack (affinity + foreground BCE, Adam, cosine learning rate). "
+        "Writes a checkpoint in the official layout every --checkpoint-every iterations; --resume continues one. "
+        "Give --val-image/--val-labels to track VI and ARAND (best checkpoint kept as <OUT stem>_best.pt).",
+    )
+    f.add_argument("image", help="EM stack (.tif or .zarr, z-y-x)")
+    f.add_argument("labels", help="instance labels of the same shape; 0 = boundary / background")
+    f.add_argument("-o", "--output", required=True, metavar="CKPT", help="checkpoint file to write (.pt)")
+    f.add_argument("--mask", default=None, help="volume marking annotated voxels (non-zero); others are ignored")
+    f.add_argument("--membranes", action="store_true",
+                   help="LABELS is a 2D membrane mask (non-zero = membrane): train xy affinities only")
+    f.add_argument("--weights", default="default",
+                   help="starting weights: a name ('default', 'segneuron'), a checkpoint, or 'none' for random")
+    f.add_argument("--kn", default="16,32,48,64,128", help="channel counts when starting from random weights")
+    _common(f, crop=(16, 96, 96))
+    f.add_argument("--aff-weight", type=float, default=1.0, help="weight of the affinity BCE")
+    f.add_argument("--fg-weight", type=float, default=1.0, help="weight of the foreground BCE")
+    f.add_argument("--val-image", default=None, help="validation stack")
+    f.add_argument("--val-labels", default=None, help="validation labels")
+    f.add_argument("--validate-every", type=int, default=200, metavar="N")
+    f.add_argument("--no-mixing", action="store_true", help="turn off amplitude mixing and CutMix")
+    f.set_defaults(func=run_finetune)
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="self-supervised pretraining on unlabelled EM stacks",
+        description="Masked-noise reconstruction of the image and its HOG map (SegNeuron pretraining). The "
+        "checkpoint holds MNet weights; start a finetune from it with --weights CKPT.",
+    )
+    p.add_argument("images", nargs="+", help="one or more EM stacks (.tif or .zarr)")
+    p.add_argument("-o", "--output", required=True, metavar="CKPT", help="checkpoint file to write (.pt)")
+    p.add_argument("--kn", default="16,32,48,64,128", help="MNet channel counts (5 numbers)")
+    _common(p, crop=(20, 96, 96))
+    p.set_defaults(func=run_pretrain)
+
+
+def _common(p: argparse.ArgumentParser, crop) -> None:
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--crop", type=triple, default=crop, metavar="Z,Y,X", help="training crop; y, x multiples of 16")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam)")
+    p.add_argument("--schedule", choices=["cosine", "poly", "constant"], default="cosine")
+    p.add_argument("--zoom", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="scale augmentation range, e.g. 0.75 1.33 (off by default)")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
+    p.add_argument("--resume", default=None, metavar="CKPT", help="continue from this checkpoint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace CKPT if it exists (not needed with --resume)")
+
+
+def _kn(text: str) -> tuple:
+    from .io import InputError
+    try:
+        kn = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--kn needs 5 integers, got {text!r}") from None
+    if len(kn) != 5:
+        raise InputError(f"--kn needs 5 integers, got {text!r}")
+    return kn
+
+
+def _read(path: str):
+    import numpy as np
+    from .io import read_volume
+    vol, _ = read_volume(path)
+    return np.asarray(vol)
+
+
+def _check_out(args) -> None:
+    from .io import InputError
+    out = Path(args.output)
+    if out.exists() and not args.overwrite and not (args.resume and Path(args.resume).resolve() == out.resolve()):
+        raise InputError(f"{out} already exists; pass --overwrite or --resume {out}")
+
+
+def _augment(args, mixing: bool = True):
+    from .training.augment import AugmentConfig
+    aug = AugmentConfig()
+    if not mixing:
+        aug.freq_mix = aug.spatial_mix = 0.0
+    if args.zoom:
+        aug.zoom, aug.zoom_range = 0.5, (min(args.zoom), max(args.zoom))
+    return aug
+
+
+def _progress(desc: str):
+    from ._cli_common import TerminalProgress
+    return TerminalProgress(desc)
+
+
+def run_finetune(args) -> int:
+    import numpy as np
+    from .training.finetune import finetune
+    from .training.targets import labels_from_membranes
+
+    _check_out(args)
+    image, labels = _read(args.image), _read(args.labels)
+    if args.membranes:
+        labels = labels_from_membranes((labels != 0).astype(np.float32))
+    mask = _read(args.mask) != 0 if args.mask else None
+    val_img = _read(args.val_image) if args.val_image else None
+    val_lab = _read(args.val_labels) if args.val_labels else None
+    model = None if args.weights.lower() == "none" or args.resume else args.weights
+    bar = _progress("finetune")
+    try:
+        r = finetune(model, image, labels, mask=mask, z_affinity=not args.membranes, val_image=val_img,
+                     val_labels=val_lab, iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
+                     lr=args.lr, schedule=args.schedule, aff_weight=args.aff_weight, fg_weight=args.fg_weight,
+                     augment=_augment(args, not args.no_mixing), checkpoint=args.output,
+                     checkpoint_every=args.checkpoint_every, validate_every=args.validate_every if val_img is not None
+                     else 0, resume=args.resume, device=None if args.device == "auto" else args.device,
+                     seed=args.seed, threads=args.threads, kn=_kn(args.kn), progress=bar,
+                     log=lambda s: print(s, file=sys.stderr) if "validation" in s else None)
+    finally:
+        bar.close()
+    print(f"wrote {r.checkpoint} after {r.iterations} iterations"
+          + (f"; best validation {r.best_score} in {r.best_checkpoint}" if r.best_checkpoint else ""))
+    return 0
+
+
+def run_pretrain(args) -> int:
+    from .training.pretrain import pretrain
+
+    _check_out(args)
+    images = [_read(p) for p in args.images]
+    bar = _progress("pretrain")
+    try:
+        r = pretrain(images, kn=_kn(args.kn), iterations=args.iterations, batch_size=args.batch_size,
+                     crop=args.crop, lr=args.lr, schedule=args.schedule, augment=_augment(args),
+                     checkpoint=args.output, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                     device=None if args.device == "auto" else args.device, seed=args.seed, threads=args.threads,
+                     progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {r.checkpoint} after {r.iterations} iterations; finetune from it with --weights {r.checkpoint}")
+    return 0
