@@ -170,6 +170,19 @@ def _check_unit_range(arr: np.ndarray, name: str) -> bool:
     return lo < 0.0 or hi > 1.0
 
 
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Consecutive ids 1..N (0 stays 0) as uint64, the form waterz wants for fragments."""
+    try:
+        import fastremap
+    except ImportError:  # pragma: no cover - fastremap is a dependency
+        u, inv = np.unique(labels, return_inverse=True)
+        if u[0] != 0:
+            inv = inv + 1
+        return inv.reshape(labels.shape).astype(np.uint64)
+    out, _ = fastremap.renumber(np.ascontiguousarray(labels), preserve_zero=True)
+    return out.astype(np.uint64, copy=False)
+
+
 def _check_threshold(value: float, name: str) -> float:
     try:
         v = float(value)
@@ -650,10 +663,7 @@ def agglomerate(
             raise InputError(f"The fragments {frag_in.shape} must have the shape of the affinities' volume {shape}")
         if frag_in.dtype.kind not in "biu" or (frag_in.dtype.kind == "i" and frag_in.min() < 0):
             raise InputError("Fragments must be non-negative integer labels")
-        import fastremap
-
-        frag_in, _ = fastremap.renumber(np.ascontiguousarray(frag_in), preserve_zero=True)
-        frag_in = frag_in.astype(np.uint64, copy=False)
+        frag_in = _renumber(frag_in)
 
     if progress is not None:
         progress(0, _TOTAL_STEPS, "preparing affinities")
