@@ -251,3 +251,13 @@ def test_out_of_memory_backs_off_batch_then_tile(model, em, monkeypatch):
     pred.tiling = Tiling((8, 64, 64), (0, 0, 0))
     with pytest.raises(InputError, match="out of memory"):
         pred.predict(vol)
+
+
+def test_dask_input_is_read_lazily_and_matches_numpy(model, em):
+    import dask.array as da
+
+    vol = em[:16, :64, :96]
+    lazy = da.from_array(vol, chunks=(4, 64, 96))
+    a1, f1 = Predictor(model, tile=(8, 32, 48), overlap=(2, 8, 8)).predict(lazy)
+    a2, f2 = Predictor(model, tile=(8, 32, 48), overlap=(2, 8, 8)).predict(vol)
+    assert np.array_equal(a1, a2) and np.array_equal(f1, f2)
