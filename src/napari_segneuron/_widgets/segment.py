@@ -679,7 +679,7 @@ class SegNeuronWidget(QWidget):
         data = labels[0] if squeeze else labels
         prov = json_safe(provenance)
         prov["cli"] = cli_command(prov)
-        layer = self._upsert_layer(name, data, "labels", prov, scale, translate, opacity=0.6)
+        layer = self._upsert_layer(name, data, "labels", prov, scale, translate, opacity=0.5)
         try:
             layer.events.paint.connect(self._labels_painted)
         except Exception:  # pragma: no cover - older napari
@@ -730,7 +730,7 @@ class SegNeuronWidget(QWidget):
         prov["cli"] = cli_command(prov)
         layer = seg.layer
         if seg.edited or layer not in self.viewer.layers:
-            layer = self._upsert_layer(f"{layer.name} t={t:.2f}", data, "labels", prov, layer.scale, layer.translate, opacity=0.6)
+            layer = self._upsert_layer(f"{layer.name} t={t:.2f}", data, "labels", prov, layer.scale, layer.translate, opacity=0.5)
             layer.events.paint.connect(self._labels_painted)
             seg.layer = layer
             seg.edited = False
