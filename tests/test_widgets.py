@@ -227,6 +227,8 @@ def test_offline_download_and_cancel(dock, qtbot, notifications, monkeypatch, ti
     w.load_weights()
     qtbot.waitUntil(lambda: w.progress_bar.maximum() == 200, timeout=5000)
     assert w.cancel_button.isEnabled()
+    # napari's activity dock shows a progress bar with the real total
+    assert w.runner._pbar is not None and w.runner._pbar.total == 200
     w.cancel_button.click()
     wait_idle(qtbot, w)
     assert any(level == "warning" and "cancelled" in m for level, m in notifications)
