@@ -120,7 +120,7 @@ def test_restriction_beats_plain_waterz_on_snemi(snemi: dict) -> None:
 
 
 def test_min_size_removes_small_segments(snemi: dict) -> None:
-    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, worker=False)
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, small="remove", worker=False)
     t = 0.3
     lab, full = agg.labels(t), agg.labels(t, min_size=0)
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
@@ -130,6 +130,39 @@ def test_min_size_removes_small_segments(snemi: dict) -> None:
     small = np.isin(full, fids[fcounts < 200])
     assert (lab[small] == 0).all()
     assert same_partition(np.where(small, 0, full), lab)
+
+
+def test_min_size_merges_small_segments_into_touching_ones(snemi: dict) -> None:
+    from scipy import ndimage
+
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, worker=False)  # small="merge" by default
+    t = 0.3
+    lab, full = agg.labels(t), agg.labels(t, min_size=0)
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    assert counts.min() >= 200 and agg.n_segments(t) == len(ids) == lab.max()
+    fids, fcounts = np.unique(full[full > 0], return_counts=True)
+    big = fids[fcounts >= 200]
+    # a coarsening of the thresholded result: every segment lands in one merged segment ...
+    pairs = pair_counts(full[lab > 0], lab[lab > 0])
+    assert len(pairs[0]) == len(np.unique(pairs[0]))
+    # ... large segments are never merged with each other, and each keeps its voxels
+    assert len(np.unique(lab[np.isin(full, big)])) == len(big)
+    assert (lab[np.isin(full, big)] > 0).all()
+    # small pieces go to a segment they touch; only isolated ones become background
+    small_ids = fids[fcounts < 200]
+    lost = np.isin(full, small_ids) & (lab == 0)
+    assert lost.sum() < 0.01 * (full > 0).sum()
+    for s_id in small_ids[:40]:
+        piece = full == s_id
+        target = np.unique(lab[piece])
+        assert len(target) == 1
+        if target[0]:
+            ring = ndimage.binary_dilation(piece) & ~piece
+            # merged into a segment it touches, directly or through other small pieces
+            assert (lab[ring] == target[0]).any() or np.isin(full[ring], small_ids).any()
+    # "fill" scoring through the sweep's fast path still equals scoring the volume
+    sw = threshold_sweep(agg, snemi["gt"], [t])
+    assert sw.vi[0] == pytest.approx(evaluate(lab, snemi["gt"]).vi, abs=1e-9)
 
 
 def test_worker_process_matches_in_process(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,10 @@ label 0, agglomerates the foreground only; "mask" lets waterz see every voxel an
 background voxels from the result.  On the SNEMI3D map "exclude" scores better.
 
 Small segments: after the threshold is applied, segments with fewer than ``min_size``
-voxels are *removed* (set to background 0), not merged.  The metrics' default
-``background="fill"`` then scores such voxels as part of the nearest segment.
+voxels are merged (default, ``small="merge"``) into the touching segment they share the
+most voxel faces with, repeatedly; small pieces that touch no other segment, and all small
+segments with ``small="remove"``, become background 0.  (The metrics' default
+``background="fill"`` scores background voxels as part of the nearest segment.)
 
 waterz holds the GIL and prints to stdout, so by default it runs in a separate process
 (multiprocessing "spawn"); volumes go through memory-mapped files in /dev/shm (shared
@@ -54,6 +56,7 @@ from .metrics import (
     Scores,
     adapted_rand_error,
     evaluate,
+    _unique_inverse,
     pair_counts,
     scores_from_table,
     variation_of_information,
@@ -63,6 +66,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_FG_THRESHOLD",
     "DEFAULT_MIN_SIZE",
+    "DEFAULT_SMALL",
     "DEFAULT_MAX_THRESHOLD",
     "DEFAULT_SCORING",
     "SCORING_FUNCTIONS",
@@ -90,6 +94,8 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_FG_THRESHOLD = 0.45
 DEFAULT_MIN_SIZE = 0
+SMALL_SEGMENTS = ("merge", "remove")
+DEFAULT_SMALL = "merge"
 DEFAULT_MAX_THRESHOLD = 1.0
 DEFAULT_SCORING = "mean"
 
@@ -511,6 +517,8 @@ class Agglomeration:
     _stop: np.ndarray = field(repr=False, default=None)  # running max of merge_scores
     _size_in_order: np.ndarray = field(repr=False, default=None)
     _has_empty: bool = field(repr=False, default=False)
+    _contacts: Optional[tuple] = field(repr=False, default=None)
+    small: str = "remove"
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -542,27 +550,118 @@ class Agglomeration:
             )
         return t
 
-    def lookup_table(self, threshold: float, min_size: Optional[int] = None) -> np.ndarray:
+    def lookup_table(
+        self, threshold: float, min_size: Optional[int] = None, small: Optional[str] = None
+    ) -> np.ndarray:
         """Fragment id -> label at ``threshold`` (labels 1..K, 0 = background), as uint32."""
         k = self.n_merges(threshold)
         min_size = self.min_size if min_size is None else int(min_size)
+        small = self.small if small is None else small
+        if small not in SMALL_SEGMENTS:
+            raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
         starts = self._join >= k  # a position starts a segment unless merged before k
         if len(starts):
             starts[0] = True
         seg = np.cumsum(starts, dtype=np.uint32)
+        n_nodes = len(self._sizes)
         if (min_size > 1 or self._has_empty) and len(seg):
-            min_size = max(min_size, 1)
             first = np.flatnonzero(starts)
             sizes = np.add.reduceat(self._size_in_order, first)
-            keep = sizes >= min_size
-            if not keep.all():
+            if small == "merge" and min_size > 1 and (sizes < min_size).any():
+                lut = np.zeros(n_nodes, np.uint32)
+                lut[self._order] = seg
+                new_id = self._merge_small(lut, np.concatenate([[0], sizes]), min_size)
+            else:
+                keep = sizes >= max(min_size, 1)
                 new_id = np.zeros(len(keep) + 1, np.uint32)
                 new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-                seg = new_id[seg]
-        n_nodes = len(self._sizes)
+            seg = new_id[seg]
         lut = np.zeros(n_nodes, np.uint32)
         lut[self._order] = seg
         return lut
+
+    def _contact_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Touching fragment pairs ``(u, v)`` (u < v, both non-zero) and their contact areas
+        in voxel faces; computed once, on first use."""
+        if self._contacts is None:
+            frag = self.fragments
+            keys = []
+            for axis in range(3):
+                hi = [slice(None)] * 3
+                lo = [slice(None)] * 3
+                hi[axis] = slice(1, None)
+                lo[axis] = slice(None, -1)
+                a, b = frag[tuple(hi)], frag[tuple(lo)]
+                m = a != b
+                m &= a != 0
+                m &= b != 0
+                u, v = a[m].astype(np.uint64), b[m].astype(np.uint64)
+                del m
+                keys.append((np.minimum(u, v) << np.uint64(32)) | np.maximum(u, v))
+                del u, v
+            key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+            del keys
+            try:
+                import fastremap
+
+                uniq, area = fastremap.unique(key, return_counts=True)
+            except ImportError:  # pragma: no cover
+                uniq, area = np.unique(key, return_counts=True)
+            uniq = np.asarray(uniq, np.uint64)
+            self._contacts = (
+                (uniq >> np.uint64(32)).astype(np.int64),
+                (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64),
+                np.asarray(area, np.int64),
+            )
+        return self._contacts
+
+    def _merge_small(self, lut: np.ndarray, sizes: np.ndarray, min_size: int) -> np.ndarray:
+        """Segment id -> new id, merging every segment below ``min_size`` into the touching
+        segment it shares the most voxel faces with (repeated while that helps); small
+        segments touching no other segment become 0.  ``sizes`` is indexed by segment id."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        fu, fv, area = self._contact_table()
+        n = len(sizes)
+        ids = np.arange(n, dtype=np.int64)  # segment id -> current group
+        su, sv = lut[fu].astype(np.int64), lut[fv].astype(np.int64)
+        cur_sizes = sizes.astype(np.int64)
+        for _ in range(8):
+            a, b = ids[su], ids[sv]
+            m = (a != b) & (a != 0) & (b != 0)
+            if not m.any():
+                break
+            a, b, w = a[m], b[m], area[m]
+            small = cur_sizes < min_size
+            src = np.concatenate([a[small[a]], b[small[b]]])
+            if src.size == 0:
+                break
+            dst = np.concatenate([b[small[a]], a[small[b]]])
+            wt = np.concatenate([w[small[a]], w[small[b]]])
+            # total contact per (src, dst) pair, then the largest per src (one sort on a
+            # combined key: src ascending, contact descending)
+            up, inv = _unique_inverse(src * n + dst)
+            tot = np.bincount(inv, weights=wt).astype(np.int64)
+            ps, pd = up // n, up % n
+            order = np.argsort(ps * (int(tot.max()) + 1) - tot, kind="stable")
+            ps, pd = ps[order], pd[order]
+            first = np.ones(len(order), bool)
+            first[1:] = ps[1:] != ps[:-1]
+            choose_s, choose_d = ps[first], pd[first]
+            graph = coo_matrix((np.ones(len(choose_s)), (choose_s, choose_d)), shape=(n, n))
+            _, comp = connected_components(graph, directed=False)
+            comp = comp.astype(np.int64)
+            c0 = comp[0]  # keep background at 0
+            comp = np.where(comp == c0, 0, np.where(comp == 0, c0, comp))
+            cur_sizes = np.bincount(comp, weights=cur_sizes, minlength=n).astype(np.int64)
+            ids = comp[ids]
+        # what is still small touches nothing (or only other small pieces): background
+        keep = cur_sizes >= min_size
+        keep[0] = False
+        final = np.zeros(n, np.uint32)
+        final[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+        return final[ids]
 
     def labels(
         self,
@@ -570,19 +669,21 @@ class Agglomeration:
         *,
         region: Optional[tuple[slice, ...]] = None,
         min_size: Optional[int] = None,
+        small: Optional[str] = None,
         out: Optional[np.ndarray] = None,
     ) -> np.ndarray:
         """Label volume (uint32, 0 = background) of waterz's result at ``threshold``.
 
         ``region``: a tuple of slices to compute only part of the volume (e.g. a
-        ground-truth crop); ``out``: an array to write into (reused between calls)."""
-        lut = self.lookup_table(threshold, min_size)
+        ground-truth crop); ``out``: an array to write into (reused between calls);
+        ``min_size``/``small`` override the agglomeration's settings."""
+        lut = self.lookup_table(threshold, min_size, small)
         frag = self.fragments if region is None else self.fragments[region]
         return _gather(lut, frag, out)
 
-    def n_segments(self, threshold: float, min_size: Optional[int] = None) -> int:
+    def n_segments(self, threshold: float, min_size: Optional[int] = None, small: Optional[str] = None) -> int:
         """Number of segments (labels 1..K) at ``threshold``."""
-        lut = self.lookup_table(threshold, min_size)
+        lut = self.lookup_table(threshold, min_size, small)
         return int(lut.max()) if len(lut) else 0
 
     def change_points(self) -> np.ndarray:
@@ -598,6 +699,7 @@ def agglomerate(
     fg_threshold: float = DEFAULT_FG_THRESHOLD,
     fragments: Any = None,
     min_size: int = DEFAULT_MIN_SIZE,
+    small: str = DEFAULT_SMALL,
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
     scoring: str = DEFAULT_SCORING,
     background_mode: str = "exclude",
@@ -621,7 +723,10 @@ def agglomerate(
       followed by a foreground mask).
     fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
       waterz's watershed.
-    min_size: segments smaller than this many voxels are removed (become 0) by ``labels``.
+    min_size, small: segments smaller than ``min_size`` voxels are, by ``labels``, either
+      merged into the touching segment they share the most voxel faces with ("merge",
+      repeated while pieces stay small; pieces touching nothing become 0) or removed
+      (become background 0, "remove").
     scoring: "mean", "median" (see ``SCORING_FUNCTIONS``) or a waterz C++ scoring type.
       ``labels(t)`` equals a direct waterz run at every ``t`` with the exact priority
       queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
@@ -636,6 +741,8 @@ def agglomerate(
     max_threshold = _check_threshold(max_threshold, "max_threshold")
     if int(min_size) < 0:
         raise InputError(f"min_size must be >= 0, not {min_size}")
+    if small not in SMALL_SEGMENTS:
+        raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
     if background_mode not in ("exclude", "mask"):
         raise InputError(f"background_mode must be 'exclude' or 'mask', not {background_mode!r}")
     if scoring not in SCORING_FUNCTIONS and "<" not in scoring:
@@ -719,6 +826,7 @@ def agglomerate(
         fragments=frags,
         max_threshold=max_threshold,
         min_size=int(min_size),
+        small=small,
         merge_scores=result["scores"],
         merges=result["merges"],
         _order=result["order"],
