@@ -36,7 +36,8 @@ def _non_negative_int(text: str) -> int:
 def add_parser(subparsers) -> None:
     from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND
     from .segmentation import (
-        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
+        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD,
+        SCORING_FUNCTIONS, SMALL_SEGMENTS,
     )
 
     p = subparsers.add_parser(
@@ -55,7 +56,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--fg-threshold", type=_unit_interval, default=DEFAULT_FG_THRESHOLD, metavar="F",
                    help=f"voxels with foreground probability below F are background (default {DEFAULT_FG_THRESHOLD})")
     g.add_argument("--min-size", type=_non_negative_int, default=DEFAULT_MIN_SIZE, metavar="N",
-                   help=f"remove (set to 0) segments smaller than N voxels (default {DEFAULT_MIN_SIZE})")
+                   help=f"segments smaller than N voxels are merged or removed, see --small (default {DEFAULT_MIN_SIZE})")
+    g.add_argument("--small", choices=SMALL_SEGMENTS, default=DEFAULT_SMALL,
+                   help="small segments: 'merge' into the touching segment with the largest contact (pieces touching "
+                        f"nothing become 0) or 'remove' (set to 0) (default {DEFAULT_SMALL})")
     g.add_argument("--no-foreground", action="store_true",
                    help="plain waterz: ignore the foreground prediction")
     g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default=DEFAULT_SCORING,
@@ -159,14 +163,14 @@ def run_segment(args: argparse.Namespace) -> int:
     # one-shot: waterz only needs to run up to the requested threshold
     agg = agglomerate(
         aff, None if args.no_foreground else fg,
-        fg_threshold=args.fg_threshold, min_size=args.min_size, max_threshold=args.threshold,
+        fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small, max_threshold=args.threshold,
         scoring=args.scoring, worker=False,
     )
     labels = agg.labels(args.threshold)
     t2 = time.perf_counter()
     meta.update(
         threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
-        min_size=args.min_size, scoring=args.scoring, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
+        min_size=args.min_size, small=args.small, scoring=args.scoring, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
     )
     write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
     n = int(labels.max()) if labels.size else 0
