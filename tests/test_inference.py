@@ -20,6 +20,8 @@ from napari_segneuron.inference import (
 from napari_segneuron.io import InputError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
 
 
 @pytest.fixture(scope="module")
