@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--isbi-weight", type=float, default=0.25)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=100)
+    p.add_argument("--average-last", type=int, default=4,
+                   help="also try the mean weights of the last N kept checkpoints as a candidate")
     p.add_argument("--export", action="store_true", help="write the best model to the package's weights/default.pt")
     a = p.parse_args(argv)
 
@@ -143,49 +145,75 @@ def main(argv=None) -> int:
             plan["finetune_iters"] = int(a.finetune_iters)
         plan_path.write_text(json.dumps(plan, indent=1))
     ft_ck = out / "finetune.pt"
-    model, resume = None, None
-    if ft_ck.is_file():
-        resume = ft_ck
-    else:
-        model = build_mnet(kn)
-        if a.pretrain_iters > 0 and pre_ck.is_file():
-            names = transfer_encoder(pre_ck, model)
-            log(f"transferred {len(names)} pretrained encoder tensors")
-    aug = AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
-    meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0], "pretrained": a.pretrain_iters > 0,
-            "pretrain_iters": plan.get("pretrain_iters", 0),
-            "training_data": "fib25_a (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
-            "validation_data": "fib25_b"}
-    r = finetune(model, volumes=vols, val_image=d["b_raw"], val_labels=d["b_lab"],
-                 iterations=plan["finetune_iters"], batch_size=a.batch, crop=crop, lr=a.lr, min_lr=1e-5,
-                 schedule="cosine", warmup=20, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
-                 checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
-                 validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
-                 time_limit_s=a.finetune_minutes * 60 * (1.0 if a.time_schedule else 1.15),
-                 time_schedule=a.time_schedule, metadata=meta, log=log)
-    plan.update(finetune_done=True, finetune_iters_done=r.iterations,
-                finetune_wall_s=plan.get("finetune_wall_s", 0) + r.wall_time_s)
-    plan_path.write_text(json.dumps(plan, indent=1))
-    log(f"finetuning done: {r.iterations} iterations, best {r.best_score}")
+    if not plan.get("finetune_done"):
+        model, resume = None, None
+        if ft_ck.is_file():
+            resume = ft_ck
+        else:
+            model = build_mnet(kn)
+            if a.pretrain_iters > 0 and pre_ck.is_file():
+                names = transfer_encoder(pre_ck, model)
+                log(f"transferred {len(names)} pretrained encoder tensors")
+        aug = AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
+        meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0], "pretrained": a.pretrain_iters > 0,
+                "pretrain_iters": plan.get("pretrain_iters", 0),
+                "training_data": "fib25_a (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
+                "validation_data": "fib25_b"}
+        r = finetune(model, volumes=vols, val_image=d["b_raw"], val_labels=d["b_lab"],
+                     iterations=plan["finetune_iters"], batch_size=a.batch, crop=crop, lr=a.lr, min_lr=1e-5,
+                     schedule="cosine", warmup=20, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
+                     checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
+                     validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
+                     time_limit_s=a.finetune_minutes * 60 * (1.0 if a.time_schedule else 1.15),
+                     time_schedule=a.time_schedule, metadata=meta, log=log)
+        plan.update(finetune_done=True, finetune_iters_done=r.iterations,
+                    finetune_wall_s=plan.get("finetune_wall_s", 0) + r.wall_time_s)
+        plan_path.write_text(json.dumps(plan, indent=1))
+        log(f"finetuning done: {r.iterations} iterations, best {r.best_score}")
+    select_and_export(out, d, plan, a, log)
+    return 0
 
-    # final validation of the last weights as well
-    v = validate(r.model, d["b_raw"], d["b_lab"])
-    v.pop("vi_parts", None)
-    log(f"final weights validation: {v}")
-    best = out / "finetune_best.pt"
-    src = best if best.is_file() else ft_ck
-    ck = read_checkpoint(src)
-    plan["exported_from"] = str(src)
-    plan["exported_iters"] = ck["iters"]
-    plan_path.write_text(json.dumps(plan, indent=1))
+
+def select_and_export(out: Path, d: dict, plan: dict, a, log) -> None:
+    """Score candidates on fib25_b (best validated, final, average of the last kept checkpoints); export the best."""
+    thresholds = tuple(np.round(np.arange(0.05, 1.0, 0.05), 3))
+    cands = {}
+    for name in ("finetune_best.pt", "finetune.pt"):
+        if (out / name).is_file():
+            ck = read_checkpoint(out / name)
+            cands[name] = (ck["model_weights"], ck["iters"], ck["metadata"])
+    kept = sorted(out.glob("finetune_iter*.pt"))[-a.average_last:] if a.average_last > 1 else []
+    if len(kept) > 1:
+        cks = [read_checkpoint(p) for p in kept]
+        cands[f"average of {', '.join(p.stem.split('_iter')[-1] for p in kept)}"] = (
+            average_state_dicts([c["model_weights"] for c in cks]), cks[-1]["iters"],
+            dict(cks[-1]["metadata"], averaged_checkpoints=[p.name for p in kept]))
+    scores = {}
+    for name, (sd, iters, meta) in cands.items():
+        v = validate(mnet_from_state_dict(sd), d["b_raw"], d["b_lab"], thresholds=thresholds)
+        v.pop("vi_parts", None)
+        scores[name] = v
+        log(f"candidate {name} (iteration {iters}): {v}")
+    key = lambda n: scores[n].get("vi", scores[n]["val_loss"])  # noqa: E731
+    pick = min(scores, key=key)
+    sd, iters, meta = cands[pick]
+    plan.update(exported_from=pick, exported_iters=iters, exported_score=scores[pick],
+                candidates={n: scores[n] for n in scores})
+    (out / "plan.json").write_text(json.dumps(plan, indent=1, default=str))
     if a.export:
-        m = mnet_from_state_dict(ck["model_weights"])
-        meta = dict(ck["metadata"], name="default", iters=ck["iters"],
+        meta = dict(meta, name="default", iters=iters, selected=pick, fib25_b_validation=scores[pick],
+                    pretrain_iters=plan.get("pretrain_iters", 0), finetune_iters=plan.get("finetune_iters_done"),
                     pretrain_wall_s=round(plan.get("pretrain_wall_s", 0)),
                     finetune_wall_s=round(plan.get("finetune_wall_s", 0)))
-        write_checkpoint(m, WEIGHTS, ck["iters"], meta, half=True)
-        log(f"exported {src} (iteration {ck['iters']}) to {WEIGHTS}")
-    return 0
+        meta.pop("best_score", None)
+        write_checkpoint(mnet_from_state_dict(sd), WEIGHTS, iters, meta, half=True)
+        log(f"exported {pick} (iteration {iters}) to {WEIGHTS}")
+
+
+def average_state_dicts(sds: list) -> dict:
+    """Element-wise mean of several state dicts of the same architecture."""
+    return {k: (sum(sd[k].float() for sd in sds) / len(sds)) if sds[0][k].is_floating_point() else sds[-1][k]
+            for k in sds[0]}
 
 
 if __name__ == "__main__":

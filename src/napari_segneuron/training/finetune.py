@@ -178,7 +178,8 @@ def score_prediction(aff: np.ndarray, fg: Optional[np.ndarray], gt: np.ndarray,
 
 
 def validate(model, image: np.ndarray, labels: np.ndarray, device=None,
-             aff_weight: float = 1.0, fg_weight: float = 1.0) -> dict:
+             aff_weight: float = 1.0, fg_weight: float = 1.0,
+             thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> dict:
     """Loss on the whole validation volume plus VI/ARAND when agglomeration is available."""
     aff, fg = predict_volume(model, image, device)
     lab = np.asarray(labels)
@@ -188,7 +189,7 @@ def validate(model, image: np.ndarray, labels: np.ndarray, device=None,
     bce = lambda p, t: float(-(t * np.log(p + eps) + (1 - t) * np.log(1 - p + eps)).mean())  # noqa: E731
     out = {"val_loss": aff_weight * bce(aff, tgt) + fg_weight * bce(fg, (lab > 0).astype(np.float32))}
     try:
-        sc = score_prediction(aff, fg, lab)
+        sc = score_prediction(aff, fg, lab, thresholds)
     except Exception as exc:  # agglomeration is someone else's module: never kill training over it
         sc, out["score_error"] = None, repr(exc)
     if sc is not None:
