@@ -164,7 +164,10 @@ def score_prediction(aff: np.ndarray, fg: Optional[np.ndarray], gt: np.ndarray,
     seg = _segmentation_api()
     if seg is None:
         return None
-    ag = seg.agglomerate(aff, fg if use_foreground else None)
+    try:  # in-process: no worker start-up, works from any script or thread
+        ag = seg.agglomerate(aff, fg if use_foreground else None, worker=False)
+    except TypeError:
+        ag = seg.agglomerate(aff, fg if use_foreground else None)
     best = None
     for t in thresholds:
         labels = ag.labels(t)
@@ -323,7 +326,10 @@ def finetune(
                  wall_time_s=round(time.time() - t_start, 1))
         write_checkpoint(net, ckpt, it, m, optimizer_state={"optimizer": opt.state_dict(), "iters": it})
         result.checkpoint = ckpt
-        if keep_every and it % keep_every == 0:
+
+    def keep(it: int) -> None:
+        if ckpt is not None:
+            m = dict(meta, iterations_done=it, wall_time_s=round(time.time() - t_start, 1))
             write_checkpoint(net, ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
 
     it = start_iter
@@ -374,6 +380,8 @@ def finetune(
                         result.best_checkpoint = best_path
             if checkpoint_every and it % checkpoint_every == 0:
                 save(it)
+            if keep_every and it % keep_every == 0:
+                keep(it)
     except (Cancelled, KeyboardInterrupt) as exc:
         save(it)
         result.cancelled = True
