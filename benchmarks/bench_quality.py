@@ -33,7 +33,9 @@ FG_THRESHOLDS = (0.2, 0.35, 0.4, 0.45, 0.5, 0.65)
 
 
 def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings=("mean", "median")) -> dict:
-    from napari_segneuron.segmentation import DEFAULT_FG_THRESHOLD, DEFAULT_THRESHOLD, agglomerate, threshold_sweep
+    from napari_segneuron.segmentation import (
+        DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, DEFAULT_THRESHOLD, agglomerate, threshold_sweep,
+    )
 
     print(f"\n=== {name}: volume {gt.shape}, {len(np.unique(gt[gt > 0]))} ground-truth ids, "
           f"{100 * float((gt == 0).mean()):.1f}% ground-truth 0 (ignored) ===")
@@ -64,9 +66,10 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
                   f"{restricted[0]:.3f} vs plain {plain[0]:.3f} (t {plain[2]}): restriction "
                   f"{'wins' if dvi > 0 else 'loses'} by {abs(dvi):.3f} VI ({100 * dvi / plain[0]:+.1f}%), "
                   f"ARAND {restricted[1]:.3f} vs {plain[1]:.3f}")
-    fixed = best.get(("mean", f"exclude fg_thr {DEFAULT_FG_THRESHOLD}", "fill"))
+    fixed = best.get((DEFAULT_SCORING, f"{DEFAULT_BACKGROUND_MODE} fg_thr {DEFAULT_FG_THRESHOLD}", "fill"))
     if fixed:
-        print(f"defaults (mean, fg_thr {DEFAULT_FG_THRESHOLD}, fill): best t {fixed[2]}, VI {fixed[0]:.3f}")
+        print(f"default settings ({DEFAULT_SCORING}, {DEFAULT_BACKGROUND_MODE}, fg_thr {DEFAULT_FG_THRESHOLD}, fill): "
+              f"best t {fixed[2]}, VI {fixed[0]:.3f} (default threshold {DEFAULT_THRESHOLD})")
     return best
 
 
@@ -99,7 +102,7 @@ def held_out(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scoring
     if scoring == DEFAULT_SCORING:
         agg = agglomerate(aff, fg, fg_threshold=DEFAULT_FG_THRESHOLD, scoring=scoring, worker=False)
         s = evaluate(agg.labels(DEFAULT_THRESHOLD, region=test), gt[test])
-        print(f"  {'defaults':>12}: fg_thr {DEFAULT_FG_THRESHOLD}, t {DEFAULT_THRESHOLD} (chosen on the whole volume) -> "
+        print(f"  {'defaults':>12}: fg_thr {DEFAULT_FG_THRESHOLD}, t {DEFAULT_THRESHOLD} -> "
               f"held-out VI {s.vi:.3f}, ARAND {s.arand:.3f}")
     d = results["plain waterz"].vi - results["restricted"].vi
     print(f"  held-out ({name}, {scoring}): restriction {'wins' if d > 0 else 'loses'} by {abs(d):.3f} VI "

@@ -18,10 +18,11 @@ without calling waterz again:
 Foreground restriction (as SegNeuron does it): every affinity channel is replaced by the
 voxel-wise minimum of affinity and foreground probability; voxels with foreground below
 ``fg_threshold`` are background (label 0).  Two ways to make them background
-(``background_mode``): "exclude" (default) sets their edges to 0 so waterz's watershed
-leaves them unlabelled (given fragments are cleared there) and waterz, which never merges
-label 0, agglomerates the foreground only; "mask" lets waterz see every voxel and clears
-background voxels from the result.  On the SNEMI3D map "exclude" scores better.
+(``background_mode``): "mask" (default) lets waterz see every voxel and clears background
+voxels from the result; "exclude" sets their edges to 0 so waterz's watershed leaves them
+unlabelled (given fragments are cleared there) and waterz, which never merges label 0,
+agglomerates the foreground only.  "mask" keeps the threshold scale of plain waterz and
+scored better on fib25_b predictions; "exclude" scored better on the SNEMI3D map.
 
 Small segments: after the threshold is applied, segments with fewer than ``min_size``
 voxels are merged (default, ``small="merge"``) into the touching segment they share the
@@ -69,6 +70,7 @@ __all__ = [
     "DEFAULT_SMALL",
     "DEFAULT_MAX_THRESHOLD",
     "DEFAULT_SCORING",
+    "DEFAULT_BACKGROUND_MODE",
     "SCORING_FUNCTIONS",
     "Agglomeration",
     "SweepResult",
@@ -84,20 +86,29 @@ __all__ = [
     "evaluate",
 ]
 
-# Defaults chosen on the real SNEMI3D boundary map (benchmarks/bench_quality.py; VI with
-# predicted background filled).  Mean scoring: with fg_threshold 0.45 the best threshold
-# is 0.30 (VI 1.84 vs 2.13 for plain waterz at its best); thresholds 0.24-0.32 stay within
-# 0.13 VI of it, above 0.34 neurons merge (VI > 2.3).  The median score is better still on
-# this map (VI 1.72) but needs about 0.7 GiB more for a 100x512x512 volume (a 256-bin
-# histogram per region-graph edge), which breaks the 2 GiB budget, so it is an option.
-# To be re-tuned on fib25_b with the bundled model's predictions.
-DEFAULT_THRESHOLD = 0.3
-DEFAULT_FG_THRESHOLD = 0.45
+# Defaults chosen on the validation crop fib25_b with affinities and foreground predicted
+# by a checkpoint of the default model's training run (iteration ~300), scored with VI
+# (predicted background filled; benchmarks/bench_quality.py):
+# - background_mode "mask": with "exclude" the best threshold moves once the foreground
+#   head marks background (membrane contacts leave the region graph, mean affinities
+#   rise); "mask" keeps waterz's threshold scale (VI 1.02 vs 1.32 at fg_threshold 0.5).
+# - threshold 0.5: best VI 1.02-1.11 at 0.46-0.50, 1.25-1.35 at 0.42/0.54, much worse
+#   outside 0.38-0.58; plain waterz on the same affinities: best VI 1.61 (t 0.42).
+#   It is also SegNeuron's own waterz threshold.
+# - fg_threshold 0.5: the probability cut; 0.65 is marginally better (0.995).
+# - mean scoring: the median (SegNeuron's choice) is within 0.1 VI but needs ~0.7 GiB
+#   more for a 100x512x512 volume (a 256-bin histogram per edge).
+# On the SNEMI3D boundary map (where foreground = 1 - boundary adds no information) the
+# best settings differ (t 0.3, fg 0.45, "exclude"), see bench_quality.py.  To be checked
+# again with the final bundled model.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 0
 SMALL_SEGMENTS = ("merge", "remove")
 DEFAULT_SMALL = "merge"
 DEFAULT_MAX_THRESHOLD = 1.0
 DEFAULT_SCORING = "mean"
+DEFAULT_BACKGROUND_MODE = "mask"
 
 SCORING_FUNCTIONS = {
     # waterz's default: 1 - mean affinity along the boundary of two regions
@@ -702,7 +713,7 @@ def agglomerate(
     small: str = DEFAULT_SMALL,
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
     scoring: str = DEFAULT_SCORING,
-    background_mode: str = "exclude",
+    background_mode: str = DEFAULT_BACKGROUND_MODE,
     discretize_queue: int = 0,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
@@ -716,11 +727,11 @@ def agglomerate(
     foreground: (Z,Y,X) probabilities or None (plain waterz).  With a foreground each
       channel is limited to it (voxel-wise minimum) and voxels below ``fg_threshold``
       become background 0.
-    background_mode: "exclude" (default) takes background voxels out of waterz's graph
-      (their edges are 0, the watershed leaves them unlabelled, regions only touch through
-      foreground); "mask" lets waterz agglomerate every voxel on the min-restricted
-      affinities and sets background voxels to 0 afterwards (SegNeuron's post-processing
-      followed by a foreground mask).
+    background_mode: "mask" (default) lets waterz agglomerate every voxel on the
+      min-restricted affinities and sets background voxels to 0 afterwards (SegNeuron's
+      post-processing followed by a foreground mask); "exclude" takes background voxels
+      out of waterz's graph (their edges are 0, the watershed leaves them unlabelled,
+      regions only touch through foreground), which shifts the useful thresholds down.
     fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
       waterz's watershed.
     min_size, small: segments smaller than ``min_size`` voxels are, by ``labels``, either
