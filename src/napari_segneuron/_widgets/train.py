@@ -91,7 +91,7 @@ class LossPlot(QWidget):
                 path.lineTo(QPointF(x, y))
         p.drawText(
             self.rect().adjusted(6, 0, -6, 0), Qt.AlignLeft | Qt.AlignTop,
-            f"loss {losses[-1]:.4f} at iteration {int(its[-1])} (min {lo:.4f}, max {hi:.4f})",
+            f"loss {losses[-1]:.4f} at iteration {int(its[-1])} (min {lo:.4f})",
         )
         p.setPen(QPen(QColor(255, 170, 60), 1.5))
         p.drawPath(path)
@@ -173,7 +173,7 @@ class TrainingWidget(QWidget):
             "Which weights training starts from: the model loaded in the SegNeuron dock, fresh random "
             "weights, or the checkpoint of the last Pretrain run"
         )
-        ff.addRow("Start from", self.start_combo)
+        ff.addRow("Start", self.start_combo)
         self.pages.addWidget(ft)
         # pretrain page
         pt = QWidget()
