@@ -87,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", type=int, default=3, help="fresh waterz runs to time (each is slow)")
     ap.add_argument("--fg-threshold", type=float, default=None)
     ap.add_argument("--scoring", default=None, help="mean or median (default: the package default)")
+    ap.add_argument("--mode", default=None, help="background_mode: mask, cut or exclude (default: the package default)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from napari_segneuron.segmentation import (
-        DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, SCORING_FUNCTIONS, affinities_from_boundaries, agglomerate, restrict_to_foreground,
+        DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, SCORING_FUNCTIONS, affinities_from_boundaries, agglomerate, restrict_to_foreground,
         _restore_stdout, _silence_stdout,
     )
 
     fg_thr = DEFAULT_FG_THRESHOLD if args.fg_threshold is None else args.fg_threshold
     scoring = args.scoring or DEFAULT_SCORING
+    mode = args.mode or DEFAULT_BACKGROUND_MODE
     shape = tuple(args.shape)
     t0 = time.perf_counter()
     b = realistic_boundaries(shape)
@@ -104,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     fg = 1.0 - b
     del b
     print(f"volume {shape} = {np.prod(shape) / 1e6:.1f} Mvoxel, affinities {aff.nbytes / 2**20:.0f} MiB, "
-          f"made in {time.perf_counter() - t0:.1f} s; foreground restriction, fg_threshold {fg_thr}, scoring {scoring}")
+          f"made in {time.perf_counter() - t0:.1f} s; foreground restriction, fg_threshold {fg_thr}, scoring {scoring}, background_mode {mode}")
     rss_inputs = maxrss_mib(resource.RUSAGE_SELF)
 
     sampler = MemorySampler()
     with sampler:
         t0 = time.perf_counter()
-        agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, scoring=scoring, worker=True)
+        agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, scoring=scoring, background_mode=mode,
+                          worker=True)
         t_first = time.perf_counter() - t0
     print(f"first agglomeration (worker process, up to threshold 1.0): {t_first:.2f} s, "
           f"{agg.n_fragments} fragments, {len(agg.merge_scores)} merges recorded")
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     import waterz
 
     prepared = np.empty_like(aff)
-    restrict_to_foreground(aff, fg, fg_thr, out=prepared)
+    bg = restrict_to_foreground(aff, fg, fg_thr, out=prepared, exclude_background=mode == "exclude",
+                                cut_background=mode == "cut")
     del aff, fg
     pick = [thresholds[i] for i in np.linspace(0, len(thresholds) - 1, max(args.fresh, 1)).round().astype(int)]
     fresh_ms = {}
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _restore_stdout(saved)
         fresh_ms[t] = (time.perf_counter() - t1) * 1000
+        if mode != "exclude":
+            seg[bg] = 0  # the foreground mask applied to waterz's own result
         same = _same_partition(seg, agg.labels(t))
         print(f"  fresh waterz at {t}: {fresh_ms[t]:.0f} ms; replay gives the same partition: {same}")
         del seg

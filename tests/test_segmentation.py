@@ -262,12 +262,20 @@ def test_bad_input(snemi: dict) -> None:
         threshold_sweep(agg, snemi["gt"][:5])
 
 
-def test_mask_mode_is_waterz_then_foreground_mask(snemi: dict) -> None:
+@pytest.mark.parametrize("mode", ["mask", "cut"])
+def test_mask_modes_are_waterz_then_foreground_mask(snemi: dict, mode: str) -> None:
     aff, fg = snemi["aff"], snemi["fg"]
-    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode="mask", worker=False)
+    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, worker=False)
     prepared = np.empty_like(aff)
-    bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False)
-    assert np.array_equal(prepared, np.minimum(aff, fg[None]))
+    bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False, cut_background=mode == "cut")
+    restricted = np.minimum(aff, fg[None])
+    if mode == "mask":
+        assert np.array_equal(prepared, restricted)
+    else:  # only edges between two background voxels are cut
+        both = bg.copy()
+        both[1:] &= bg[:-1]
+        assert (prepared[0][both] == 0).all()
+        assert np.array_equal(prepared[0][~both], restricted[0][~both])
     for t, ref in zip([0.3, 0.45, 0.6], direct_waterz(prepared, [0.3, 0.45, 0.6], "mean")):
         lab = agg.labels(t)
         assert same_partition(lab, np.where(bg, 0, ref))
