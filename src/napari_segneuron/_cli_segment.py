@@ -36,8 +36,8 @@ def _non_negative_int(text: str) -> int:
 def add_parser(subparsers) -> None:
     from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND
     from .segmentation import (
-        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD,
-        SCORING_FUNCTIONS, SMALL_SEGMENTS,
+        BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING,
+        DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
     )
 
     p = subparsers.add_parser(
@@ -62,6 +62,10 @@ def add_parser(subparsers) -> None:
                         f"nothing become 0) or 'remove' (set to 0) (default {DEFAULT_SMALL})")
     g.add_argument("--no-foreground", action="store_true",
                    help="plain waterz: ignore the foreground prediction")
+    g.add_argument("--background-mode", choices=BACKGROUND_MODES_AGG, default=DEFAULT_BACKGROUND_MODE,
+                   help="'mask': agglomerate everything, then clear background voxels; 'cut': the same without "
+                        "agglomerating background with itself (faster on noisy backgrounds); 'exclude': background "
+                        f"leaves waterz's graph (lower thresholds work best) (default {DEFAULT_BACKGROUND_MODE})")
     g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default=DEFAULT_SCORING,
                    help=f"edge score: 1 - mean (waterz default) or 1 - median affinity (default {DEFAULT_SCORING})")
     g.add_argument("--save-prediction", metavar="PRED", default=None,
@@ -164,13 +168,14 @@ def run_segment(args: argparse.Namespace) -> int:
     agg = agglomerate(
         aff, None if args.no_foreground else fg,
         fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small, max_threshold=args.threshold,
-        scoring=args.scoring, worker=False,
+        scoring=args.scoring, background_mode=args.background_mode, worker=False,
     )
     labels = agg.labels(args.threshold)
     t2 = time.perf_counter()
     meta.update(
         threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
-        min_size=args.min_size, small=args.small, scoring=args.scoring, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
+        min_size=args.min_size, small=args.small, scoring=args.scoring,
+        background_mode=None if args.no_foreground else args.background_mode, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
     )
     write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
     n = int(labels.max()) if labels.size else 0
