@@ -44,7 +44,7 @@ def compare(name: str, aff: np.ndarray, fg: np.ndarray, gt: np.ndarray, scorings
     best: dict = {}
     for scoring in scorings:
         configs = [("plain waterz", None, 0.0, "exclude")] + [
-            (f"{m} fg_thr {f}", fg, f, m) for m in ("exclude", "mask") for f in FG_THRESHOLDS
+            (f"{m} fg_thr {f}", fg, f, m) for m in ("cut", "mask", "exclude") for f in FG_THRESHOLDS
         ]
         for label, fgv, fthr, mode in configs:
             agg = agglomerate(aff, fgv, fg_threshold=fthr, scoring=scoring, background_mode=mode, worker=False)

@@ -18,12 +18,12 @@ without calling waterz again:
 Foreground restriction (as SegNeuron does it): every affinity channel is replaced by the
 voxel-wise minimum of affinity and foreground probability; voxels with foreground below
 ``fg_threshold`` are background (label 0).  Two ways to make them background
-(``background_mode``): "mask" (default) lets waterz see every voxel and clears background
-voxels from the result ("cut" also zeroes edges between two background voxels first);
-"exclude" sets their edges to 0 so waterz's watershed leaves them
+(``background_mode``): "mask" lets waterz see every voxel and clears background voxels
+from the result; "cut" (default) does the same after zeroing edges between two background
+voxels, so background is never agglomerated with itself; "exclude" sets their edges to 0 so waterz's watershed leaves them
 unlabelled (given fragments are cleared there) and waterz, which never merges label 0,
-agglomerates the foreground only.  "mask" keeps the threshold scale of plain waterz and
-scored better on fib25_b predictions; "exclude" scored better on the SNEMI3D map.
+agglomerates the foreground only.  See the notes at DEFAULT_THRESHOLD for how they
+compared on fib25_b predictions; "exclude" scored best on the SNEMI3D map.
 
 Small segments: after the threshold is applied, segments with fewer than ``min_size``
 voxels are merged (default, ``small="merge"``) into the touching segment they share the
@@ -89,31 +89,32 @@ __all__ = [
 
 # Defaults chosen on the validation crop fib25_b with affinities and foreground predicted
 # by a checkpoint of the default model's training run (iteration ~300), scored with VI
-# (predicted background filled; benchmarks/bench_quality.py):
-# - background_mode "mask": with "exclude" the best threshold moves once the foreground
-#   head marks background (membrane contacts leave the region graph, mean affinities
-#   rise); "mask" keeps waterz's threshold scale (VI 1.02 vs 1.32 at fg_threshold 0.5).
-#   "cut" (best VI 1.075 at t 0.58, 1.21 at 0.5) is the fallback when a noisy background
-#   makes "mask" slow: on the 100x512x512 benchmark volume 120k instead of 657k fragments,
-#   18 s instead of 93 s, 1.4 instead of 1.9 GiB.
-# - threshold 0.5: best VI 1.02-1.11 at 0.46-0.50, 1.25-1.35 at 0.42/0.54, much worse
-#   outside 0.38-0.58; plain waterz on the same affinities: best VI 1.61 (t 0.42).
-#   It is also SegNeuron's own waterz threshold.
-# - fg_threshold 0.5: the probability cut; 0.65 is marginally better (0.995).
+# (predicted background filled; benchmarks/bench_quality.py).  VI by threshold:
+#   t      0.46 0.48 0.50 0.52 0.54 0.56 0.58 0.60 0.62 0.64
+#   cut    1.45 1.32 1.21 1.13 1.11 1.08 1.08 1.13 1.12 1.25
+#   mask   1.04 1.02 1.02 1.14 1.26 1.61 1.91 2.47 3.35 3.92
+#   plain waterz (no foreground): best 1.61 at 0.42; "exclude": best 1.32 at 0.34.
+# - background_mode "cut": nearly the best VI of "mask" (1.08 vs 1.02) on a plateau
+#   three times as wide (0.52-0.62 within 0.05 of the best), and on the 100x512x512
+#   benchmark volume 120k instead of 657k fragments, 18 s instead of 93 s for the first
+#   agglomeration, 1.4 instead of 1.9 GiB.  "exclude" moves the useful thresholds down
+#   once the foreground head marks background (membrane contacts leave the graph).
+# - threshold 0.56: the middle of that plateau.
+# - fg_threshold 0.5: the probability cut (this checkpoint's foreground is >= 0.49
+#   everywhere, so lower values change nothing yet).
 # - mean scoring: the median (SegNeuron's choice) is within 0.1 VI but needs ~0.7 GiB
 #   more for a 100x512x512 volume (a 256-bin histogram per edge).
-# On the SNEMI3D boundary map (where foreground = 1 - boundary adds no information) the
-# best settings differ (t 0.3, fg 0.45, "exclude"), see bench_quality.py.  To be checked
-# again with the final bundled model.
-DEFAULT_THRESHOLD = 0.5
+# On the SNEMI3D boundary map (foreground = 1 - boundary adds no information) the best
+# settings differ (t 0.3, fg 0.45, "exclude").  To be checked with the final model.
+DEFAULT_THRESHOLD = 0.56
 DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 0
 SMALL_SEGMENTS = ("merge", "remove")
 DEFAULT_SMALL = "merge"
 DEFAULT_MAX_THRESHOLD = 1.0
 DEFAULT_SCORING = "mean"
-DEFAULT_BACKGROUND_MODE = "mask"
-BACKGROUND_MODES_AGG = ("mask", "cut", "exclude")
+DEFAULT_BACKGROUND_MODE = "cut"
+BACKGROUND_MODES_AGG = ("cut", "mask", "exclude")
 
 SCORING_FUNCTIONS = {
     # waterz's default: 1 - mean affinity along the boundary of two regions
@@ -742,12 +743,11 @@ def agglomerate(
     foreground: (Z,Y,X) probabilities or None (plain waterz).  With a foreground each
       channel is limited to it (voxel-wise minimum) and voxels below ``fg_threshold``
       become background 0.
-    background_mode: "mask" (default) lets waterz agglomerate every voxel on the
-      min-restricted affinities and sets background voxels to 0 afterwards (SegNeuron's
-      post-processing followed by a foreground mask); "cut" does the same but first sets
-      edges between two background voxels to 0 (background is not agglomerated with
-      itself: far fewer fragments and a much cheaper run on noisy backgrounds, slightly
-      worse VI on fib25_b); "exclude" takes background voxels out of waterz's graph
+    background_mode: "mask" lets waterz agglomerate every voxel on the min-restricted
+      affinities and sets background voxels to 0 afterwards (SegNeuron's post-processing
+      followed by a foreground mask); "cut" (default) does the same but first sets edges
+      between two background voxels to 0 (background is not agglomerated with itself: far
+      fewer fragments, a much cheaper run, a wider range of good thresholds); "exclude" takes background voxels out of waterz's graph
       (every edge touching them is 0, the watershed leaves them unlabelled, regions only
       touch through foreground), which shifts the useful thresholds down.
     fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
