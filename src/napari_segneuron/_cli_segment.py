@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
+from ._cli_common import input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
 from .io import InputError
 
 
@@ -152,9 +152,10 @@ def run_segment(args: argparse.Namespace) -> int:
         model = load_weights(args.weights, args.device)
         predictor = make_predictor(args, model)
         print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
+        voxel = input_voxel_size(args, voxel, predictor)
         bar = TerminalProgress("predict")
         try:
-            aff, fg = predictor.predict(volume, progress=bar)
+            aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel)
         finally:
             bar.close()
         meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"))
