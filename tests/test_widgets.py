@@ -197,20 +197,22 @@ def test_bad_inputs_become_notifications(dock, qtbot, notifications, tiny_model_
     assert w.model is tiny_model_cpu  # the loaded model is kept
 
 
-def test_offline_download_and_cancel(dock, qtbot, notifications, monkeypatch, tiny_model_cpu):
+def test_offline_download_and_cancel(dock, qtbot, notifications, monkeypatch, tiny_model_cpu, tmp_path):
     viewer, w = dock
+    import socket
     import threading
 
-    from napari_segneuron import _model
+    from napari_segneuron._model import registry
 
-    def offline(name, progress=None, cancel=None):
-        raise _model.WeightsError("Could not download 'segneuron': no internet connection. Download it on another computer ...")
-
-    monkeypatch.setattr(_model, "fetch_weights", offline)
+    with socket.socket() as s:  # a hub address where nobody listens: the real download code fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NAPARI_SEGNEURON_CACHE", str(tmp_path / "cache"))
     w.weights_combo.setCurrentText("segneuron")
     w.load_weights()
     wait_idle(qtbot, w)
-    assert "no internet" in errors(notifications)[-1]
+    assert "offline" in errors(notifications)[-1] and str(tmp_path / "cache") in errors(notifications)[-1]
 
     # a cancelled run: a warning, nothing changed
     release = threading.Event()
@@ -222,7 +224,7 @@ def test_offline_download_and_cancel(dock, qtbot, notifications, monkeypatch, ti
             release.wait(0.02)
         raise AssertionError("not cancelled")
 
-    monkeypatch.setattr(_model, "fetch_weights", slow)
+    monkeypatch.setattr(registry, "fetch_weights", slow)
     w.set_model(tiny_model_cpu)
     w.load_weights()
     qtbot.waitUntil(lambda: w.progress_bar.maximum() == 200, timeout=5000)

@@ -399,6 +399,25 @@ class SegNeuronWidget(QWidget):
     def set_threshold(self, value: float) -> None:
         self.slider.setValue(int(round(value * SLIDER_STEPS)))
 
+    def _voxel_size(self, layer, predictor):
+        """The image's voxel size in nm from its layer scale; says once when it is unknown."""
+        from ..resample import needs_resampling, voxel_size_from_scale
+
+        voxel = voxel_size_from_scale(layer.scale)
+        model_voxel = predictor.model_voxel_size
+        if voxel is None and model_voxel is not None and not getattr(self, "_voxel_note_shown", False):
+            self._voxel_note_shown = True
+            notify_info(
+                f"'{layer.name}' has no voxel size (layer scale is 1): assuming the model's own "
+                f"{'×'.join(f'{v:g}' for v in model_voxel)} nm. Set the layer scale in nm to resample."
+            )
+        elif voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
+            notify_info(
+                f"Predicting '{layer.name}' at the model's voxel size "
+                f"{'×'.join(f'{v:g}' for v in model_voxel)} nm and resampling back"
+            )
+        return voxel
+
     def _predictor(self):
         from ..inference import Predictor
 
@@ -473,14 +492,13 @@ class SegNeuronWidget(QWidget):
         name = Path(source).stem if choice == CHECKPOINT_ITEM else choice
 
         def work(progress, cancel):
-            from .._model import fetch_weights, load_model
+            from .._model import load_named
 
-            progress(0, 2, f"finding weights '{name}'")
-            path = fetch_weights(source, progress=progress, cancel=cancel)
-            cancel.raise_if_cancelled()
-            progress(1, 2, "loading the network")
-            model = load_model(path, device=device, name=name)
-            progress(2, 2, "loaded")
+            progress(0, 1, f"finding and loading weights '{name}'")
+            model = load_named(source, device=device, progress=progress, cancel=cancel)
+            if choice == CHECKPOINT_ITEM:
+                model.info["name"] = name
+            progress(1, 1, "loaded")
             return model
 
         self.runner.start("Load model", work, self.set_model)
@@ -519,8 +537,10 @@ class SegNeuronWidget(QWidget):
         scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
         provenance = self._base_provenance(layer, "predict")
 
+        voxel = self._voxel_size(layer, predictor)
+
         def work(progress, cancel):
-            return predictor.predict(volume, progress=progress, cancel=cancel)
+            return predictor.predict(volume, progress=progress, cancel=cancel, voxel_size=voxel)
 
         def done(result):
             aff, fg = result
@@ -616,6 +636,7 @@ class SegNeuronWidget(QWidget):
         provenance = self._base_provenance(layer, "preview")
         provenance["segment"] = seg_settings
         provenance["region"] = {"start": start, "stop": stop}
+        voxel = self._voxel_size(layer, predictor)
 
         def work(progress, cancel):
             crop = np.asarray(volume[region])
@@ -623,7 +644,7 @@ class SegNeuronWidget(QWidget):
             def p_pred(done, total, msg=""):
                 progress(done, 2 * total, f"predict {msg}")
 
-            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel)
+            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel, voxel_size=voxel)
 
             def p_seg(done, total, msg=""):
                 progress(total + done, 2 * total, f"segment {msg}")

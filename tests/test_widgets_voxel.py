@@ -1,0 +1,37 @@
+"""The dock predicts at the model's voxel size, read from the image layer's scale."""
+import copy
+
+import numpy as np
+
+from test_widgets import dock, wait_idle  # noqa: F401  (fixture)
+
+
+def _model_at_10nm(tiny_model_cpu):
+    model = copy.deepcopy(tiny_model_cpu)
+    model.info = {**tiny_model_cpu.info, "voxel_size_nm": (10.0, 10.0, 10.0)}
+    return model
+
+
+def test_layer_scale_in_nm_triggers_resampling(dock, qtbot, notifications, tiny_model_cpu):
+    viewer, w = dock
+    w.set_model(_model_at_10nm(tiny_model_cpu))
+    data = np.random.default_rng(0).integers(0, 255, (8, 64, 96), dtype=np.uint8)
+    image = viewer.add_image(data, name="fine EM", scale=(10.0, 5.0, 5.0))
+    w.image_combo.set_value(image)
+    w.predict()
+    wait_idle(qtbot, w)
+    fg = viewer.layers["fine EM foreground"]
+    assert fg.data.shape == (8, 64, 96)
+    np.testing.assert_allclose(fg.scale, image.scale)
+    assert any("resampling back" in m for _level, m in notifications)
+
+
+def test_unknown_voxel_size_is_said_once(dock, qtbot, notifications, tiny_model_cpu):
+    viewer, w = dock
+    w.set_model(_model_at_10nm(tiny_model_cpu))
+    image = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="plain")
+    w.image_combo.set_value(image)
+    for _ in range(2):
+        w.predict()
+        wait_idle(qtbot, w)
+    assert sum("no voxel size" in m for _level, m in notifications) == 1
