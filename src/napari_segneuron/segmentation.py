@@ -104,6 +104,9 @@ __all__ = [
 #   everywhere, so lower values change nothing yet).
 # - mean scoring: the median (SegNeuron's choice) is within 0.1 VI but needs ~0.7 GiB
 #   more for a 100x512x512 volume (a 256-bin histogram per edge).
+# Checked on the iteration-600 checkpoint (14% of voxels background): "cut" best 1.105
+# at 0.52, every threshold 0.46-0.68 within 0.08 of it (1.13 at 0.56); "mask" best 0.98
+# at 0.46 but only 0.42-0.50 within 0.1; plain waterz best 1.31; "exclude" >= 1.94.
 # On the SNEMI3D boundary map (foreground = 1 - boundary adds no information) the best
 # settings differ (t 0.3, fg 0.45, "exclude").  To be checked with the final model.
 DEFAULT_THRESHOLD = 0.56
