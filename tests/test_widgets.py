@@ -240,7 +240,7 @@ def test_offline_download_and_cancel(dock, qtbot, notifications, monkeypatch, ti
 
 def test_preview_region_in_view(dock, qtbot, notifications, tiny_model_cpu):
     viewer, w = dock
-    w.agglomerate_in_process = False
+    w.agglomerate_in_worker = False
     w.set_model(tiny_model_cpu)
     image = viewer.add_image(
         np.random.default_rng(0).integers(0, 255, (40, 128, 160), dtype=np.uint8), name="em",
@@ -292,7 +292,7 @@ def test_preview_region_in_view(dock, qtbot, notifications, tiny_model_cpu):
 
 def test_2d_image_is_one_slice(dock, qtbot, notifications, tiny_model_cpu):
     viewer, w = dock
-    w.agglomerate_in_process = False
+    w.agglomerate_in_worker = False
     w.set_model(tiny_model_cpu)
     w.tile.set_value((1, 64, 64))
     image = viewer.add_image(np.random.default_rng(1).random((64, 64), dtype=np.float32), name="slice",

@@ -133,7 +133,7 @@ class SegNeuronWidget(QWidget):
         self.segmentation: Optional[Segmentation] = None
         self.slider_latency_ms: list[float] = []
         #: waterz runs in a worker process (cancellable, keeps the GUI responsive)
-        self.agglomerate_in_process = True
+        self.agglomerate_in_worker = True
         self._pending_threshold: Optional[float] = None
         thr, fg, min_size = _defaults()
         tile, overlap = _tiling_defaults()
@@ -433,7 +433,7 @@ class SegNeuronWidget(QWidget):
             fg_threshold=seg_settings["fg_threshold"],
             min_size=seg_settings["min_size"],
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
-            worker=self.agglomerate_in_process,
+            worker=self.agglomerate_in_worker,
             progress=progress,
             cancel=cancel,
         )
