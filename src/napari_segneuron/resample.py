@@ -8,7 +8,9 @@ are resampled back onto the input grid.
 - Grids are aligned on voxel centres: input index ``i`` sits at model coordinate
   ``(i + 0.5) * in / model - 0.5``.
 - Input: Gaussian anti-aliasing (sigma = (factor - 1) / 2 per shrunk axis, as scikit-image
-  does), then linear interpolation. Outputs: linear interpolation back.
+  does), then linear interpolation. Outputs back: nearest neighbour onto a finer input grid
+  (linear interpolation would lift the low affinities on membranes and cause merges:
+  fib25_b 2x finer, VI 1.38 linear vs 1.21 nearest), linear onto a coarser one.
 - Work goes in slabs along z with a halo of model slices on each side, so memory holds one
   slab of the model grid at a time, not the whole resampled volume.
 - Intensities are normalised once for the whole volume before resampling, so slabs agree.
@@ -68,12 +70,12 @@ def model_grid_shape(shape: Sequence[int], voxel: Voxel, model_voxel: Voxel) -> 
 
 
 def _resample_block(block: np.ndarray, factors: Sequence[float], start_in: Sequence[float],
-                    start_out: Sequence[float], out_shape: Sequence[int]) -> np.ndarray:
-    """Linear resampling: output index o (offset ``start_out``) reads input coordinate
-    ``(o + start_out + 0.5) * f - 0.5 - start_in``."""
+                    start_out: Sequence[float], out_shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Resampling: output index o (offset ``start_out``) reads input coordinate
+    ``(o + start_out + 0.5) * f - 0.5 - start_in`` (``order`` 1 linear, 0 nearest)."""
     offset = [(so + 0.5) * f - 0.5 - si for so, f, si in zip(start_out, factors, start_in)]
     return ndimage.affine_transform(block, np.asarray(factors, dtype=np.float64), offset=offset,
-                                    output_shape=tuple(out_shape), order=1, mode="nearest", prefilter=False)
+                                    output_shape=tuple(out_shape), order=order, mode="nearest", prefilter=False)
 
 
 def predict_resampled(
@@ -140,7 +142,8 @@ def predict_resampled(
             aff, fg = predictor.predict(model_block, progress=slab_progress, cancel=cancel)
         back = [1.0 / f for f in scale_in]
         target = (iz1 - iz0,) + shape[1:]
+        order = 0 if max(back) <= 1.0 and min(back) < 1.0 else 1  # nearest onto a finer grid keeps membranes' low affinities
         for c in range(3):
-            out["affinities"][c, iz0:iz1] = _resample_block(aff[c], back, (m_lo, 0, 0), (iz0, 0, 0), target)
-        out["foreground"][iz0:iz1] = _resample_block(fg, back, (m_lo, 0, 0), (iz0, 0, 0), target)
+            out["affinities"][c, iz0:iz1] = _resample_block(aff[c], back, (m_lo, 0, 0), (iz0, 0, 0), target, order)
+        out["foreground"][iz0:iz1] = _resample_block(fg, back, (m_lo, 0, 0), (iz0, 0, 0), target, order)
     return out["affinities"], out["foreground"]
