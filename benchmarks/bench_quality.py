@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nheld-out check (background filled):")
         for scoring in ("mean", "median"):
             held_out("fib25_b", aff, fg, gt_b, scoring=scoring)
+        if args.weights:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_voxel_size import run as voxel_size_check
+
+            print()
+            voxel_size_check(args.weights)
     else:
         print("\n(fib25_b skipped: pass --weights W or --prediction PRED once a trained model exists)")
     return 0
