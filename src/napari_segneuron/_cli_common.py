@@ -59,15 +59,16 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
 class TerminalProgress:
     """A tqdm progress bar fed by ``progress(done, total, message)`` callbacks."""
 
-    def __init__(self, desc: str):
+    def __init__(self, desc: str, unit: str | None = None):
         self.desc = desc
+        self.unit = unit or ("tile" if desc == "predict" else "B" if desc == "download" else "step")
         self.bar = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total or None, desc=self.desc, unit="tile", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total or None, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
         self.bar.n = done
         self.bar.refresh()
 
