@@ -1,28 +1,24 @@
 """Checkpoint writing/reading for training: official layout, atomic, optimizer state beside it."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..atomic import atomic_output
+from .._model.weights import WeightsError, _read_checkpoint, extract_state_dict
 from .data import TrainingInputError
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def load_weights_only(path) -> object:
+    """``torch.load`` restricted to tensors and plain containers (never runs pickled code)."""
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def state_dict_of(model) -> dict:
@@ -64,19 +60,12 @@ def read_checkpoint(path) -> dict:
     if not path.is_file():
         raise TrainingInputError(f"checkpoint {path} does not exist")
     try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise TrainingInputError(f"cannot read checkpoint {path}: {exc}") from exc
-    if isinstance(ck, dict) and "model_weights" in ck:
-        sd = ck["model_weights"]
-    elif isinstance(ck, dict) and ck and all(isinstance(v, torch.Tensor) for v in ck.values()):
-        sd, ck = ck, {}
-    else:
-        raise TrainingInputError(f"{path} is not a model checkpoint (no 'model_weights')")
-    sd = {k.replace("module.", "", 1) if k.startswith("module.") else k:
-          (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+        ck = _read_checkpoint(path)
+        sd, metadata = extract_state_dict(ck)
+    except WeightsError as exc:
+        raise TrainingInputError(f"cannot read checkpoint {path}: {exc}") from None
     iters = ck.get("iters", ck.get("current_iter", 0)) or 0
-    return {"model_weights": sd, "iters": int(iters), "metadata": dict(ck.get("metadata") or {})}
+    return {"model_weights": sd, "iters": int(iters) if isinstance(iters, int) else 0, "metadata": metadata}
 
 
 def read_optimizer_state(path) -> Optional[dict]:
@@ -84,7 +73,7 @@ def read_optimizer_state(path) -> Optional[dict]:
     if not p.is_file():
         return None
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=False)
+        return load_weights_only(p)
     except Exception:
         return None
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
-from .checkpoints import read_checkpoint, read_optimizer_state, write_checkpoint, _atomic_torch_save
+from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
 from .finetune import TrainResult, TrainingCancelled, build_mnet, learning_rate, mnet_from_state_dict, pick_device
 
@@ -172,8 +172,9 @@ def load_pretrain_net(path) -> PretrainNet:
     net = PretrainNet(mnet=mnet_from_state_dict(ck["model_weights"]))
     heads = Path(str(path) + ".heads")
     if heads.is_file():
-        net.image_head.load_state_dict(torch.load(str(heads), map_location="cpu")["image_head"])
-        net.hog_head.load_state_dict(torch.load(str(heads), map_location="cpu")["hog_head"])
+        saved = load_weights_only(heads)
+        net.image_head.load_state_dict(saved["image_head"])
+        net.hog_head.load_state_dict(saved["hog_head"])
     return net
 
 
