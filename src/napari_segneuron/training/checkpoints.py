@@ -76,15 +76,3 @@ def read_optimizer_state(path) -> Optional[dict]:
         return load_weights_only(p)
     except Exception:
         return None
-
-
-def infer_kn(sd: dict) -> tuple:
-    """Channel counts of an MNet from its state dict."""
-    names = ["down11", "down12", "down13", "down14", "bottleneck1"]
-    kn = []
-    for n in names:
-        key = f"{n}.CB2d.conv1.conv.weight"
-        if key not in sd:
-            raise TrainingInputError(f"not an MNet state dict (missing {key})")
-        kn.append(int(sd[key].shape[0]))
-    return tuple(kn)

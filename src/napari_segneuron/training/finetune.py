@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig
-from .checkpoints import infer_kn, read_checkpoint, read_optimizer_state, write_checkpoint
+from .checkpoints import read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
 
 ModelLike = Union["torch.nn.Module", str, Path, None]
@@ -53,12 +53,13 @@ def build_mnet(kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
 
 
 def mnet_from_state_dict(sd: dict):
-    kn = infer_kn(sd)
-    w = sd.get("down22.CB2d.conv1.conv.weight")
-    fmu = "cat" if w is not None and int(w.shape[1]) == 2 * kn[1] else "sub"
-    model = build_mnet(kn, fmu)
-    model.load_state_dict(sd, strict=True)
-    return model
+    """An MNet built and strictly loaded from ``sd`` (architecture read off the shapes)."""
+    from .._model.weights import WeightsError, model_from_state_dict
+
+    try:
+        return model_from_state_dict(sd)
+    except WeightsError as exc:
+        raise TrainingInputError(str(exc)) from None
 
 
 def resolve_model(model: ModelLike, kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
