@@ -96,6 +96,10 @@ def main(argv=None) -> int:
     p.add_argument("--keep-every", type=int, default=100)
     p.add_argument("--average-last", type=int, default=4,
                    help="also try the mean weights of the last N kept checkpoints as a candidate")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (1.5x faster steps on AVX-512 CPUs)")
+    p.add_argument("--balance", action="store_true", help="weigh boundary and inside affinities equally")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights that are validated and kept")
+    p.add_argument("--pretrain-batch", type=int, default=1)
     p.add_argument("--export", action="store_true", help="write the best model to the package's weights/default.pt")
     a = p.parse_args(argv)
 
@@ -123,7 +127,8 @@ def main(argv=None) -> int:
     if a.pretrain_iters > 0 and not plan.get("pretrain_done"):
         resume = pre_ck if pre_ck.is_file() else None
         aug = AugmentConfig(zoom=0.5, zoom_range=(0.7, 1.4))
-        r = pretrain([d["unl"], d["a_raw"], d["isbi"]], kn=kn, iterations=a.pretrain_iters, batch_size=1,
+        r = pretrain([d["unl"], d["a_raw"], d["isbi"]], kn=kn, iterations=a.pretrain_iters,
+                     batch_size=a.pretrain_batch, mixed_precision=a.bf16,
                      crop=pcrop, lr=a.lr, augment=aug, weights=[0.5, 0.25, 0.25], checkpoint=pre_ck,
                      checkpoint_every=25, resume=resume, seed=a.seed, threads=a.threads,
                      time_limit_s=a.pretrain_minutes * 60, log=log)
@@ -165,7 +170,8 @@ def main(argv=None) -> int:
                      checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
                      validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
                      time_limit_s=a.finetune_minutes * 60 * (1.0 if a.time_schedule else 1.15),
-                     time_schedule=a.time_schedule, metadata=meta, log=log)
+                     time_schedule=a.time_schedule, metadata=meta, log=log,
+                     balance=a.balance, ema_decay=a.ema, mixed_precision=a.bf16)
         plan.update(finetune_done=True, finetune_iters_done=r.iterations,
                     finetune_wall_s=plan.get("finetune_wall_s", 0) + r.wall_time_s)
         plan_path.write_text(json.dumps(plan, indent=1))
@@ -178,7 +184,7 @@ def select_and_export(out: Path, d: dict, plan: dict, a, log) -> None:
     """Score candidates on fib25_b (best validated, final, average of the last kept checkpoints); export the best."""
     thresholds = tuple(np.round(np.arange(0.05, 1.0, 0.05), 3))
     cands = {}
-    for name in ("finetune_best.pt", "finetune.pt"):
+    for name in ("finetune_best.pt", "finetune.pt", "finetune_ema.pt"):
         if (out / name).is_file():
             ck = read_checkpoint(out / name)
             cands[name] = (ck["model_weights"], ck["iters"], ck["metadata"])

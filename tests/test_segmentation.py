@@ -338,3 +338,27 @@ def test_cli_predicts_then_segments_an_em_stack(tmp_path: Path, tiny_checkpoint:
     np.testing.assert_allclose(aff, ref_aff, atol=1e-6)
     ref = agglomerate(ref_aff, ref_fg, fg_threshold=0.0, worker=False).labels(0.5)
     assert same_partition(labels, ref)
+
+
+def test_cli_segments_a_resampled_prediction_on_the_model_grid(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A 2x finer stack with its voxel size: agglomerated on the model grid, labels on the input grid."""
+    from napari_segneuron._model import load_model
+    from napari_segneuron.cli import main
+    from napari_segneuron.inference import Predictor
+    from napari_segneuron.resample import resize_labels
+
+    raw = tifffile.imread(DATA / "fib25_b_raw.tif")[:16, :64, :64]
+    stack = tmp_path / "fine.tif"
+    tifffile.imwrite(stack, raw)
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(stack), "-o", str(out), "--weights", str(tiny_checkpoint), "--device", "cpu",
+            "--threshold", "0.5", "--fg-threshold", "0", "--voxel-size", "10,5,5", "--model-voxel-size", "10,10,10"]
+    assert main(argv) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == raw.shape and labels.max() > 0
+    grid: dict = {}
+    pred = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu", model_voxel_size=(10, 10, 10))
+    pred.predict(raw, voxel_size=(10, 5, 5), model_grid=grid)
+    coarse = agglomerate(grid["affinities"], grid["foreground"], fg_threshold=0.0, worker=False).labels(0.5)
+    assert coarse.shape == (16, 32, 32)
+    assert same_partition(labels, resize_labels(coarse, raw.shape))

@@ -24,6 +24,18 @@ def test_layer_scale_in_nm_triggers_resampling(dock, qtbot, notifications, tiny_
     assert fg.data.shape == (8, 64, 96)
     np.testing.assert_allclose(fg.scale, image.scale)
     assert any("resampling back" in m for _level, m in notifications)
+    # segmenting agglomerates on the model grid (8x32x48) and shows labels on the image grid
+    assert w.prediction.model_grid["foreground"].shape == (8, 32, 48)
+    w.set_threshold(0.5)
+    w.segment()
+    wait_idle(qtbot, w)
+    seg = w.segmentation
+    assert seg.agglomeration.info["grid_of_agglomeration"] == [8, 32, 48]
+    assert seg.layer.data.shape == (8, 64, 96)
+    np.testing.assert_allclose(seg.layer.scale, image.scale)
+    # the labels are constant on each 2x2 block of the finer grid: they came from the coarse grid
+    lab = np.asarray(seg.layer.data)
+    assert np.array_equal(lab, lab[:, ::2, ::2].repeat(2, axis=1).repeat(2, axis=2))
 
 
 def test_unknown_voxel_size_is_said_once(dock, qtbot, notifications, tiny_model_cpu):

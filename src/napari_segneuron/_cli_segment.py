@@ -140,6 +140,7 @@ def run_segment(args: argparse.Namespace) -> int:
     check_output_path(args.output, args.overwrite)
     meta: dict = {"plugin_version": __version__, "source": str(args.input)}
     t0 = time.perf_counter()
+    grid: dict = {}  # the model-grid prediction when the input was resampled
     if _is_prediction(args.input):
         aff, fg = read_prediction(args.input)
         print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
@@ -155,7 +156,7 @@ def run_segment(args: argparse.Namespace) -> int:
         voxel = input_voxel_size(args, voxel, predictor)
         bar = TerminalProgress("predict")
         try:
-            aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel)
+            aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel, model_grid=grid)
         finally:
             bar.close()
         meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"))
@@ -165,12 +166,17 @@ def run_segment(args: argparse.Namespace) -> int:
             write_prediction(args.save_prediction, aff, fg, metadata=meta, overwrite=args.overwrite)
             print(f"wrote {args.save_prediction}", file=sys.stderr)
     t1 = time.perf_counter()
-    # one-shot: waterz only needs to run up to the requested threshold
+    # one-shot: waterz only needs to run up to the requested threshold. A resampled
+    # prediction is agglomerated on the model's grid and the fragments carried back.
+    seg_aff, seg_fg = (grid["affinities"], grid["foreground"]) if grid else (aff, fg)
     agg = agglomerate(
-        aff, None if args.no_foreground else fg,
-        fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small, max_threshold=args.threshold,
-        scoring=args.scoring, background_mode=args.background_mode, worker=False,
+        seg_aff, None if args.no_foreground else seg_fg,
+        fg_threshold=args.fg_threshold, min_size=0 if grid else args.min_size, small=args.small,
+        max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode, worker=False,
     )
+    if grid:
+        agg = agg.on_grid(aff.shape[1:], min_size=args.min_size)
+        meta["segmented_on_model_grid"] = list(grid["voxel_size"])
     labels = agg.labels(args.threshold)
     t2 = time.perf_counter()
     meta.update(

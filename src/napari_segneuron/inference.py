@@ -230,6 +230,7 @@ class Predictor:
         out: Optional[dict] = None,
         dtype: Any = np.float32,
         voxel_size: Optional[Sequence[float]] = None,
+        model_grid: Optional[dict] = None,
     ) -> tuple[Any, Any]:
         """Predict ``(affinities (3,Z,Y,X), foreground (Z,Y,X))`` for a (Z,Y,X) volume.
 
@@ -237,14 +238,15 @@ class Predictor:
         (e.g. zarr arrays) that are written slice by slice; otherwise numpy arrays of
         ``dtype`` (float32 or float16) are returned. With ``voxel_size`` (z, y, x nm) and a
         model voxel size known, the volume is predicted at the model's resolution and the
-        result resampled back (see ``resample``).
+        result resampled back (see ``resample``); a dict given as ``model_grid`` then also
+        receives the model-grid prediction (left empty when no resampling was needed).
         """
         from .resample import needs_resampling, parse_voxel_size, predict_resampled
 
         voxel = parse_voxel_size(voxel_size)
         if needs_resampling(voxel, self.model_voxel_size, self.tolerance):
             return predict_resampled(self, volume, voxel, self.model_voxel_size, progress=progress,
-                                     cancel=cancel, out=out, dtype=dtype)
+                                     cancel=cancel, out=out, dtype=dtype, model_grid=model_grid)
         while True:
             try:
                 return self._predict(volume, progress, cancel, out, dtype)

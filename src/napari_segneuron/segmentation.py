@@ -37,6 +37,7 @@ memory; on disk when /dev/shm is small), the merge history through a temporary `
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -716,6 +717,28 @@ class Agglomeration:
         lut = self.lookup_table(threshold, min_size, small)
         return int(lut.max()) if len(lut) else 0
 
+    def on_grid(self, shape: Sequence[int], min_size: Optional[int] = None) -> "Agglomeration":
+        """The same agglomeration carried to another grid of the same extent (e.g. the input grid
+        when it was run on the model's grid): fragments resized by nearest neighbour, so every
+        ``labels(t)`` equals the model-grid labels resized, at the cost of one lookup per voxel.
+        ``min_size`` is in voxels of the new grid (default: the current one scaled by the voxel volume)."""
+        from .resample import resize_labels
+
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise InputError(f"on_grid needs a 3-D shape, not {shape}")
+        if shape == self.shape and min_size is None:
+            return self
+        frag = resize_labels(self.fragments, shape)
+        sizes = np.bincount(frag.reshape(-1), minlength=len(self._sizes)).astype(np.int64)
+        # a min_size counts voxels of the grid the labels live on: rescale it with the voxel volume
+        ratio = float(np.prod(shape)) / float(np.prod(self.shape))
+        min_size = int(round(self.min_size * ratio)) if min_size is None else int(min_size)
+        return dataclasses.replace(
+            self, fragments=frag, _sizes=sizes, _contacts=None, min_size=min_size,
+            info=dict(self.info, grid_of_agglomeration=list(self.shape)),
+        )
+
     def change_points(self) -> np.ndarray:
         """The thresholds (float32, ascending) just above which the segmentation changes:
         ``labels(t)`` is constant for ``t`` between two consecutive values."""
@@ -1035,8 +1058,12 @@ def segment_and_score(
     scoring: str = DEFAULT_SCORING,
     background: str = DEFAULT_BACKGROUND,
     worker: bool = False,
+    output_shape: Optional[Sequence[int]] = None,
 ) -> dict:
     """Agglomerate and score in one call (for benchmarks comparing predictors).
+
+    ``output_shape``: the prediction is on another grid (the model's) than ``gt``;
+    agglomerate there and score the labels carried to ``output_shape`` (``on_grid``).
 
     Returns a dict: ``threshold`` (default ``DEFAULT_THRESHOLD``) with ``vi_split``,
     ``vi_merge``, ``vi``, ``arand`` and ``labels`` there; ``best_threshold`` (lowest VI of
@@ -1045,6 +1072,8 @@ def segment_and_score(
     """
     agg = agglomerate(affinities, foreground, fg_threshold=fg_threshold, min_size=min_size, scoring=scoring,
                       worker=worker)
+    if output_shape is not None:
+        agg = agg.on_grid(output_shape)
     sweep = threshold_sweep(agg, gt, background=background)
     t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     labels = agg.labels(t)

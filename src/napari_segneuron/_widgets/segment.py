@@ -106,6 +106,7 @@ class Prediction:
     translate: tuple
     squeeze: bool  # the image was 2D: outputs drop the z axis
     provenance: dict = field(default_factory=dict)
+    model_grid: dict = field(default_factory=dict)  # the prediction on the model's grid when resampled
 
 
 @dataclass
@@ -425,18 +426,24 @@ class SegNeuronWidget(QWidget):
         device = None if s["device"] == "auto" else s["device"]
         return Predictor(self.model, tile=s["tile"], overlap=s["overlap"], batch_size=s["batch_size"], device=device, half=s["half"])
 
-    def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None):
+    def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None, model_grid=None):
+        """Agglomerate; a resampled prediction is agglomerated on the model's grid
+        (``model_grid``) and its fragments carried to the image grid."""
         seg = _segmentation()
-        return seg.agglomerate(
+        shape = tuple(affinities.shape[1:])
+        if model_grid:
+            affinities, foreground = model_grid["affinities"], model_grid["foreground"]
+        agg = seg.agglomerate(
             affinities,
             foreground,
             fg_threshold=seg_settings["fg_threshold"],
-            min_size=seg_settings["min_size"],
+            min_size=0 if model_grid else seg_settings["min_size"],
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
             worker=self.agglomerate_in_worker,
             progress=progress,
             cancel=cancel,
         )
+        return agg.on_grid(shape, min_size=seg_settings["min_size"]) if model_grid else agg
 
     def _base_provenance(self, image_layer, step: str) -> dict:
         return {
@@ -540,12 +547,14 @@ class SegNeuronWidget(QWidget):
         voxel = self._voxel_size(layer, predictor)
 
         def work(progress, cancel):
-            return predictor.predict(volume, progress=progress, cancel=cancel, voxel_size=voxel)
+            grid: dict = {}
+            aff, fg = predictor.predict(volume, progress=progress, cancel=cancel, voxel_size=voxel, model_grid=grid)
+            return aff, fg, grid
 
         def done(result):
-            aff, fg = result
+            aff, fg, grid = result
             self._invalidate_segmentation("the prediction changed: press Segment again")
-            self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance)
+            self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance, grid)
             self._show_prediction(self.prediction)
 
         self.runner.start("Predict", work, done)
@@ -644,12 +653,13 @@ class SegNeuronWidget(QWidget):
             def p_pred(done, total, msg=""):
                 progress(done, 2 * total, f"predict {msg}")
 
-            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel, voxel_size=voxel)
+            grid: dict = {}
+            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel, voxel_size=voxel, model_grid=grid)
 
             def p_seg(done, total, msg=""):
                 progress(total + done, 2 * total, f"segment {msg}")
 
-            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel)
+            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid)
             labels = agg.labels(seg_settings["threshold"])
             return agg, labels
 
@@ -680,7 +690,8 @@ class SegNeuronWidget(QWidget):
         provenance["segment"] = seg_settings
 
         def work(progress, cancel):
-            agg = self._agglomerate(p.affinities, p.foreground, seg_settings, progress=progress, cancel=cancel)
+            agg = self._agglomerate(p.affinities, p.foreground, seg_settings, progress=progress, cancel=cancel,
+                                    model_grid=p.model_grid)
             labels = agg.labels(seg_settings["threshold"])
             return agg, labels
 

@@ -8,6 +8,8 @@ constant learning rate, atomic checkpoints in the official layout.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -114,13 +116,65 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return loss / weight.sum().clamp_min(1.0)
 
 
-def segmentation_loss(model, batch: dict, device, aff_weight: float = 1.0, fg_weight: float = 1.0):
+def balance_weights(target: torch.Tensor, weight: torch.Tensor, max_ratio: float = 10.0) -> torch.Tensor:
+    """Reweight so that 0s (boundaries) and 1s weigh equally per channel, the ratio clipped to ``max_ratio``.
+
+    Boundary voxels are a small minority of the affinities; without balancing
+    the network under-predicts thin boundaries and a single gap merges two neurons.
+    """
+    dims = [d for d in range(target.ndim) if d != 1]
+    pos = (weight * target).sum(dim=dims, keepdim=True)
+    neg = (weight * (1 - target)).sum(dim=dims, keepdim=True)
+    total = pos + neg
+    w_pos = (0.5 * total / pos.clamp_min(1.0)).clamp(1.0 / max_ratio, max_ratio)
+    w_neg = (0.5 * total / neg.clamp_min(1.0)).clamp(1.0 / max_ratio, max_ratio)
+    return weight * torch.where(target > 0.5, w_pos, w_neg)
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision context: bfloat16 on CPU (and CUDA when supported), else float16; no-op if disabled."""
+    if not enabled or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def segmentation_loss(model, batch: dict, device, aff_weight: float = 1.0, fg_weight: float = 1.0,
+                      balance: bool = False, mixed_precision: bool = False):
     """Return (total, affinity, foreground) losses for a numpy batch."""
     t = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-    aff_logits, fg_logits = model.forward_logits(t["image"])
-    l_aff = masked_bce(aff_logits, t["aff"], t["w_aff"])
+    with autocast_for(torch.device(device), mixed_precision):
+        aff_logits, fg_logits = model.forward_logits(t["image"])
+    aff_logits, fg_logits = aff_logits.float(), fg_logits.float()
+    w_aff = balance_weights(t["aff"], t["w_aff"]) if balance else t["w_aff"]
+    l_aff = masked_bce(aff_logits, t["aff"], w_aff)
     l_fg = masked_bce(fg_logits, t["fg"], t["w_fg"])
     return aff_weight * l_aff + fg_weight * l_fg, l_aff, l_fg
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (evaluated and exported instead of the raw weights)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                       for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def model_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` holding the averaged weights."""
+        m = copy.deepcopy(model)
+        m.load_state_dict(self.shadow)
+        return m
 
 
 @torch.no_grad()
@@ -251,6 +305,9 @@ def finetune(
     log: Optional[Callable[[str], None]] = None,
     kn: Sequence[int] = (16, 32, 48, 64, 128),
     fmu: str = "sub",
+    balance: bool = False,
+    ema_decay: float = 0.0,
+    mixed_precision: bool = False,
 ) -> TrainResult:
     """Finetune an MNet on labelled volumes (numpy arrays) and return the trained model.
 
@@ -264,7 +321,10 @@ def finetune(
     rate decays over whichever of iterations / time runs out first (for CPU
     machines of unknown speed). ``progress(done, total, message)``, ``loss_callback(iteration,
     loss)``; cancelling writes the checkpoint and raises TrainingCancelled
-    (``.result`` has the model and path).
+    (``.result`` has the model and path). ``balance`` weighs boundary and
+    non-boundary affinities equally; ``ema_decay`` > 0 validates, keeps and
+    returns an exponential moving average of the weights; ``mixed_precision``
+    runs the forward pass in bfloat16 autocast (1.5x faster on AVX-512 CPUs).
     """
     t_start = time.time()
     say = log or (lambda s: None)
@@ -305,17 +365,22 @@ def finetune(
     torch.manual_seed(seed + start_iter)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     best_score = meta0.get("best_score")
+    ema = WeightAverage(net, ema_decay) if ema_decay > 0 else None
     if opt_state is not None:
         try:
             opt.load_state_dict(opt_state["optimizer"])
             sampler.rng = np.random.default_rng(seed + start_iter)
         except Exception:
             say("optimizer state not usable; continuing with a fresh optimizer")
+        if ema is not None and isinstance(opt_state.get("ema"), dict):
+            ema.shadow.update({k: v.float() if v.is_floating_point() else v for k, v in opt_state["ema"].items()
+                               if k in ema.shadow})
     ckpt = Path(checkpoint) if checkpoint is not None else None
     best_path = ckpt.with_name(ckpt.stem + "_best" + ckpt.suffix) if ckpt else None
     meta = {"kn": list(net.kn), "fmu": net.fmu, "trained_by": "napari_segneuron.training.finetune",
             "crop": list(sampler.crop), "batch_size": batch_size, "lr": lr, "schedule": schedule,
             "aff_weight": aff_weight, "fg_weight": fg_weight, "input_normalization": "uint8/255",
+            "balance": balance, "ema_decay": ema_decay, "mixed_precision": mixed_precision,
             **{k: v for k, v in meta0.items() if k not in ("best_score", "dtype")}, **(metadata or {})}
     result = TrainResult(model=net, checkpoint=None, iterations=start_iter, best_checkpoint=None,
                          best_score=best_score)
@@ -325,13 +390,22 @@ def finetune(
             return
         m = dict(meta, iterations_done=it, best_score=result.best_score,
                  wall_time_s=round(time.time() - t_start, 1))
-        write_checkpoint(net, ckpt, it, m, optimizer_state={"optimizer": opt.state_dict(), "iters": it})
+        state = {"optimizer": opt.state_dict(), "iters": it}
+        if ema is not None:
+            state["ema"] = ema.shadow
+            write_checkpoint(ema.model_copy(net), ckpt.with_name(f"{ckpt.stem}_ema{ckpt.suffix}"), it,
+                             dict(m, averaged="ema"))
+        write_checkpoint(net, ckpt, it, m, optimizer_state=state)
         result.checkpoint = ckpt
+
+    def evaluated() -> torch.nn.Module:
+        """The weights that are validated, kept and returned: the average when there is one."""
+        return ema.model_copy(net) if ema is not None else net
 
     def keep(it: int) -> None:
         if ckpt is not None:
             m = dict(meta, iterations_done=it, wall_time_s=round(time.time() - t_start, 1))
-            write_checkpoint(net, ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
+            write_checkpoint(evaluated(), ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
 
     it = start_iter
     running = None
@@ -351,11 +425,14 @@ def finetune(
                 g["lr"] = cur
             batch = sampler.batch(batch_size)
             opt.zero_grad(set_to_none=True)
-            loss, l_aff, l_fg = segmentation_loss(net, batch, dev, aff_weight, fg_weight)
+            loss, l_aff, l_fg = segmentation_loss(net, batch, dev, aff_weight, fg_weight, balance,
+                                                  mixed_precision)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at iteration {it}")
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(net)
             it += 1
             result.iterations = it
             lv = float(loss.item())
@@ -369,7 +446,7 @@ def finetune(
                 say(f"it {it} loss {lv:.4f} (aff {l_aff.item():.4f} fg {l_fg.item():.4f}) avg {running:.4f} "
                     f"lr {cur:.2e} t {time.time() - t_start:.0f}s")
             if validate_every and val_image is not None and it % validate_every == 0:
-                v = validate(net, val_image, val_labels, dev, aff_weight, fg_weight)
+                v = validate(evaluated(), val_image, val_labels, dev, aff_weight, fg_weight)
                 v["iteration"] = it
                 result.validation.append(v)
                 say("validation " + " ".join(f"{k}={v[k]}" for k in v if k != "vi_parts"))
@@ -377,7 +454,7 @@ def finetune(
                     result.best_score = {k: v[k] for k in v if k in ("val_loss", "vi", "arand", "threshold",
                                                                        "iteration")}
                     if best_path is not None:
-                        write_checkpoint(net, best_path, it, dict(meta, best_score=result.best_score))
+                        write_checkpoint(evaluated(), best_path, it, dict(meta, best_score=result.best_score))
                         result.best_checkpoint = best_path
             if checkpoint_every and it % checkpoint_every == 0:
                 save(it)
@@ -393,5 +470,7 @@ def finetune(
         raise TrainingCancelled(result) from None
     save(it)
     result.wall_time_s = time.time() - t_start
-    net.eval()
+    if ema is not None:
+        result.model = ema.model_copy(net)
+    result.model.eval()
     return result

@@ -21,7 +21,8 @@ from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
 from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
-from .finetune import TrainResult, TrainingCancelled, build_mnet, learning_rate, mnet_from_state_dict, pick_device
+from .finetune import (TrainResult, TrainingCancelled, autocast_for, build_mnet, learning_rate,
+                       mnet_from_state_dict, pick_device)
 
 
 class PretrainNet(nn.Module):
@@ -160,9 +161,12 @@ def transfer_encoder(pretrained, model, include_decoders: bool = False) -> list:
     return sorted(take)
 
 
-def pretrain_loss(net: PretrainNet, batch, device, image_weight: float = 0.2, hog_weight: float = 1.0):
+def pretrain_loss(net: PretrainNet, batch, device, image_weight: float = 0.2, hog_weight: float = 1.0,
+                  mixed_precision: bool = False):
     x, clean, hogm = (torch.from_numpy(b).to(device) for b in batch)
-    rec, rh = net(x)
+    with autocast_for(torch.device(device), mixed_precision):
+        rec, rh = net(x)
+    rec, rh = rec.float(), rh.float()
     l_img, l_hog = F.mse_loss(rec, clean), F.mse_loss(rh, hogm)
     return image_weight * l_img + hog_weight * l_hog, l_img, l_hog
 
@@ -207,6 +211,7 @@ def pretrain(
     cancel: Optional[CancelToken] = None,
     loss_callback: Optional[Callable] = None,
     log: Optional[Callable[[str], None]] = None,
+    mixed_precision: bool = False,
 ) -> TrainResult:
     """Masked image + HOG reconstruction on raw volumes; returns a TrainResult whose model is a PretrainNet.
 
@@ -267,7 +272,7 @@ def pretrain(
                 g["lr"] = cur
             batch = sampler.batch(batch_size)
             opt.zero_grad(set_to_none=True)
-            loss, li, lh = pretrain_loss(net, batch, dev, image_weight, hog_weight)
+            loss, li, lh = pretrain_loss(net, batch, dev, image_weight, hog_weight, mixed_precision)
             loss.backward()
             opt.step()
             it += 1
