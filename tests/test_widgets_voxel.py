@@ -47,3 +47,31 @@ def test_unknown_voxel_size_is_said_once(dock, qtbot, notifications, tiny_model_
         w.predict()
         wait_idle(qtbot, w)
     assert sum("no voxel size" in m for _level, m in notifications) == 1
+
+
+def test_segment_a_prediction_opened_from_zarr(dock, qtbot, tmp_path, tiny_model_cpu):
+    """File > Open on a saved prediction, then Segment: labels on the prediction's grid and scale."""
+    import tifffile
+
+    from napari_segneuron import io
+    from napari_segneuron.inference import Predictor
+    from napari_segneuron.segmentation import agglomerate
+    from test_segmentation import DATA, same_partition
+
+    viewer, w = dock
+    raw = tifffile.imread(DATA / "fib25_b_raw.tif")[:8, :48, :64]
+    aff, fg = Predictor(tiny_model_cpu, device="cpu").predict(raw)
+    path = tmp_path / "saved.zarr"
+    io.write_prediction(path, aff, fg, metadata={"voxel_size_nm": [10, 10, 10]})
+    viewer.open(str(path), plugin="napari-segneuron")
+    assert w.prediction is None
+    w.fg_threshold.setValue(0.0)
+    w.set_threshold(0.5)
+    w.segment()
+    wait_idle(qtbot, w)
+    seg = w.segmentation
+    assert seg is not None and seg.layer.data.shape == raw.shape
+    np.testing.assert_allclose(seg.layer.scale, (10, 10, 10))
+    s = w._segment_settings()
+    ref = agglomerate(aff, fg, fg_threshold=s["fg_threshold"], worker=False).labels(0.5)
+    assert same_partition(np.asarray(seg.layer.data), ref)

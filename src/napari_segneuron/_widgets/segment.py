@@ -679,9 +679,39 @@ class SegNeuronWidget(QWidget):
     # =====================================================================================
     # 3. Segment
     # =====================================================================================
+    def _prediction_from_layers(self) -> Optional[Prediction]:
+        """A prediction zarr opened in the viewer (File > Open on a saved prediction): the
+        selected layer's, else the last one opened; None when there is none."""
+        from .. import io
+
+        layers = list(self.viewer.layers.selection) + list(self.viewer.layers)[::-1]
+        for layer in layers:
+            md = getattr(layer, "metadata", {}) or {}
+            path = md.get("source_path")
+            if not path:
+                continue
+            try:
+                aff, fg = io.read_prediction(path)
+            except Exception:  # noqa: BLE001 - not a prediction: keep looking
+                continue
+            aff, fg = np.asarray(aff, dtype=np.float32), np.asarray(fg, dtype=np.float32)
+            scale, translate = spatial_geometry(layer, 3)
+            prov = dict(md.get("segneuron") or {})
+            prov.setdefault("prediction", str(path))
+            return Prediction(aff, fg, Path(str(path)).stem, scale, translate, False, prov)
+        return None
+
     def segment(self) -> None:
         if self.prediction is None:
-            notify_error("Nothing to segment yet: run '2. Predict' first (or Preview)")
+            try:
+                self.prediction = self._prediction_from_layers()
+            except Exception as exc:  # noqa: BLE001
+                notify_error(error_message(exc, "Segment"))
+                return
+            if self.prediction is not None:
+                notify_info(f"Segmenting the prediction opened from {self.prediction.provenance['prediction']}")
+        if self.prediction is None:
+            notify_error("Nothing to segment yet: run '2. Predict' first (or Preview), or open a saved prediction (.zarr)")
             return
         p = self.prediction
         seg_settings = self._segment_settings()
