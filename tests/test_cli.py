@@ -85,3 +85,23 @@ def test_console_script_help():
     assert result.returncode == 0
     for flag in ("--weights", "--tile", "--overlap", "--batch-size", "--device", "--half", "--voxel-size"):
         assert flag in result.stdout
+
+
+def test_roi_predicts_a_box_of_the_stack(tmp_path, stack, tiny_ckpt, capsys):
+    out = tmp_path / "roi.tif"
+    base = ["predict", str(stack), "--weights", str(tiny_ckpt), "--tile", "8,32,32", "--overlap", "2,8,8"]
+    assert main(base + ["-o", str(out), "--roi", "2:8,:32,16:48"]) == 0
+    aff, fg = read_prediction(out)
+    assert fg.shape == (6, 32, 32)
+    assert read_metadata(out)["roi"] == {"start": [2, 0, 16], "stop": [8, 32, 48]}
+    # the same as predicting the cropped stack
+    crop = tmp_path / "crop.tif"
+    tifffile.imwrite(crop, tifffile.imread(stack)[2:8, :32, 16:48])
+    assert main(["predict", str(crop), "-o", str(tmp_path / "crop_pred.tif")] + base[2:]) == 0
+    np.testing.assert_allclose(fg, read_prediction(tmp_path / "crop_pred.tif")[1], atol=1e-6)
+    # a box outside the stack or a malformed one: one-line errors, nothing written
+    assert main(base + ["-o", str(tmp_path / "bad.tif"), "--roi", "0:4,0:32,50:80"]) == 2
+    assert "outside the volume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["-o", str(tmp_path / "bad.tif"), "--roi", "0:4,0:32"])
+    assert not (tmp_path / "bad.tif").exists()

@@ -75,3 +75,42 @@ def test_segment_a_prediction_opened_from_zarr(dock, qtbot, tmp_path, tiny_model
     s = w._segment_settings()
     ref = agglomerate(aff, fg, fg_threshold=s["fg_threshold"], worker=False).labels(0.5)
     assert same_partition(np.asarray(seg.layer.data), ref)
+
+
+def test_preview_cli_command_reproduces_the_preview(dock, qtbot, tmp_path, tiny_checkpoint):
+    """'Copy as CLI command' after a Preview gives --roi and --voxel-size; running it gives the preview's labels."""
+    import shlex
+
+    import tifffile
+
+    from napari_segneuron._model import load_model
+    from napari_segneuron.cli import main
+    from test_segmentation import DATA, same_partition
+
+    viewer, w = dock
+    w.agglomerate_in_worker = False
+    model = load_model(tiny_checkpoint, device="cpu")
+    model.info = {**model.info, "voxel_size_nm": (10.0, 10.0, 10.0)}
+    w.set_model(model)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, tifffile.imread(DATA / "fib25_b_raw.tif")[:24, :80, :96])
+    [image] = viewer.open(str(stack))
+    image.scale = (10.0, 5.0, 5.0)
+    w.image_combo.set_value(image)
+    viewer.dims.set_point(0, 10.0 * 12)
+    w.preview_depth.setValue(3)
+    w.preview_size.setValue(48)
+    w.fg_threshold.setValue(0.0)
+    w.set_threshold(0.4)
+    w.preview()
+    wait_idle(qtbot, w)
+    prev = viewer.layers[f"{image.name} preview"]
+    cmd = w.copy_cli_command()
+    assert "--roi 9:16," in cmd and "--voxel-size 10,5,5" in cmd, cmd
+    argv = shlex.split(cmd)[1:]
+    out = tmp_path / "cli.tif"
+    argv[argv.index("-o") + 1] = str(out)
+    argv[argv.index("--weights") + 1] = str(tiny_checkpoint)
+    argv += ["--model-voxel-size", "10,10,10"]
+    assert main(argv) == 0
+    assert same_partition(tifffile.imread(out), np.asarray(prev.data))

@@ -52,8 +52,44 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
     g.add_argument("--half", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU): faster, slightly different")
     g.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="voxel size of the input in nm (default: from the tif metadata; if unknown, the model's own)")
+    g.add_argument("--roi", type=parse_roi, default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
+                   help="process only this box of the input (voxel indices, end excluded; e.g. a napari preview's region)")
     g.add_argument("--model-voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="override the voxel size in nm the model was trained at (e.g. for the released SegNeuron weights)")
+
+
+def parse_roi(text: str) -> tuple[slice, slice, slice]:
+    """Parse ``Z0:Z1,Y0:Y1,X0:X1`` into three slices (an empty bound means the edge)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected Z0:Z1,Y0:Y1,X0:X1, got {text!r}")
+    out = []
+    for part in parts:
+        bounds = part.split(":")
+        try:
+            if len(bounds) != 2:
+                raise ValueError
+            lo, hi = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected Z0:Z1,Y0:Y1,X0:X1 with integers, got {text!r}") from None
+        if (lo is not None and lo < 0) or (hi is not None and hi < 0) or (lo is not None and hi is not None and hi <= lo):
+            raise argparse.ArgumentTypeError(f"each range must be non-negative and non-empty, got {part!r}")
+        out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def apply_roi(volume, roi: Optional[tuple], meta: Optional[dict] = None):
+    """``volume[roi]`` (lazy for zarr/dask), checked against the volume's shape; records it in ``meta``."""
+    if roi is None:
+        return volume
+    shape = tuple(int(s) for s in volume.shape)
+    for axis, (sl, n) in enumerate(zip(roi, shape)):
+        if (sl.start or 0) >= n or (sl.stop is not None and sl.stop > n):
+            raise InputError(f"--roi {sl.start}:{sl.stop} on axis {'zyx'[axis]} is outside the volume {shape}")
+    cropped = volume[roi]
+    if meta is not None:
+        meta["roi"] = {"start": [sl.start or 0 for sl in roi], "stop": [sl.stop or n for sl, n in zip(roi, shape)]}
+    return cropped
 
 
 class TerminalProgress:

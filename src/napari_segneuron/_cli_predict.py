@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from ._cli_common import (
+    apply_roi,
     TerminalProgress,
     add_model_arguments,
     check_output_path,
@@ -56,12 +57,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.output, args.overwrite)
     volume, _voxel = read_volume(args.input)
     volume = as_volume(volume, name=args.input)
+    roi_meta: dict = {}
+    volume = apply_roi(volume, args.roi, roi_meta)
     model = load_weights(args.weights, args.device)
     predictor = make_predictor(args, model)
     print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
     voxel = input_voxel_size(args, _voxel, predictor)
     dtype = np.float16 if args.float16 else np.float32
-    meta = provenance(args, model, predictor)
+    meta = {**provenance(args, model, predictor), **roi_meta}
     bar = TerminalProgress("predict")
     try:
         if str(args.output).rstrip("/").lower().endswith(".zarr"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
+from ._cli_common import apply_roi, input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
 from .io import InputError
 
 
@@ -143,6 +143,9 @@ def run_segment(args: argparse.Namespace) -> int:
     grid: dict = {}  # the model-grid prediction when the input was resampled
     if _is_prediction(args.input):
         aff, fg = read_prediction(args.input)
+        if args.roi is not None:
+            fg = apply_roi(fg, args.roi, meta)
+            aff = aff[(slice(None),) + tuple(args.roi)]
         print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
         meta["prediction"] = str(args.input)
     else:
@@ -150,6 +153,7 @@ def run_segment(args: argparse.Namespace) -> int:
             check_output_path(args.save_prediction, args.overwrite)
         volume, voxel = read_volume(args.input)
         volume = as_volume(volume, name=args.input)
+        volume = apply_roi(volume, args.roi, meta)
         model = load_weights(args.weights, args.device)
         predictor = make_predictor(args, model)
         print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)

@@ -231,8 +231,12 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--min-size", str(int(seg["min_size"]))]
     if seg.get("threshold") is not None:
         args += ["--threshold", f"{seg['threshold']:g}"]
-    # A preview's region is not part of the command: after tuning, the same settings
-    # are meant for the whole stack (the CLI has no region option).
+    if prov.get("voxel_size_nm"):
+        args += ["--voxel-size", ",".join(f"{v:g}" for v in prov["voxel_size_nm"])]
+    region = prov.get("region")
+    if region and region.get("start") is not None and region.get("stop") is not None:
+        # a preview: the same box of the stack (drop --roi to run the whole stack)
+        args += ["--roi", ",".join(f"{a}:{b}" for a, b in zip(region["start"][-3:], region["stop"][-3:]))]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -545,6 +545,8 @@ class SegNeuronWidget(QWidget):
         provenance = self._base_provenance(layer, "predict")
 
         voxel = self._voxel_size(layer, predictor)
+        if voxel is not None:
+            provenance["voxel_size_nm"] = list(voxel)
 
         def work(progress, cancel):
             grid: dict = {}
@@ -646,6 +648,8 @@ class SegNeuronWidget(QWidget):
         provenance["segment"] = seg_settings
         provenance["region"] = {"start": start, "stop": stop}
         voxel = self._voxel_size(layer, predictor)
+        if voxel is not None:
+            provenance["voxel_size_nm"] = list(voxel)
 
         def work(progress, cancel):
             crop = np.asarray(volume[region])
