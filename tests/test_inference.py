@@ -263,3 +263,28 @@ def test_dask_input_is_read_lazily_and_matches_numpy(model, em):
     a1, f1 = Predictor(model, tile=(8, 32, 48), overlap=(2, 8, 8)).predict(lazy)
     a2, f2 = Predictor(model, tile=(8, 32, 48), overlap=(2, 8, 8)).predict(vol)
     assert np.array_equal(a1, a2) and np.array_equal(f1, f2)
+
+
+class NeighbourNet(torch.nn.Module):
+    """Affinity of each voxel to its lower neighbour (offset -1) along z, y, x; flip-equivariant
+    once flipped outputs are shifted back, so test-time augmentation must not change it."""
+
+    def forward(self, x):
+        affs = []
+        for d in (2, 3, 4):
+            prev = torch.cat([x.narrow(d, 0, 1), x.narrow(d, 0, x.shape[d] - 1)], dim=d)
+            affs.append(1 - (x - prev).abs())
+        return torch.cat(affs, dim=1), x
+
+
+def test_test_time_augmentation_keeps_the_affinity_offsets(em):
+    vol = em[:12, :64, :80]
+    plain_aff, plain_fg = Predictor(NeighbourNet(), tile=(12, 64, 80), overlap=(0, 0, 0)).predict(vol)
+    tta_aff, tta_fg = Predictor(NeighbourNet(), tile=(12, 64, 80), overlap=(0, 0, 0), tta=True).predict(vol)
+    np.testing.assert_allclose(tta_aff, plain_aff, atol=1e-6)
+    np.testing.assert_allclose(tta_fg, plain_fg, atol=1e-6)
+    # a network that is not equivariant gets averaged: output changes but stays a probability
+    net = LocalNet().eval()
+    a1, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False).predict(vol)
+    a2, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False, tta=True).predict(vol)
+    assert np.abs(a1 - a2).mean() > 1e-3 and 0 <= a2.min() and a2.max() <= 1

@@ -44,6 +44,7 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "tile": list(predictor.tiling.tile),
         "overlap": list(predictor.tiling.overlap),
         "half": predictor.half,
+        "tta": predictor.tta,
         "model_voxel_size_nm": predictor.model_voxel_size,
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }

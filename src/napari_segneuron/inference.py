@@ -154,8 +154,10 @@ class Predictor:
         model_voxel_size: Optional[Sequence[float]] = None,
         tolerance: Optional[float] = None,
         fit_tiles: bool = True,
+        tta: bool = False,
     ) -> None:
         self.device = resolve_device(device)
+        self.tta = bool(tta)
         self.auto_tile = tile is None and tiling is None and self.device.type == "cuda"
         base = tiling or (GPU_TILING if self.auto_tile else DEFAULT_TILING)
         tile_t = _parse_triple(tile, "tile") or base.tile
@@ -203,12 +205,30 @@ class Predictor:
         free, _ = torch.cuda.mem_get_info(self.device)
         return int(max(1, min(16, (0.7 * free) // per_tile)))
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward_once(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), self._autocast():
             aff, fg = self.model(batch)
         return torch.cat([aff, fg], dim=1).float()
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self._forward_once(batch)
+        if not self.tta:
+            return out
+        # test-time augmentation: mean over the y, x and y+x flips (4x the work)
+        total = out.clone()
+        for dims in ((3,), (4,), (3, 4)):
+            flipped = self._forward_once(batch.flip(dims)).flip(dims)
+            for d in dims:
+                # after flipping back, affinity channel d-2 links voxel i to i+1: move it to i+1
+                # (the offset -1 convention); the first plane keeps the unflipped value
+                c = d - 2
+                src = flipped[:, c].narrow(d - 1, 0, flipped.shape[d] - 1).clone()
+                flipped[:, c].narrow(d - 1, 1, flipped.shape[d] - 1).copy_(src)
+                flipped[:, c].narrow(d - 1, 0, 1).copy_(out[:, c].narrow(d - 1, 0, 1))
+            total += flipped
+        return total / 4.0
 
     def _forward_with_backoff(self, batch: torch.Tensor) -> torch.Tensor:
         try:

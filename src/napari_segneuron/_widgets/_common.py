@@ -225,6 +225,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--device", str(pred["device"])]
     if pred.get("half"):
         args += ["--half"]
+    if pred.get("tta"):
+        args += ["--tta"]
     if seg.get("fg_threshold") is not None:
         args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
     if seg.get("min_size") is not None:

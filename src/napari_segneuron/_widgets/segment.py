@@ -206,6 +206,9 @@ class SegNeuronWidget(QWidget):
         self.half = QCheckBox("Half precision (faster on GPU)")
         self.half.setToolTip("Run the network in 16-bit floats: about 2x faster on GPUs, tiny differences")
         af.addRow(self.half)
+        self.tta = QCheckBox("Test-time augmentation (4x slower)")
+        self.tta.setToolTip("Average the prediction over y/x flips: fewer split and merge errors, 4x the compute")
+        af.addRow(self.tta)
         self.preview_depth = int_spin(8, 1, 256, tooltip="Preview: slices above and below the current one", suffix=" slices")
         af.addRow("Preview ±", self.preview_depth)
         self.preview_size = int_spin(256, 32, 2048, 16, tooltip="Preview: largest y/x size of the region in view (pixels)", suffix=" px")
@@ -385,6 +388,7 @@ class SegNeuronWidget(QWidget):
             "batch_size": int(self.batch.value()) or None,
             "device": self.device_combo.currentText(),
             "half": bool(self.half.isChecked()),
+            "tta": bool(self.tta.isChecked()),
         }
 
     def _segment_settings(self) -> dict:
@@ -424,7 +428,8 @@ class SegNeuronWidget(QWidget):
 
         s = self._predict_settings()
         device = None if s["device"] == "auto" else s["device"]
-        return Predictor(self.model, tile=s["tile"], overlap=s["overlap"], batch_size=s["batch_size"], device=device, half=s["half"])
+        return Predictor(self.model, tile=s["tile"], overlap=s["overlap"], batch_size=s["batch_size"], device=device, half=s["half"],
+                         tta=s["tta"])
 
     def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None, model_grid=None):
         """Agglomerate; a resampled prediction is agglomerated on the model's grid
