@@ -34,37 +34,40 @@ sys.path.insert(0, str(ROOT / "src"))
 DATA = Path("/work/shared/data")
 
 
-def sweep(aff, fg, gt, thresholds):
+def sweep(aff, fg, gt, thresholds, min_size=0):
     from napari_segneuron.segmentation import agglomerate, threshold_sweep
     ag = agglomerate(np.ascontiguousarray(aff, dtype=np.float32),
-                     None if fg is None else np.ascontiguousarray(fg, dtype=np.float32), worker=False)
+                     None if fg is None else np.ascontiguousarray(fg, dtype=np.float32), worker=False,
+                     min_size=min_size, small="merge")
     s = threshold_sweep(ag, gt, thresholds)
     r = s.rows()[s.best_index]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
 
-def classical(raw, gt, thresholds, sigmas=(0.5, 1.0, 2.0)):
+def classical(raw, gt, thresholds, sigmas=(0.5, 1.0, 2.0), min_size=0):
     """One row per smoothing sigma, each at its own lowest-VI threshold."""
     img = raw.astype(np.float32)
     lo, hi = np.percentile(img, (1, 99))
     rows = []
     for sigma in sigmas:
         sm = np.clip((ndimage.gaussian_filter(img, sigma) - lo) / (hi - lo), 0, 1)
-        r = sweep(np.stack([sm] * 3), None, gt, thresholds)
-        r.update(sigma=sigma, method=f"classical: smoothed intensity (sigma {sigma}), waterz")
+        r = sweep(np.stack([sm] * 3), None, gt, thresholds, min_size)
+        extra = f", small segments < {min_size} merged" if min_size else ""
+        r.update(sigma=sigma, method=f"classical: smoothed intensity (sigma {sigma}), waterz{extra}")
         rows.append(r)
     return rows
 
 
-def model_rows(name, model, raw, gt, thresholds):
-    from napari_segneuron.inference import predict
+def model_rows(name, model, raw, gt, thresholds, min_size=0, tta=False, fg_off=True):
+    from napari_segneuron.inference import Predictor
     t = time.time()
-    aff, fg = predict(model, raw)
+    aff, fg = Predictor(model, device="cpu", tta=tta).predict(raw)
     dt = time.time() - t
     rows = []
-    for use_fg in (True, False):
-        r = sweep(aff, fg if use_fg else None, gt, thresholds)
-        r.update(method=f"{name} (fg {'on' if use_fg else 'off'})", predict_s=round(dt, 1))
+    for use_fg in (True, False) if fg_off else (True,):
+        r = sweep(aff, fg if use_fg else None, gt, thresholds, min_size)
+        extra = (", TTA" if tta else "") + (f", small segments < {min_size} merged" if min_size else "")
+        r.update(method=f"{name} (fg {'on' if use_fg else 'off'}{extra})", predict_s=round(dt, 1))
         rows.append(r)
     return rows
 
@@ -75,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--extra", nargs="*", default=[], help="more checkpoints as NAME=PATH (ablations)")
     p.add_argument("--checkpoints", default=None, help="also score every *_iter*.pt in this folder (fg on only)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--min-size", type=int, default=300,
+                   help="also score with segments below this many voxels merged into their neighbour (0: skip)")
     p.add_argument("--skip-untrained", action="store_true")
     p.add_argument("--json", default=None, help="write all rows here")
     a = p.parse_args(argv)
@@ -93,6 +98,14 @@ def main(argv=None) -> int:
     model = load_model(a.weights, device="cpu")
     rows += model_rows("default model", model, raw, gt, thresholds)
     print(json.dumps(rows[-2:]), flush=True)
+    variants = [dict(tta=True)]
+    if a.min_size:
+        best_sigma = cl[0]["sigma"]
+        rows += classical(raw, gt, thresholds, sigmas=(best_sigma,), min_size=a.min_size)
+        variants += [dict(min_size=a.min_size), dict(min_size=a.min_size, tta=True)]
+    for v in variants:
+        rows += model_rows("default model", model, raw, gt, thresholds, fg_off=False, **v)
+        print(json.dumps(rows[-1]), flush=True)
     for spec in a.extra:
         name, path = spec.split("=", 1)
         rows += model_rows(name, load_model(path, device="cpu"), raw, gt, thresholds)

@@ -114,3 +114,36 @@ def test_preview_cli_command_reproduces_the_preview(dock, qtbot, tmp_path, tiny_
     argv += ["--model-voxel-size", "10,10,10"]
     assert main(argv) == 0
     assert same_partition(tifffile.imread(out), np.asarray(prev.data))
+
+
+def test_small_segments_merge_when_the_slider_is_released(dock, qtbot, tiny_model_cpu):
+    """Dragging shows unmerged labels (fast); releasing merges segments below min size."""
+    from test_segmentation import DATA
+
+    import tifffile
+
+    viewer, w = dock
+    w.agglomerate_in_worker = False
+    w.set_model(tiny_model_cpu)
+    image = viewer.add_image(tifffile.imread(DATA / "fib25_b_raw.tif")[:8, :64, :64], name="em")
+    w.image_combo.set_value(image)
+    w.fg_threshold.setValue(0.0)
+    w.min_size.setValue(200)
+    w.predict()
+    wait_idle(qtbot, w)
+    w.segment()
+    wait_idle(qtbot, w)
+    agg = w.segmentation.agglomeration
+    n = len(w.slider_latency_ms)
+    w.slider.setSliderDown(True)
+    w.set_threshold(0.3)
+    qtbot.waitUntil(lambda: len(w.slider_latency_ms) > n, timeout=5000)
+    dragged = np.asarray(w.segmentation.layer.data).copy()
+    np.testing.assert_array_equal(dragged, agg.labels(0.3, min_size=0))
+    w.slider.setSliderDown(False)
+    w.slider.sliderReleased.emit()
+    qtbot.waitUntil(lambda: len(w.slider_latency_ms) > n + 1, timeout=5000)
+    released = np.asarray(w.segmentation.layer.data)
+    np.testing.assert_array_equal(released, agg.labels(0.3))
+    assert released.max() < dragged.max()
+    assert np.bincount(released.ravel())[1:].min() >= 200

@@ -237,7 +237,7 @@ class SegNeuronWidget(QWidget):
         form = QFormLayout(box)
         self.fg_threshold = double_spin(fg, 0.0, 1.0, 0.05, tooltip="Voxels with foreground probability below this are background (label 0)")
         form.addRow("Foreground ≥", self.fg_threshold)
-        self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are removed (they become background, label 0)", suffix=" voxels")
+        self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into the segment they touch most (while you drag the slider they are shown unmerged)", suffix=" voxels")
         form.addRow("Min size", self.min_size)
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip("Split the prediction into neurons (watershed + agglomeration)")
@@ -261,6 +261,7 @@ class SegNeuronWidget(QWidget):
         self.segment_label = wrap_label("Predict first, then Segment; then move the slider.")
         form.addRow(self.segment_label)
         self.slider.valueChanged.connect(self._slider_moved)
+        self.slider.sliderReleased.connect(lambda: self._slider_moved(self.slider.value()))
         self._slider_timer = QTimer(self)
         self._slider_timer.setSingleShot(True)
         self._slider_timer.setInterval(0)
@@ -790,8 +791,11 @@ class SegNeuronWidget(QWidget):
             return
         self._pending_threshold = None
         t0 = time.perf_counter()
+        # merging small segments costs 0.1-1 s on large volumes: skip it while the slider is dragged,
+        # do it when it is released
+        dragging = self.slider.isSliderDown() and seg.agglomeration.min_size > 1
         try:
-            labels = seg.agglomeration.labels(t)
+            labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
         except Exception as exc:  # noqa: BLE001
             notify_error(error_message(exc, "Updating the segmentation"))
             return
@@ -811,7 +815,8 @@ class SegNeuronWidget(QWidget):
         seg.provenance = prov
         ms = (time.perf_counter() - t0) * 1000
         self.slider_latency_ms.append(ms)
-        self.status_label.setText(f"Merge threshold {t:.2f}: labels updated in {ms:.0f} ms")
+        note = " (small segments merged when you release the slider)" if dragging else ""
+        self.status_label.setText(f"Merge threshold {t:.2f}: labels updated in {ms:.0f} ms{note}")
 
     # =====================================================================================
     # 4. Export & evaluate
