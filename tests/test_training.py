@@ -291,3 +291,51 @@ def test_cli_finetune_and_pretrain(tmp_path):
     assert read_checkpoint(pre)["iters"] == 2
     assert main(["finetune", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), "-o", str(tmp_path / "x.pt"),
                  "--weights", str(pre), "--iterations", "1", "--crop", "8,32,32", "--device", "cpu"]) == 0
+
+
+def test_balanced_affinity_weights():
+    from napari_segneuron.training.finetune import balance_weights
+
+    t = torch.zeros(1, 3, 4, 10, 10)
+    t[:, :, :, :, :8] = 1  # 80 % inside, 20 % boundary in every channel
+    w = torch.ones_like(t)
+    w[:, :, 0] = 0  # masked voxels stay masked
+    b = balance_weights(t, w)
+    assert float(b[:, :, 0].abs().max()) == 0.0
+    for c in range(3):
+        pos, neg = float((b[0, c] * t[0, c]).sum()), float((b[0, c] * (1 - t[0, c])).sum())
+        assert pos == pytest.approx(neg)  # both classes weigh the same
+    # a channel with a single boundary voxel gets at most the clip ratio
+    t2 = torch.ones(1, 1, 2, 10, 10)
+    t2[0, 0, 0, 0, 0] = 0
+    b2 = balance_weights(t2, torch.ones_like(t2), max_ratio=10.0)
+    assert float(b2.max()) == pytest.approx(10.0)
+
+
+def test_weight_average_and_mixed_precision_finetune(tmp_path):
+    from napari_segneuron._model import load_model
+    from napari_segneuron.training.finetune import WeightAverage
+
+    torch.manual_seed(0)
+    net = build_mnet(KN)
+    avg = WeightAverage(net, decay=0.5)
+    first = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    avg.update(net)
+    k = next(k for k, v in first.items() if v.is_floating_point())
+    torch.testing.assert_close(avg.shadow[k], first[k] + 0.5)
+    # finetune with an average and bf16 autocast: finite losses, the average is what comes back and is kept
+    img, lab = synthetic()
+    ck = tmp_path / "ft.pt"
+    r = finetune(build_mnet(KN), img, lab, iterations=4, batch_size=1, crop=CROP, warmup=0, ema_decay=0.9,
+                 mixed_precision=True, augment=A.AugmentConfig.none(), checkpoint=ck, checkpoint_every=2,
+                 device="cpu")
+    assert all(np.isfinite(v) for _, v in r.history)
+    ema = load_model(tmp_path / "ft_ema.pt", device="cpu")
+    raw = load_model(ck, device="cpu")
+    sd_r, sd_e, sd_raw = r.model.state_dict(), ema.state_dict(), raw.state_dict()
+    k = next(k for k in sd_r if sd_r[k].is_floating_point() and sd_r[k].numel() > 1)
+    torch.testing.assert_close(sd_r[k].float(), sd_e[k].float())
+    assert not torch.allclose(sd_e[k].float(), sd_raw[k].float())

@@ -32,6 +32,12 @@ def add_parser(subparsers) -> None:
     f.add_argument("--val-labels", default=None, help="validation labels")
     f.add_argument("--validate-every", type=int, default=200, metavar="N")
     f.add_argument("--no-mixing", action="store_true", help="turn off amplitude mixing and CutMix")
+    f.add_argument("--no-balance", action="store_true",
+                   help="plain affinity BCE (default: boundary and inside affinities weigh equally)")
+    f.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and return an exponential moving average of the weights (e.g. 0.998)")
+    f.add_argument("--mixed-precision", action="store_true",
+                   help="bfloat16/float16 autocast: ~1.5x faster steps on AVX-512 CPUs and on GPUs")
     f.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser(
@@ -125,6 +131,7 @@ def run_finetune(args) -> int:
                      checkpoint_every=args.checkpoint_every, validate_every=args.validate_every if val_img is not None
                      else 0, resume=args.resume, device=None if args.device == "auto" else args.device,
                      seed=args.seed, threads=args.threads, kn=_kn(args.kn), progress=bar,
+                     balance=not args.no_balance, ema_decay=args.ema, mixed_precision=args.mixed_precision,
                      log=lambda s: print(s, file=sys.stderr) if "validation" in s else None)
     finally:
         bar.close()

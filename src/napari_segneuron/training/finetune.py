@@ -305,7 +305,7 @@ def finetune(
     log: Optional[Callable[[str], None]] = None,
     kn: Sequence[int] = (16, 32, 48, 64, 128),
     fmu: str = "sub",
-    balance: bool = False,
+    balance: bool = True,
     ema_decay: float = 0.0,
     mixed_precision: bool = False,
 ) -> TrainResult:
