@@ -17,8 +17,8 @@ are resampled back onto the input grid.
 - Segmenting: agglomerate the model-grid prediction (``predict(..., model_grid={})`` keeps
   it) and carry the fragments to the input grid by nearest neighbour
   (``Agglomeration.on_grid``). Watershed on interpolated affinities sees membranes that
-  are either doubled or blurred; fib25_b 2x finer in xy: VI +24% when segmenting the
-  resampled affinities, see benchmarks/bench_voxel_size.py for the model-grid result.
+  are either doubled or blurred; fib25_b 2x finer in xy (benchmarks/bench_voxel_size.py):
+  VI -3.9% vs native on the model grid, +64% when segmenting the resampled affinities.
 """
 from __future__ import annotations
 
