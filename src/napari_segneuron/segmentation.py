@@ -482,6 +482,10 @@ def _run_in_worker(
                     last = step
                     progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
             proc.join(0.05)
+        if progress is not None and proc.exitcode == 0:  # a fast run can finish between two polls
+            step = _stage(spec["log"])
+            if step != last:
+                progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
         if proc.exitcode != 0 or not os.path.exists(spec["result"]):
             if os.path.exists(spec["error"]):
                 with open(spec["error"]) as f:
