@@ -157,6 +157,9 @@ def test_agglomeration_on_a_finer_grid_equals_resized_labels():
     fine = agg.on_grid((12, 96, 96))
     for t in (0.2, 0.5, 0.8):
         assert np.array_equal(fine.labels(t), resize_labels(agg.labels(t), (12, 96, 96)))
+    # the same through agglomerate's output_shape (what the CLI and the dock call)
+    direct = agglomerate(aff, None, worker=False, output_shape=(12, 96, 96))
+    assert np.array_equal(direct.labels(0.5), fine.labels(0.5))
     # min_size given in fine voxels: a 4x smaller segment count threshold on the coarse grid
     t = 0.3
     coarse_sizes = np.bincount(agg.labels(t).ravel())[1:]

@@ -175,11 +175,11 @@ def run_segment(args: argparse.Namespace) -> int:
     seg_aff, seg_fg = (grid["affinities"], grid["foreground"]) if grid else (aff, fg)
     agg = agglomerate(
         seg_aff, None if args.no_foreground else seg_fg,
-        fg_threshold=args.fg_threshold, min_size=0 if grid else args.min_size, small=args.small,
+        fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small,
         max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode, worker=False,
+        output_shape=aff.shape[1:] if grid else None,
     )
     if grid:
-        agg = agg.on_grid(aff.shape[1:], min_size=args.min_size)
         meta["segmented_on_model_grid"] = list(grid["voxel_size"])
     labels = agg.labels(args.threshold)
     t2 = time.perf_counter()

@@ -769,6 +769,7 @@ def agglomerate(
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
     worker: bool = True,
+    output_shape: Optional[Sequence[int]] = None,
     progress: ProgressFn = None,
     cancel: Optional[CancelToken] = None,
 ) -> Agglomeration:
@@ -796,6 +797,10 @@ def agglomerate(
       queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
     worker: run waterz in a spawned process (default; cancellable, keeps a GUI
       responsive); False runs it here, with waterz's output silenced.
+    output_shape: the labels' grid when the affinities are on another grid of the same
+      extent (the model's, after resampling): waterz runs on the affinities' grid and the
+      result is carried over (``Agglomeration.on_grid``); ``min_size`` counts voxels of
+      ``output_shape``.
     """
     check(cancel)
     aff = _as_affinities(affinities)
@@ -904,6 +909,8 @@ def agglomerate(
     )
     if progress is not None:
         progress(_TOTAL_STEPS, _TOTAL_STEPS, "agglomeration done")
+    if output_shape is not None:
+        agg = agg.on_grid(output_shape, min_size=int(min_size))
     return agg
 
 
@@ -1072,7 +1079,7 @@ def segment_and_score(
     """Agglomerate and score in one call (for benchmarks comparing predictors).
 
     ``output_shape``: the prediction is on another grid (the model's) than ``gt``;
-    agglomerate there and score the labels carried to ``output_shape`` (``on_grid``).
+    agglomerate there and score the labels carried to ``output_shape`` (see ``agglomerate``).
 
     Returns a dict: ``threshold`` (default ``DEFAULT_THRESHOLD``) with ``vi_split``,
     ``vi_merge``, ``vi``, ``arand`` and ``labels`` there; ``best_threshold`` (lowest VI of
@@ -1080,9 +1087,7 @@ def segment_and_score(
     ``agglomeration`` themselves.
     """
     agg = agglomerate(affinities, foreground, fg_threshold=fg_threshold, min_size=min_size, scoring=scoring,
-                      worker=worker)
-    if output_shape is not None:
-        agg = agg.on_grid(output_shape)
+                      worker=worker, output_shape=output_shape)
     sweep = threshold_sweep(agg, gt, background=background)
     t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     labels = agg.labels(t)

@@ -439,17 +439,17 @@ class SegNeuronWidget(QWidget):
         shape = tuple(affinities.shape[1:])
         if model_grid:
             affinities, foreground = model_grid["affinities"], model_grid["foreground"]
-        agg = seg.agglomerate(
+        return seg.agglomerate(
             affinities,
             foreground,
             fg_threshold=seg_settings["fg_threshold"],
-            min_size=0 if model_grid else seg_settings["min_size"],
+            min_size=seg_settings["min_size"],
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
             worker=self.agglomerate_in_worker,
+            output_shape=shape if model_grid else None,
             progress=progress,
             cancel=cancel,
         )
-        return agg.on_grid(shape, min_size=seg_settings["min_size"]) if model_grid else agg
 
     def _base_provenance(self, image_layer, step: str) -> dict:
         return {
