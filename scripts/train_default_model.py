@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--balance", action="store_true", help="weigh boundary and inside affinities equally")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights that are validated and kept")
     p.add_argument("--pretrain-batch", type=int, default=1)
+    p.add_argument("--init-from", default=None,
+                   help="start finetuning from this checkpoint's weights (a warm restart; pretraining is skipped)")
+    p.add_argument("--warmup", type=int, default=20, help="learning-rate warm-up iterations")
     p.add_argument("--export", action="store_true", help="write the best model to the package's weights/default.pt")
     a = p.parse_args(argv)
 
@@ -124,7 +127,11 @@ def main(argv=None) -> int:
 
     # ---------------- pretraining
     pre_ck = out / "pretrain.pt"
-    if a.pretrain_iters > 0 and not plan.get("pretrain_done"):
+    init = read_checkpoint(a.init_from) if a.init_from else None
+    if init is not None:
+        plan.setdefault("initialized_from", {"path": str(a.init_from), "iters": init["iters"],
+                                             "metadata": init.get("metadata", {})})
+    if a.pretrain_iters > 0 and init is None and not plan.get("pretrain_done"):
         resume = pre_ck if pre_ck.is_file() else None
         aug = AugmentConfig(zoom=0.5, zoom_range=(0.7, 1.4))
         r = pretrain([d["unl"], d["a_raw"], d["isbi"]], kn=kn, iterations=a.pretrain_iters,
@@ -154,19 +161,24 @@ def main(argv=None) -> int:
         model, resume = None, None
         if ft_ck.is_file():
             resume = ft_ck
+        elif init is not None:
+            model = mnet_from_state_dict(init["model_weights"])
+            log(f"finetuning starts from {a.init_from} (iteration {init['iters']})")
         else:
             model = build_mnet(kn)
             if a.pretrain_iters > 0 and pre_ck.is_file():
                 names = transfer_encoder(pre_ck, model)
                 log(f"transferred {len(names)} pretrained encoder tensors")
         aug = AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
-        meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0], "pretrained": a.pretrain_iters > 0,
-                "pretrain_iters": plan.get("pretrain_iters", 0),
+        prev = plan.get("initialized_from", {}).get("metadata", {})
+        meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0],
+                "pretrained": bool(prev.get("pretrained", a.pretrain_iters > 0)),
+                "pretrain_iters": plan.get("pretrain_iters", prev.get("pretrain_iters", 0)),
                 "training_data": "fib25_a (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
                 "validation_data": "fib25_b"}
         r = finetune(model, volumes=vols, val_image=d["b_raw"], val_labels=d["b_lab"],
                      iterations=plan["finetune_iters"], batch_size=a.batch, crop=crop, lr=a.lr, min_lr=1e-5,
-                     schedule="cosine", warmup=20, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
+                     schedule="cosine", warmup=a.warmup, augment=aug, amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
                      checkpoint=ft_ck, checkpoint_every=25, keep_every=a.keep_every,
                      validate_every=a.validate_every, resume=resume, seed=a.seed, threads=a.threads,
                      time_limit_s=a.finetune_minutes * 60 * (1.0 if a.time_schedule else 1.15),
