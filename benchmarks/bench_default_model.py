@@ -34,39 +34,40 @@ sys.path.insert(0, str(ROOT / "src"))
 DATA = Path("/work/shared/data")
 
 
-def sweep(aff, fg, gt, thresholds, min_size=0):
-    from napari_segneuron.segmentation import agglomerate, threshold_sweep
+def sweep(aff, fg, gt, thresholds, min_size=0, scoring=None):
+    from napari_segneuron.segmentation import DEFAULT_SCORING, agglomerate, threshold_sweep
     ag = agglomerate(np.ascontiguousarray(aff, dtype=np.float32),
                      None if fg is None else np.ascontiguousarray(fg, dtype=np.float32), worker=False,
-                     min_size=min_size, small="merge")
+                     min_size=min_size, small="merge", scoring=scoring or DEFAULT_SCORING)
     s = threshold_sweep(ag, gt, thresholds)
     r = s.rows()[s.best_index]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
 
-def classical(raw, gt, thresholds, sigmas=(0.5, 1.0, 2.0), min_size=0):
+def classical(raw, gt, thresholds, sigmas=(0.5, 1.0, 2.0), min_size=0, scoring=None):
     """One row per smoothing sigma, each at its own lowest-VI threshold."""
     img = raw.astype(np.float32)
     lo, hi = np.percentile(img, (1, 99))
     rows = []
     for sigma in sigmas:
         sm = np.clip((ndimage.gaussian_filter(img, sigma) - lo) / (hi - lo), 0, 1)
-        r = sweep(np.stack([sm] * 3), None, gt, thresholds, min_size)
-        extra = f", small segments < {min_size} merged" if min_size else ""
+        r = sweep(np.stack([sm] * 3), None, gt, thresholds, min_size, scoring)
+        extra = (f", small segments < {min_size} merged" if min_size else "") + (f", {scoring} scoring" if scoring else "")
         r.update(sigma=sigma, method=f"classical: smoothed intensity (sigma {sigma}), waterz{extra}")
         rows.append(r)
     return rows
 
 
-def model_rows(name, model, raw, gt, thresholds, min_size=0, tta=False, fg_off=True):
+def model_rows(name, model, raw, gt, thresholds, min_size=0, tta=False, fg_off=True, scoring=None):
     from napari_segneuron.inference import Predictor
     t = time.time()
     aff, fg = Predictor(model, device="cpu", tta=tta).predict(raw)
     dt = time.time() - t
     rows = []
     for use_fg in (True, False) if fg_off else (True,):
-        r = sweep(aff, fg if use_fg else None, gt, thresholds, min_size)
-        extra = (", TTA" if tta else "") + (f", small segments < {min_size} merged" if min_size else "")
+        r = sweep(aff, fg if use_fg else None, gt, thresholds, min_size, scoring)
+        extra = ((", TTA" if tta else "") + (f", small segments < {min_size} merged" if min_size else "")
+                 + (f", {scoring} scoring" if scoring else ""))
         r.update(method=f"{name} (fg {'on' if use_fg else 'off'}{extra})", predict_s=round(dt, 1))
         rows.append(r)
     return rows
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--min-size", type=int, default=300,
                    help="also score with segments below this many voxels merged into their neighbour (0: skip)")
+    p.add_argument("--other-scoring", default="mean",
+                   help="also score the strongest classical setting and the default model with this waterz scoring "
+                        "('' to skip); the main rows use the package default (median)")
     p.add_argument("--skip-untrained", action="store_true")
     p.add_argument("--json", default=None, help="write all rows here")
     a = p.parse_args(argv)
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
 
     raw = tifffile.imread(str(DATA / "fib25_b_raw.tif"))
     gt = tifffile.imread(str(DATA / "fib25_b_labels.tif"))
-    thresholds = np.round(np.arange(0.05, 1.0, 0.05), 3)
+    thresholds = np.round(np.arange(0.04, 1.0, 0.02), 3)
     rows = []
     cl = classical(raw, gt, thresholds)
     cl.sort(key=lambda r: r["vi"])               # the strongest classical setting first: the reference
@@ -99,8 +103,11 @@ def main(argv=None) -> int:
     rows += model_rows("default model", model, raw, gt, thresholds)
     print(json.dumps(rows[-2:]), flush=True)
     variants = [dict(tta=True)]
+    best_sigma = cl[0]["sigma"]
+    if a.other_scoring:
+        rows += classical(raw, gt, thresholds, sigmas=(best_sigma,), scoring=a.other_scoring)
+        variants.insert(0, dict(scoring=a.other_scoring))
     if a.min_size:
-        best_sigma = cl[0]["sigma"]
         rows += classical(raw, gt, thresholds, sigmas=(best_sigma,), min_size=a.min_size)
         variants += [dict(min_size=a.min_size), dict(min_size=a.min_size, tta=True)]
     for v in variants:

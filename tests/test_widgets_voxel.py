@@ -73,8 +73,16 @@ def test_segment_a_prediction_opened_from_zarr(dock, qtbot, tmp_path, tiny_model
     assert seg is not None and seg.layer.data.shape == raw.shape
     np.testing.assert_allclose(seg.layer.scale, (10, 10, 10))
     s = w._segment_settings()
+    assert s["scoring"] == "median"  # the package default, as in the CLI
     ref = agglomerate(aff, fg, fg_threshold=s["fg_threshold"], worker=False).labels(0.5)
     assert same_partition(np.asarray(seg.layer.data), ref)
+    # the dock's "Edge score" choice reaches waterz and the reproducing command
+    w.scoring.setCurrentText("mean")
+    w.segment()
+    wait_idle(qtbot, w)
+    ref = agglomerate(aff, fg, fg_threshold=s["fg_threshold"], scoring="mean", worker=False).labels(0.5)
+    assert same_partition(np.asarray(w.segmentation.layer.data), ref)
+    assert "--scoring mean" in w.segmentation.layer.metadata["segneuron"]["cli"]
 
 
 def test_preview_cli_command_reproduces_the_preview(dock, qtbot, tmp_path, tiny_checkpoint):

@@ -231,6 +231,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
     if seg.get("min_size") is not None:
         args += ["--min-size", str(int(seg["min_size"]))]
+    if seg.get("scoring"):
+        args += ["--scoring", str(seg["scoring"])]
     if seg.get("threshold") is not None:
         args += ["--threshold", f"{seg['threshold']:g}"]
     if prov.get("voxel_size_nm"):

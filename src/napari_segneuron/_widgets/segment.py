@@ -239,6 +239,13 @@ class SegNeuronWidget(QWidget):
         form.addRow("Foreground ≥", self.fg_threshold)
         self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into the segment they touch most (while you drag the slider they are shown unmerged)", suffix=" voxels")
         form.addRow("Min size", self.min_size)
+        seg_mod = _segmentation()
+        self.scoring = QComboBox()
+        self.scoring.addItems(sorted(getattr(seg_mod, "SCORING_FUNCTIONS", {"median": None})))
+        self.scoring.setCurrentText(getattr(seg_mod, "DEFAULT_SCORING", "median"))
+        self.scoring.setToolTip("How two touching pieces are compared: the median boundary affinity (SegNeuron's "
+                                "choice, fewer errors) or the mean (less memory on very large volumes)")
+        form.addRow("Edge score", self.scoring)
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip("Split the prediction into neurons (watershed + agglomeration)")
         self.segment_button.clicked.connect(self.segment)
@@ -396,6 +403,7 @@ class SegNeuronWidget(QWidget):
         return {
             "fg_threshold": float(self.fg_threshold.value()),
             "min_size": int(self.min_size.value()),
+            "scoring": self.scoring.currentText(),
             "threshold": self.threshold(),
         }
 
@@ -444,6 +452,7 @@ class SegNeuronWidget(QWidget):
             foreground,
             fg_threshold=seg_settings["fg_threshold"],
             min_size=seg_settings["min_size"],
+            scoring=seg_settings.get("scoring", seg.DEFAULT_SCORING),
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
             worker=self.agglomerate_in_worker,
             output_shape=shape if model_grid else None,
