@@ -66,7 +66,8 @@ def direct_waterz(aff: np.ndarray, thresholds: list[float], scoring: str, fragme
 @pytest.mark.parametrize("restricted", [False, True])
 def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool) -> None:
     fg = snemi["fg"] if restricted else None
-    agg = agglomerate(snemi["aff"], fg, fg_threshold=0.4, scoring=scoring, background_mode="exclude", worker=False)
+    agg = agglomerate(snemi["aff"], fg, fg_threshold=0.4, scoring=scoring, background_mode="exclude", min_size=0,
+                      worker=False)
     prepared = snemi["aff"]
     if restricted:
         prepared = np.empty_like(prepared)
@@ -88,7 +89,7 @@ def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool
 
 
 def test_replay_with_given_fragments(snemi: dict) -> None:
-    agg = agglomerate(snemi["aff"], fragments=snemi["fragments"], scoring="mean", worker=False)
+    agg = agglomerate(snemi["aff"], fragments=snemi["fragments"], scoring="mean", min_size=0, worker=False)
     assert agg.n_fragments == len(np.unique(snemi["fragments"]))
     assert same_partition(agg.labels(0.0), snemi["fragments"])
     for t, ref in zip([0.3, 0.5, 0.7], direct_waterz(snemi["aff"], [0.3, 0.5, 0.7], "mean", snemi["fragments"])):
@@ -134,6 +135,15 @@ def test_min_size_removes_small_segments(snemi: dict) -> None:
     small = np.isin(full, fids[fcounts < 200])
     assert (lab[small] == 0).all()
     assert same_partition(np.where(small, 0, full), lab)
+
+
+def test_small_segment_merging_does_not_depend_on_segment_numbering(snemi: dict) -> None:
+    # agglomerating only up to the threshold numbers segments differently; merging small
+    # segments must still give the same partition (ties in contact area broke by id before)
+    full = agglomerate(snemi["aff"], snemi["fg"], fg_threshold=0.5, min_size=100, worker=False)
+    for t in (0.3, 0.5):
+        short = agglomerate(snemi["aff"], snemi["fg"], fg_threshold=0.5, min_size=100, max_threshold=t, worker=False)
+        assert same_partition(short.labels(t), full.labels(t)), t
 
 
 def test_min_size_merges_small_segments_into_touching_ones(snemi: dict) -> None:
@@ -267,7 +277,7 @@ def test_bad_input(snemi: dict) -> None:
 @pytest.mark.parametrize("mode", ["mask", "cut"])
 def test_mask_modes_are_waterz_then_foreground_mask(snemi: dict, mode: str) -> None:
     aff, fg = snemi["aff"], snemi["fg"]
-    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, worker=False)
+    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, min_size=0, worker=False)
     prepared = np.empty_like(aff)
     bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False, cut_background=mode == "cut")
     restricted = np.minimum(aff, fg[None])
@@ -354,13 +364,14 @@ def test_cli_segments_a_resampled_prediction_on_the_model_grid(tmp_path: Path, t
     tifffile.imwrite(stack, raw)
     out = tmp_path / "labels.tif"
     argv = ["segment", str(stack), "-o", str(out), "--weights", str(tiny_checkpoint), "--device", "cpu",
-            "--threshold", "0.5", "--fg-threshold", "0", "--voxel-size", "10,5,5", "--model-voxel-size", "10,10,10"]
+            "--threshold", "0.5", "--fg-threshold", "0", "--voxel-size", "10,5,5", "--model-voxel-size", "10,10,10",
+            "--min-size", "0"]
     assert main(argv) == 0
     labels = tifffile.imread(out)
     assert labels.shape == raw.shape and labels.max() > 0
     grid: dict = {}
     pred = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu", model_voxel_size=(10, 10, 10))
     pred.predict(raw, voxel_size=(10, 5, 5), model_grid=grid)
-    coarse = agglomerate(grid["affinities"], grid["foreground"], fg_threshold=0.0, worker=False).labels(0.5)
+    coarse = agglomerate(grid["affinities"], grid["foreground"], fg_threshold=0.0, min_size=0, worker=False).labels(0.5)
     assert coarse.shape == (16, 32, 32)
     assert same_partition(labels, resize_labels(coarse, raw.shape))
