@@ -123,8 +123,8 @@ __all__ = [
 #   968 vs 1186 MiB); the slider's replay is as fast.  "mean" stays available (--scoring, dock).
 # Small segments: with median scoring most of the remaining VI is split (0.39 of 0.52), much of it
 # in pieces of a few dozen voxels; merging segments < 100 voxels into their best-touching
-# neighbour gives 0.446 (300 voxels: 0.441).  100 voxels at 10 nm is 0.1 um^3, far below a
-# neurite's cross-section times a few slices, so real objects are not touched.
+# neighbour gives 0.446 (300 voxels: 0.441).  100 voxels at 10 nm is 1e-4 um^3 (a cube of
+# ~46 nm side), smaller than a thin neurite's cross-section, so real objects are kept.
 DEFAULT_THRESHOLD = 0.68
 DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 100
