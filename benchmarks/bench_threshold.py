@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     sampler = MemorySampler()
     with sampler:
         t0 = time.perf_counter()
+        # min_size 0: the replay is compared with fresh waterz, which merges no small segments
+        # (their cost is measured separately below)
         agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, scoring=scoring, background_mode=mode,
-                          worker=True)
+                          min_size=0, worker=True)
         t_first = time.perf_counter() - t0
     print(f"first agglomeration (worker process, up to threshold 1.0): {t_first:.2f} s, "
           f"{agg.n_fragments} fragments, {len(agg.merge_scores)} merges recorded")

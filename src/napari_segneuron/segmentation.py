@@ -112,20 +112,27 @@ __all__ = [
 # Re-checked with the shipped default model (iteration 2646, balanced loss, mirror padding):
 #   t    0.56  0.60  0.62  0.64  0.66  0.68  0.70  0.72  0.74  0.76  0.78
 #   VI   0.788 0.735 0.691 0.692 0.724 0.715 0.707 0.723 0.701 0.695 0.833
-# - threshold 0.68: the middle of the 0.62-0.76 plateau (held out: picked on z < 25, the
+# - mean scoring: 0.68, the middle of the 0.62-0.76 plateau (held out: picked on z < 25, the
 #   z >= 25 half scores 0.764 vs its own best 0.741).
 # Median scoring (SegNeuron's choice), same prediction, fib25_b (benchmarks/bench_default_model.py):
 #   mean:   best VI 0.691 (t 0.62), within 0.1 of it for t 0.56-0.76
 #   median: best VI 0.520 (t 0.58), under 0.63 for every t 0.40-0.80; the classical baseline
-#           gains less (1.137 -> 1.048), so the model's ratio to it drops from 0.61 to 0.50.
+#           gains less (1.085 -> 0.996, 0.02 threshold steps), so the model's ratio to it
+#           drops from 0.64 to 0.52.
 # Cost: a 256-bin histogram per region-graph edge. benchmarks/bench_threshold.py, 100x512x512,
-#   mean vs median: first agglomeration 70.6 vs 88.6 s, peak PSS 1387 vs 1602 MiB (worker
-#   968 vs 1186 MiB); the slider's replay is as fast.  "mean" stays available (--scoring, dock).
+#   mean vs median: first agglomeration 5.6 vs 7.2 s, peak PSS 1394 vs 1609 MiB; the slider's
+#   replay is as fast (15 ms).  "mean" stays available (--scoring, the dock's "Edge score").
 # Small segments: with median scoring most of the remaining VI is split (0.39 of 0.52), much of it
 # in pieces of a few dozen voxels; merging segments < 100 voxels into their best-touching
 # neighbour gives 0.446 (300 voxels: 0.441).  100 voxels at 10 nm is 1e-4 um^3 (a cube of
 # ~46 nm side), smaller than a thin neurite's cross-section, so real objects are kept.
-DEFAULT_THRESHOLD = 0.68
+# With both (the shipped defaults), VI by threshold:
+#   t    0.48  0.50  0.52  0.54  0.56  0.58  0.60  0.62  0.64  0.68  0.70
+#   VI   0.479 0.481 0.451 0.450 0.447 0.446 0.491 0.520 0.507 0.507 0.535
+# - threshold 0.56: the middle of the 0.52-0.58 plateau (held out: picked on z < 25 the
+#   z >= 25 half scores 0.534 vs its own best 0.507; picked on z >= 25, z < 25 scores 0.352
+#   vs 0.341).
+DEFAULT_THRESHOLD = 0.56
 DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 100
 SMALL_SEGMENTS = ("merge", "remove")
