@@ -252,3 +252,58 @@ def read_metadata(path: PathLike) -> dict:
         return dict(json.loads(desc).get("napari_segneuron", {}))
     except (ValueError, AttributeError):
         return {}
+
+
+# -- SWC morphologies ------------------------------------------------------------------
+SWC_COLUMNS = ("id", "type", "x", "y", "z", "radius", "parent")
+
+
+def read_swc(path: PathLike) -> np.ndarray:
+    """Read an SWC file into an (N, 7) float64 array: id, type, x, y, z, radius, parent.
+
+    Lines starting with ``#`` (headers, comments) and blank lines are skipped; extra
+    columns are ignored. Root nodes have parent -1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"SWC file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            parts = text.replace(",", " ").split()
+            if len(parts) < 7:
+                raise InputError(f"{path.name} line {lineno}: an SWC row needs 7 columns, got {len(parts)}")
+            try:
+                rows.append([float(p) for p in parts[:7]])
+            except ValueError:
+                raise InputError(f"{path.name} line {lineno}: non-numeric SWC value in {text!r}") from None
+    nodes = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+    ids = set(nodes[:, 0].astype(np.int64).tolist())
+    if len(ids) != len(nodes):
+        raise InputError(f"{path.name}: duplicate node ids")
+    bad = [int(p) for p in nodes[:, 6] if p >= 0 and int(p) not in ids]
+    if bad:
+        raise InputError(f"{path.name}: parent {bad[0]} is not a node id")
+    return nodes
+
+
+def write_swc(path: PathLike, nodes: Any, header: Optional[str] = None) -> Path:
+    """Write an (N, 7) array (id, type, x, y, z, radius, parent) as an SWC file, atomically."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    if nodes.ndim != 2 or nodes.shape[1] != 7:
+        raise InputError(f"SWC nodes must be an (N, 7) array, got shape {nodes.shape}")
+    path = Path(path)
+    lines = []
+    for text in (header or "").splitlines():
+        lines.append(f"# {text}")
+    lines.append("# " + " ".join(SWC_COLUMNS))
+    for row in nodes:
+        lines.append(
+            f"{int(row[0])} {int(row[1])} {row[2]:.6g} {row[3]:.6g} {row[4]:.6g} {row[5]:.6g} {int(row[6])}"
+        )
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
