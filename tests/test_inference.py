@@ -288,3 +288,59 @@ def test_test_time_augmentation_keeps_the_affinity_offsets(em):
     a1, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False).predict(vol)
     a2, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False, tta=True).predict(vol)
     assert np.abs(a1 - a2).mean() > 1e-3 and 0 <= a2.min() and a2.max() <= 1
+
+
+class TensorNet(torch.nn.Module):
+    """A ViT-like stand-in: one (N, C, Z, Y, X) tensor out, tiles must be multiples of (5, 16, 16)."""
+
+    tile_multiple = (5, 16, 16)
+
+    def __init__(self, channels=2):
+        super().__init__()
+        self.channels = channels
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        return torch.cat([x * (c + 1) / self.channels for c in range(self.channels)], dim=1)
+
+
+def test_single_tensor_network_and_tile_multiple(em):
+    """A network without .info returning one tensor: channels kept in order, tiles on its multiple."""
+    net = TensorNet(channels=2)
+    vol = em[:23, :50, :70]
+    pred = Predictor(net, tile=(10, 32, 32), overlap=(5, 16, 16))
+    raw = pred.predict_raw(vol, voxel_size=(8, 8, 8))  # no model voxel size: no resampling
+    x = vol.astype(np.float32) / 255
+    assert raw.shape == (2, 23, 50, 70) and raw.dtype == np.float32
+    np.testing.assert_allclose(raw, np.stack([x / 2, x]), atol=1e-5)
+    assert net.seen and all(z % 5 == 0 and y % 16 == 0 and xx % 16 == 0 for z, y, xx in net.seen)
+    # default tiles are rounded up to the multiple; a tile off the multiple is refused
+    assert all(t % m == 0 for t, m in zip(Predictor(TensorNet()).tiling.tile, (5, 16, 16)))
+    with pytest.raises(InputError, match=r"tile_multiple \(5, 16, 16\)"):
+        Predictor(TensorNet(), tile=(8, 32, 32))
+    with pytest.raises(InputError, match="predict_raw"):
+        Predictor(TensorNet(), tile=(10, 32, 32)).predict(vol)
+
+
+def test_predict_raw_is_predict_concatenated_for_mnet(model, em):
+    vol = em[:12, :48, :64]
+    pred = Predictor(model, tile=(8, 32, 48), overlap=(2, 8, 8))
+    aff, fg = pred.predict(vol)
+    raw = pred.predict_raw(vol)
+    assert raw.shape == (4, 12, 48, 64)
+    np.testing.assert_array_equal(raw, np.concatenate([aff, fg[None]]))
+
+
+def test_predict_raw_resamples_any_channel_count(em):
+    """With a model voxel size, predict_raw resamples every channel like predict does."""
+    net = TensorNet(channels=5)
+    net.info = {"voxel_size_nm": (10, 10, 10)}
+    vol = em[:10, :64, :64]
+    raw = Predictor(net, tile=(10, 32, 32), overlap=(5, 8, 8)).predict_raw(vol, voxel_size=(10, 20, 20))
+    assert raw.shape == (5, 10, 64, 64)
+    ref = Predictor(PointwiseNet(), tile=(8, 32, 32), overlap=(2, 8, 8), model_voxel_size=(10, 10, 10))
+    aff, _ = ref.predict(vol, voxel_size=(10, 20, 20))  # PointwiseNet's channel 0 is x itself
+    np.testing.assert_allclose(raw[4], aff[0], atol=1e-5)  # as is TensorNet(5)'s channel 4
+    np.testing.assert_allclose(raw[1], aff[0] * 2 / 5, atol=1e-5)
+    assert np.abs(raw[4] - vol / 255.0).mean() > 1e-3  # it was resampled (2x coarser in y, x) and back

@@ -1,4 +1,4 @@
-"""Tiled 3D inference: MNet on volumes of any size, blended with Gaussian tile weights.
+"""Tiled 3D inference: MNet (or any 3D network) on volumes of any size, blended with Gaussian tile weights.
 
 The volume is cut into overlapping tiles whose last tile sits flush with the border;
 each tile's prediction is weighted by a Gaussian centred on the tile (low weight
@@ -6,6 +6,12 @@ near tile borders, where convolutions see zero padding) and the weighted sum is
 divided by the summed weights. Tiles are processed one z-row at a time, and every
 z-slice that no later tile touches is normalised and written out at once, so memory
 holds only about one tile-depth of accumulators (out-of-core for zarr/dask input).
+
+Networks: MNet's ``forward`` returns ``(aff (N,3,...), fg (N,1,...))``; any other network may
+return a single tensor ``(N, C, Z, Y, X)`` of probabilities. ``Predictor.predict_raw`` gives
+all channels concatenated in output order ``(C, Z, Y, X)``; ``Predictor.predict`` splits the
+4 channels into affinities and foreground. Tile sizes are multiples of the network's
+``tile_multiple`` (an int or a (z, y, x) triple; MNet: (1, 16, 16)).
 
 Intensity normalisation follows the official inference: integers are divided by
 their dtype maximum; floats are min-max scaled over the whole volume unless they
@@ -26,6 +32,17 @@ from .io import InputError, as_volume
 from ._model.weights import resolve_device
 
 Triple = tuple[int, int, int]
+#: MNet pools 4 times in y and x (z is interpolated back to any size)
+MNET_TILE_MULTIPLE: Triple = (1, 16, 16)
+
+
+def tile_multiple(model: Any) -> Triple:
+    """The model's ``tile_multiple`` as a (z, y, x) triple (an int applies to every axis)."""
+    m = getattr(model, "tile_multiple", MNET_TILE_MULTIPLE)
+    t = (int(m),) * 3 if isinstance(m, (int, np.integer)) else tuple(int(v) for v in m)
+    if len(t) != 3 or min(t) < 1:
+        raise InputError(f"tile_multiple must be a positive int or (z, y, x) triple, got {m!r}")
+    return t  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -41,11 +58,14 @@ class Tiling:
     def stride(self) -> Triple:
         return tuple(t - o for t, o in zip(self.tile, self.overlap))  # type: ignore[return-value]
 
-    def validate(self) -> None:
+    def validate(self, multiple: Triple = MNET_TILE_MULTIPLE) -> None:
         if any(t < 1 for t in self.tile):
             raise InputError(f"Tile size must be positive, got {self.tile}")
-        if self.tile[1] % 16 or self.tile[2] % 16:
-            raise InputError(f"Tile y and x must be multiples of 16 (MNet pools 4 times in xy), got {self.tile}")
+        if any(t % m for t, m in zip(self.tile, multiple)):
+            if tuple(multiple) == MNET_TILE_MULTIPLE:
+                raise InputError(f"Tile y and x must be multiples of 16 (MNet pools 4 times in xy), got {self.tile}")
+            raise InputError(f"Tile sizes must be multiples of the network's tile_multiple {tuple(multiple)} "
+                             f"(z, y, x), got {self.tile}")
         if any(o < 0 or o >= t for o, t in zip(self.overlap, self.tile)):
             raise InputError(f"Overlap {self.overlap} must be >= 0 and smaller than the tile {self.tile}")
 
@@ -122,6 +142,20 @@ def _finite_range(volume: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:
+    """A network's output as one ``(N, C, Z, Y, X)`` tensor: an MNet-style tuple of tensors is
+    concatenated along channels in output order; a single tensor is taken as is."""
+    parts = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
+        raise InputError(f"The network must return a tensor or a tuple of tensors, got {type(out).__name__}")
+    want = (int(input_shape[0]),) + tuple(int(s) for s in input_shape[2:])
+    for p in parts:
+        if p.ndim != 5 or (int(p.shape[0]),) + tuple(int(s) for s in p.shape[2:]) != want:
+            raise InputError(f"The network's output {tuple(p.shape)} does not match its input "
+                             f"{tuple(input_shape)}: expected (N, C, Z, Y, X) with the same N, Z, Y, X")
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def _parse_triple(value: Union[None, int, Sequence[int]], name: str) -> Optional[Triple]:
     if value is None:
         return None
@@ -164,9 +198,15 @@ class Predictor:
         overlap_t = _parse_triple(overlap, "overlap")
         if overlap_t is None:
             overlap_t = base.overlap if tile is None else tuple(t // 4 for t in tile_t)  # type: ignore[assignment]
+        self.multiple = tile_multiple(model)
+        if tile is None and tiling is None:  # presets rounded up to the network's multiple
+            tile_t = tuple(-(-t // m) * m for t, m in zip(tile_t, self.multiple))  # type: ignore[assignment]
+            overlap_t = tuple(min(o, t - 1) for o, t in zip(overlap_t, tile_t))  # type: ignore[assignment]
         self.tiling = Tiling(tile_t, overlap_t, base.sigma, base.floor)  # type: ignore[arg-type]
-        self.tiling.validate()
+        self.tiling.validate(self.multiple)
+        self._channels: Optional[int] = None
         self.model = model.to(self.device).eval()
+        self._tuple_output = False  # set on the first forward: MNet-style (affinities, foreground) tuple
         self.channels_last = channels_last and self.device.type == "cpu"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -209,18 +249,31 @@ class Predictor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), self._autocast():
-            aff, fg = self.model(batch)
-        return torch.cat([aff, fg], dim=1).float()
+            out = self.model(batch)
+        self._tuple_output = isinstance(out, (tuple, list))
+        return as_channels(out, batch.shape).float()
+
+    def output_channels(self) -> int:
+        """Channels of the network's (concatenated) output, from one forward pass of the smallest tile."""
+        if self._channels is None:
+            probe = torch.zeros((1, 1) + tuple(max(m, 2) for m in self.multiple), device=self.device)
+            self._channels = int(self._forward_once(probe).shape[1])
+        return self._channels
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         out = self._forward_once(batch)
         if not self.tta:
             return out
-        # test-time augmentation: mean over the y, x and y+x flips (4x the work)
+        # test-time augmentation: mean over the y, x and y+x flips (4x the work); the first
+        # three channels of a tuple output (MNet's affinities; or ``model.affinity_channels``) are
+        # offset -1 affinities: they are moved back to their voxel after flipping
+        n_aff = int(getattr(self.model, "affinity_channels", 3 if self._tuple_output else 0))
         total = out.clone()
         for dims in ((3,), (4,), (3, 4)):
             flipped = self._forward_once(batch.flip(dims)).flip(dims)
             for d in dims:
+                if d - 2 >= n_aff:
+                    continue
                 # after flipping back, affinity channel d-2 links voxel i to i+1: move it to i+1
                 # (the offset -1 convention); the first plane keeps the unflipped value
                 c = d - 2
@@ -267,9 +320,58 @@ class Predictor:
         if needs_resampling(voxel, self.model_voxel_size, self.tolerance):
             return predict_resampled(self, volume, voxel, self.model_voxel_size, progress=progress,
                                      cancel=cancel, out=out, dtype=dtype, model_grid=model_grid)
+        volume = as_volume(volume)
+        shape = tuple(int(s) for s in volume.shape)
+        if out is None:
+            out = {"affinities": np.empty((3,) + shape, dtype=dtype), "foreground": np.empty(shape, dtype=dtype)}
+
+        def sink(z0: int, z1: int, pred: np.ndarray) -> None:
+            if pred.shape[0] != 4:
+                raise InputError(f"predict() needs 4 output channels (3 affinities + foreground); this network "
+                                 f"gives {pred.shape[0]}: use predict_raw()")
+            out["affinities"][:, z0:z1] = pred[:3]
+            out["foreground"][z0:z1] = pred[3]
+
+        self._run(volume, progress, cancel, sink)
+        return out["affinities"], out["foreground"]
+
+    def predict_raw(
+        self,
+        volume: Any,
+        progress: Optional[Callable[..., None]] = None,
+        cancel: Optional[CancelToken] = None,
+        voxel_size: Optional[Sequence[float]] = None,
+    ) -> np.ndarray:
+        """All output channels of the network, concatenated in output order: ``(C, Z, Y, X)`` float32.
+
+        For MNet, channels 0-2 are the z, y, x affinities and 3 the foreground. Resampling to
+        the model's voxel size works as in ``predict`` (skipped when either size is unknown).
+        """
+        from .resample import needs_resampling, parse_voxel_size, predict_resampled
+
+        volume = as_volume(volume)
+        shape = tuple(int(s) for s in volume.shape)
+        voxel = parse_voxel_size(voxel_size)
+        if needs_resampling(voxel, self.model_voxel_size, self.tolerance):
+            view = _RawView(self)
+            predict_resampled(view, volume, voxel, self.model_voxel_size, progress=progress, cancel=cancel,
+                              out=view.outputs(shape))
+            return np.concatenate([view.out["affinities"], view.out["foreground"][None]])
+        result: dict = {}
+
+        def sink(z0: int, z1: int, pred: np.ndarray) -> None:
+            if "raw" not in result:
+                result["raw"] = np.empty((pred.shape[0],) + shape, dtype=np.float32)
+            result["raw"][:, z0:z1] = pred
+
+        self._run(volume, progress, cancel, sink)
+        return result["raw"]
+
+    def _run(self, volume: Any, progress, cancel, sink: Callable[[int, int, np.ndarray], None]) -> None:
+        """Tiled prediction with the GPU out-of-memory back-off (smaller tiles when auto-sized)."""
         while True:
             try:
-                return self._predict(volume, progress, cancel, out, dtype)
+                return self._predict(volume, progress, cancel, sink)
             except _TileTooLarge as err:
                 tile = self.tiling.tile
                 if not self.auto_tile or min(tile[1:]) <= 32:
@@ -277,47 +379,35 @@ class Predictor:
                         f"The GPU ran out of memory on a single tile {err.args[0]}; use a smaller --tile or --half"
                     ) from None
                 smaller = (tile[0], max(32, tile[1] // 32 * 16), max(32, tile[2] // 32 * 16))
+                smaller = tuple(max(m, t // m * m) for t, m in zip(smaller, self.multiple))
                 ov = tuple(min(o, t // 4) for o, t in zip(self.tiling.overlap, smaller))
                 self.tiling = Tiling(smaller, ov, self.tiling.sigma, self.tiling.floor)  # type: ignore[arg-type]
                 self.batch_size = self.requested_batch_size
 
-    def _predict(self, volume: Any, progress, cancel, out, dtype) -> tuple[Any, Any]:
+    def _predict(self, volume: Any, progress, cancel, sink) -> None:
         volume = as_volume(volume)
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
-        # Fit the tile to the volume (xy stays a multiple of 16); the overlap is kept.
-        ov = self.tiling.overlap
+        # Fit the tile to the volume (a multiple of the network's tile_multiple); the overlap is kept.
+        ov, mult = self.tiling.overlap, self.multiple
         if self.fit_tiles:
-            tz = fit_tile(shape[0], self.tiling.tile[0], ov[0])
-            ty = fit_tile(shape[1], self.tiling.tile[1], ov[1], 16)
-            tx = fit_tile(shape[2], self.tiling.tile[2], ov[2], 16)
+            tz, ty, tx = (fit_tile(n, t, o, m) for n, t, o, m in zip(shape, self.tiling.tile, ov, mult))
         else:
-            tz = min(self.tiling.tile[0], shape[0])
-            ty = min(self.tiling.tile[1], -(-shape[1] // 16) * 16)
-            tx = min(self.tiling.tile[2], -(-shape[2] // 16) * 16)
+            tz, ty, tx = (min(t, -(-n // m) * m) for n, t, m in zip(shape, self.tiling.tile, mult))
         # Axes smaller than the tile are mirror-padded to a full tile and cropped back.
         padded = tuple(max(s, t) for s, t in zip(shape, (tz, ty, tx)))
         sz, sy, sx = tz - min(ov[0], tz - 1), ty - min(ov[1], ty - 1), tx - min(ov[2], tx - 1)
         zs, ys, xs = tile_starts(padded[0], tz, sz), tile_starts(padded[1], ty, sy), tile_starts(padded[2], tx, sx)
         weight = gaussian_weight((tz, ty, tx), self.tiling.sigma, self.tiling.floor)
-        if out is None:
-            out = {
-                "affinities": np.empty((3,) + shape, dtype=dtype),
-                "foreground": np.empty(shape, dtype=dtype),
-            }
         total = len(zs) * len(ys) * len(xs)
         done = 0
         started = time.monotonic()
         batch_size = self._auto_batch_size((tz, ty, tx))
-        acc = np.zeros((4, 0, padded[1], padded[2]), dtype=np.float32)
+        acc: Optional[np.ndarray] = None
         wsum = np.zeros((0, padded[1], padded[2]), dtype=np.float32)
         acc_z0 = 0
         for row, z0 in enumerate(zs):
             check(cancel)
-            grow = z0 + tz - (acc_z0 + acc.shape[1])
-            if grow > 0:
-                acc = np.concatenate([acc, np.zeros((4, grow) + acc.shape[2:], np.float32)], axis=1)
-                wsum = np.concatenate([wsum, np.zeros((grow,) + wsum.shape[1:], np.float32)], axis=0)
             slab = self._read_slab(volume, z0, tz, shape, padded, offset, scale)
             positions = [(y0, x0) for y0 in ys for x0 in xs]
             bs = batch_size
@@ -329,6 +419,12 @@ class Predictor:
                 result = self._forward_with_backoff(torch.from_numpy(batch).to(self.device)).cpu().numpy()
                 if self.batch_size is not None and self.batch_size < bs:
                     bs = self.batch_size
+                if acc is None:
+                    acc = np.zeros((result.shape[1], 0, padded[1], padded[2]), dtype=np.float32)
+                grow = z0 + tz - (acc_z0 + acc.shape[1])
+                if grow > 0:
+                    acc = np.concatenate([acc, np.zeros((acc.shape[0], grow) + acc.shape[2:], np.float32)], axis=1)
+                    wsum = np.concatenate([wsum, np.zeros((grow,) + wsum.shape[1:], np.float32)], axis=0)
                 zl = z0 - acc_z0
                 for (y0, x0), pred in zip(chunk, result):
                     acc[:, zl : zl + tz, y0 : y0 + ty, x0 : x0 + tx] += pred * weight
@@ -341,10 +437,9 @@ class Predictor:
                     progress(done, total, f"tile {done}/{total}, {eta:.0f} s left")
             flush_to = zs[row + 1] if row + 1 < len(zs) else padded[0]
             n = flush_to - acc_z0
-            if n > 0:
-                self._flush(out, acc[:, :n], wsum[:n], acc_z0, shape)
+            if n > 0 and acc is not None:
+                self._flush(sink, acc[:, :n], wsum[:n], acc_z0, shape)
                 acc, wsum, acc_z0 = acc[:, n:], wsum[n:], flush_to
-        return out["affinities"], out["foreground"]
 
     @staticmethod
     def _read_slab(volume: Any, z0: int, tz: int, shape: Triple, padded: Triple, offset: float, scale: float) -> np.ndarray:
@@ -361,14 +456,39 @@ class Predictor:
         return np.ascontiguousarray(block)
 
     @staticmethod
-    def _flush(out: dict, acc: np.ndarray, wsum: np.ndarray, z0: int, shape: Triple) -> None:
+    def _flush(sink, acc: np.ndarray, wsum: np.ndarray, z0: int, shape: Triple) -> None:
         z1 = min(z0 + acc.shape[1], shape[0])
         if z1 <= z0:
             return
         n = z1 - z0
-        pred = acc[:, :n, : shape[1], : shape[2]] / wsum[None, :n, : shape[1], : shape[2]]
-        out["affinities"][:, z0:z1] = pred[:3]
-        out["foreground"][z0:z1] = pred[3]
+        sink(z0, z1, acc[:, :n, : shape[1], : shape[2]] / wsum[None, :n, : shape[1], : shape[2]])
+
+
+class _RawView:
+    """``predict_resampled`` adapter for ``predict_raw``: all channels but the last travel as
+    "affinities", the last as "foreground"; output arrays are made once the channel count is known."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.tiling = predictor.tiling
+        self.out: dict = {}
+        self._shape: Triple = (0, 0, 0)
+
+    def outputs(self, shape: Triple) -> "_RawView":
+        """The ``out`` mapping for ``predict_resampled`` (this object: ``view["affinities"]``)."""
+        self._shape = shape
+        return self
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.out[key]
+
+    def predict(self, volume: Any, progress=None, cancel=None, **_: Any) -> tuple[np.ndarray, np.ndarray]:
+        raw = self.predictor.predict_raw(volume, progress=progress, cancel=cancel)
+        if not self.out:
+            c = raw.shape[0]
+            self.out = {"affinities": np.empty((c - 1,) + self._shape, np.float32),
+                        "foreground": np.empty(self._shape, np.float32)}
+        return raw[:-1], raw[-1]
 
 
 def predict(model: torch.nn.Module, volume: Any, **kwargs: Any) -> tuple[Any, Any]:

@@ -181,7 +181,7 @@ def predict_resampled(
         back = [1.0 / f for f in scale_in]
         target = (iz1 - iz0,) + shape[1:]
         order = 0 if max(back) <= 1.0 and min(back) < 1.0 else 1  # nearest onto a finer grid keeps membranes' low affinities
-        for c in range(3):
+        for c in range(len(aff)):  # any number of channels (predict_raw)
             out["affinities"][c, iz0:iz1] = _resample_block(aff[c], back, (m_lo, 0, 0), (iz0, 0, 0), target, order)
         out["foreground"][iz0:iz1] = _resample_block(fg, back, (m_lo, 0, 0), (iz0, 0, 0), target, order)
     return out["affinities"], out["foreground"]
