@@ -1,29 +1,40 @@
 """Named weights: where each comes from and where it is cached.
 
 ``fetch_weights(name_or_path)`` returns a local file. Registry entries are either
-bundled with the package (``default``) or downloaded once into the cache folder
-(``segneuron``, the released checkpoint on the Hugging Face hub). Downloads resume
-from a ``.part`` file, are verified against a known sha256 when the registry has
-one, and otherwise pin the hash seen at first download in a ``.sha256`` sidecar,
-so a corrupted cache is detected later.
+bundled with the package (``default``) or downloaded once from the Hugging Face Hub
+into the cache folder (``segneuron``, the released checkpoint). A download is checked
+against the registry's sha256 when it has one (otherwise against the sha256 the Hub
+publishes for the file), and the hash seen at first download is pinned in a ``.sha256``
+sidecar, so a corrupted or replaced cache file is detected later.
 
 Environment variables: ``NAPARI_SEGNEURON_CACHE`` (cache folder, default
-``~/.cache/napari-segneuron``), ``HF_ENDPOINT`` (hub address, as in huggingface_hub).
+``~/.cache/napari-segneuron``), and huggingface_hub's own, read at each call:
+``HF_ENDPOINT`` (hub address or a mirror), ``HF_HUB_OFFLINE=1`` (never use the network),
+``HF_TOKEN``.
+
+Why huggingface_hub and not pooch: the weights live on the Hub, and the Hub's own
+client resolves a revision (branch, tag or commit hash, so an entry can be pinned),
+resumes a transfer that breaks mid-way with HTTP Range requests, honours the mirror,
+token and offline settings every other Hub tool uses, writes atomically behind a file
+lock, and reports bytes through a tqdm-like class, which is where our progress and
+cancel hook in. pooch would need a hand-written downloader to resume and knows nothing
+of Hub revisions or offline mode. Both test equally well against a local server
+(tests/test_registry.py answers like the Hub), so the better fit for the data won.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ..cancel import CancelToken, check
+from ..cancel import CancelToken, Cancelled, check
 from .weights import WeightsError, sha256_of
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -33,14 +44,17 @@ class WeightsEntry:
     filename: str
     bundled: bool = False
     repo: Optional[str] = None
+    # a branch, tag or 40-hex commit of ``repo``; a commit pins the exact file
+    revision: str = "main"
     sha256: Optional[str] = None
     voxel_size_nm: Optional[tuple[float, float, float]] = None
 
     def url(self) -> Optional[str]:
         if self.repo is None:
             return None
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        return f"{endpoint}/{self.repo}/resolve/main/{self.filename}"
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo, self.filename, revision=self.revision, endpoint=_endpoint())
 
 
 REGISTRY: dict[str, WeightsEntry] = {
@@ -75,6 +89,20 @@ def cached_path(entry: WeightsEntry) -> Path:
     return cache_dir() / entry.name / entry.filename
 
 
+def _endpoint() -> Optional[str]:
+    # huggingface_hub reads HF_ENDPOINT once, at import; read it per call so a changed
+    # environment (a mirror set in a session, the tests' local server) is honoured.
+    value = os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return constants.is_offline_mode() or flag in {"1", "ON", "YES", "TRUE"}
+
+
 def _verify(path: Path, expected: Optional[str]) -> None:
     sidecar = path.with_name(path.name + ".sha256")
     digest = sha256_of(path)
@@ -88,77 +116,87 @@ def _verify(path: Path, expected: Optional[str]) -> None:
         sidecar.write_text(digest + "\n")
 
 
-def download(
-    url: str,
-    dest: Union[str, os.PathLike],
-    sha256: Optional[str] = None,
+def _progress_class(progress: Optional[Callable[..., None]], cancel: Optional[CancelToken]):
+    """A tqdm class for huggingface_hub that forwards bytes to ``progress`` and raises
+    ``Cancelled`` from the download loop when ``cancel`` is set (the library then deletes
+    its temporary file; the destination is only written when the download is complete)."""
+    from tqdm import tqdm
+
+    class _Report(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True  # no terminal bar: the caller draws its own
+            kwargs.pop("name", None)
+            super().__init__(*args, **kwargs)
+            self._done = int(kwargs.get("initial") or 0)
+            self._first = self._done
+            self._started = time.monotonic()
+
+        def update(self, n=1):
+            check(cancel)
+            self._done += int(n or 0)
+            if progress is not None:
+                rate = (self._done - self._first) / max(time.monotonic() - self._started, 1e-6)
+                progress(self._done, int(self.total or 0), f"{self._done / 1e6:.1f} MB at {rate / 1e6:.1f} MB/s")
+            return super().update(n)
+
+    return _Report
+
+
+def _offline_error(entry: WeightsEntry, dest: Path, reason: str) -> WeightsError:
+    return WeightsError(
+        f"Could not download the '{entry.name}' weights from {entry.url()} ({reason}). If this computer is "
+        f"offline, download the file on another computer and put it at {dest}, or pass the file's path "
+        "instead of the name."
+    )
+
+
+def _reason(err: BaseException) -> str:
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return f"HTTP {status}: {first_line}" if status else f"{type(err).__name__}: {first_line}"
+
+
+def _download(
+    entry: WeightsEntry,
+    dest: Path,
     progress: Optional[Callable[..., None]] = None,
     cancel: Optional[CancelToken] = None,
-    timeout: float = 30.0,
-    chunk: int = 1 << 16,
 ) -> Path:
-    """Download ``url`` to ``dest``, resuming a previous partial download.
+    """Download ``entry`` from the Hub to ``dest`` (= ``cached_path(entry)``) and check its hash."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download
 
-    Bytes go to ``dest.part``; the final file appears only when complete and
-    verified. A cancelled download keeps the ``.part`` file for a later resume.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "napari-segneuron"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    check(cancel)
+    if _offline():
+        raise _offline_error(entry, dest, "offline mode: HF_HUB_OFFLINE is set")
+    endpoint = _endpoint()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the part file is already complete
-            response = None
-        else:
-            raise _offline_error(url, dest, f"HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise _offline_error(url, dest, str(getattr(err, "reason", err))) from None
-    if response is not None:
-        with response:
-            resumed = response.status == 206
-            if not resumed:
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else 0
-            done = have
-            started = time.monotonic()
-            with open(part, "ab" if resumed else "wb") as f:
-                while True:
-                    check(cancel)
-                    try:
-                        block = response.read(chunk)
-                    except OSError as err:
-                        raise _offline_error(url, dest, f"connection lost after {done} bytes: {err}") from None
-                    if not block:
-                        break
-                    f.write(block)
-                    done += len(block)
-                    if progress is not None:
-                        rate = (done - have) / max(time.monotonic() - started, 1e-6)
-                        progress(done, total, f"{done / 1e6:.1f} MB at {rate / 1e6:.1f} MB/s")
-            if total and done < total:
-                raise _offline_error(url, dest, f"download ended early ({done} of {total} bytes)")
-    if sha256 is not None:
-        digest = sha256_of(part)
-        if digest != sha256:
-            part.unlink()
-            raise WeightsError(
-                f"Downloaded file from {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; removed it."
+        # one quick request first: offline, the library would retry with back-off for ~20 s
+        meta = get_hf_file_metadata(entry.url(), endpoint=endpoint)
+        got = Path(
+            hf_hub_download(
+                entry.repo,
+                entry.filename,
+                revision=entry.revision,
+                local_dir=dest.parent,
+                endpoint=endpoint,
+                tqdm_class=_progress_class(progress, cancel),
             )
-    os.replace(part, dest)
-    return dest
-
-
-def _offline_error(url: str, dest: Path, reason: str) -> WeightsError:
-    return WeightsError(
-        f"Could not download weights from {url} ({reason}). If this computer is offline, download "
-        f"the file on another computer and put it at {dest}, or pass the file's path instead of the name."
-    )
+        )
+    except Cancelled:
+        raise
+    except Exception as err:  # network, HTTP and hub errors all mean "could not download"
+        raise _offline_error(entry, dest, _reason(err)) from None
+    expected = entry.sha256 or (meta.etag if meta.etag and _SHA256.fullmatch(meta.etag) else None)
+    if expected is not None:
+        digest = sha256_of(got)
+        if digest != expected:
+            got.unlink()
+            raise WeightsError(
+                f"The file downloaded from {entry.url()} has sha256 {digest[:12]}…, expected "
+                f"{expected[:12]}…; removed it. Try again, or check HF_ENDPOINT."
+            )
+    return got
 
 
 def fetch_weights(
@@ -185,8 +223,8 @@ def fetch_weights(
             )
         return path
     path = cached_path(entry)
-    if not path.exists():
-        download(entry.url(), path, sha256=entry.sha256, progress=progress, cancel=cancel)
+    if not path.exists():  # once cached, no network at all
+        _download(entry, path, progress=progress, cancel=cancel)
     _verify(path, entry.sha256)
     return path
 
