@@ -96,7 +96,9 @@ def main(argv=None) -> int:
     p.add_argument("--keep-every", type=int, default=100)
     p.add_argument("--average-last", type=int, default=4,
                    help="also try the mean weights of the last N kept checkpoints as a candidate")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (1.5x faster steps on AVX-512 CPUs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on only where the CPU has native bf16, avx512_bf16 / "
+                        "amx_bf16, ~1.5x faster there; emulated bf16 on other CPUs is several times slower)")
     p.add_argument("--balance", action="store_true", help="weigh boundary and inside affinities equally")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights that are validated and kept")
     p.add_argument("--pretrain-batch", type=int, default=1)
@@ -105,6 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="learning-rate warm-up iterations")
     p.add_argument("--export", action="store_true", help="write the best model to the package's weights/default.pt")
     a = p.parse_args(argv)
+    if a.bf16 is None:
+        from napari_segneuron.precision import cpu_has_native_bf16
+
+        a.bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

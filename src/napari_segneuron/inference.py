@@ -172,7 +172,8 @@ class Predictor:
 
     Parameters: ``tile``/``overlap`` (z, y, x) or a ``tiling`` preset; ``batch_size``
     (None: 1 on CPU, sized to free memory on a GPU); ``device`` (None: cuda, mps,
-    then cpu); ``half``: autocast (fp16 on GPUs, bf16 on CPU).
+    then cpu); ``half``: autocast where the device has native reduced precision (fp16 on
+    GPUs, bf16 on CPUs with avx512_bf16 / amx_bf16), else fp32 with one note (``precision``).
     """
 
     def __init__(
@@ -210,7 +211,12 @@ class Predictor:
         self.channels_last = channels_last and self.device.type == "cpu"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.half = bool(half)
+        from .precision import choose_precision, note_once
+
+        self.half_requested = bool(half)
+        self.precision = choose_precision(self.device, self.half_requested)
+        note_once(self.precision.note)
+        self.half = self.precision.dtype is not None
         self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
         if batch_size is not None and batch_size < 1:
             raise InputError(f"Batch size must be at least 1, got {batch_size}")
@@ -223,10 +229,7 @@ class Predictor:
 
     # -- device helpers -------------------------------------------------------------------
     def _autocast(self):
-        if not self.half:
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return self.precision.autocast(self.device.type)
 
     def _auto_batch_size(self, tile: Triple) -> int:
         if self.batch_size is not None:

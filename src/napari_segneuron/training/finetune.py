@@ -131,14 +131,21 @@ def balance_weights(target: torch.Tensor, weight: torch.Tensor, max_ratio: float
     return weight * torch.where(target > 0.5, w_pos, w_neg)
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision context: bfloat16 on CPU (and CUDA when supported), else float16; no-op if disabled."""
+def autocast_for(device: torch.device, enabled: bool, flags=None):
+    """Mixed precision context where the device has it natively (``precision.choose_precision``):
+    bfloat16 on CPUs with avx512_bf16 / amx_bf16 and on CUDA when supported, else float16 on
+    CUDA; fp32 (one note) on CPUs without native bf16, where emulated bf16 is several times
+    slower. ``flags`` fakes the CPU flags in tests. No-op if disabled."""
+    from ..precision import choose_precision, note_once
+
+    device = torch.device(device)
     if not enabled or device.type not in ("cpu", "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    precision = choose_precision(device, True, training=True, flags=flags)
+    note_once(precision.note)
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
 def segmentation_loss(model, batch: dict, device, aff_weight: float = 1.0, fg_weight: float = 1.0,
