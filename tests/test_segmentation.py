@@ -14,6 +14,7 @@ import waterz
 from napari_segneuron.cancel import CancelToken, Cancelled
 from napari_segneuron.io import InputError
 from napari_segneuron.metrics import evaluate, pair_counts
+from napari_segneuron.segmentation import worker as seg_worker
 from napari_segneuron.segmentation import (
     SCORING_FUNCTIONS,
     _restore_stdout,
@@ -180,7 +181,6 @@ def test_min_size_merges_small_segments_into_touching_ones(snemi: dict) -> None:
 
 
 def test_worker_process_matches_in_process(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import napari_segneuron.segmentation as segmentation
 
     seen = []
     a = agglomerate(snemi["aff"], snemi["fg"], fragments=snemi["fragments"], worker=True,
@@ -192,9 +192,9 @@ def test_worker_process_matches_in_process(snemi: dict, monkeypatch: pytest.Monk
     assert not mp.active_children()
     # a container's small /dev/shm: the transport falls back to files on disk
     dirs = []
-    real = segmentation._scratch_dir
-    monkeypatch.setattr(segmentation.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
-    monkeypatch.setattr(segmentation, "_scratch_dir", lambda n: dirs.append(real(n)) or dirs[-1])
+    real = seg_worker._scratch_dir
+    monkeypatch.setattr(seg_worker.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
+    monkeypatch.setattr(seg_worker, "_scratch_dir", lambda n: dirs.append(real(n)) or dirs[-1])
     c = agglomerate(snemi["aff"], snemi["fg"], worker=True)
     assert not dirs[0].startswith("/dev/shm") and not Path(dirs[0]).exists()
     d = agglomerate(snemi["aff"], snemi["fg"], worker=False)

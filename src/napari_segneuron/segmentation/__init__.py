@@ -1,0 +1,53 @@
+"""Neuron segmentation from predicted affinities: fragments, waterz agglomeration with an
+instant threshold, small-segment merging and scoring against ground truth.
+
+Modules: ``defaults`` (chosen defaults and scoring functions), ``inputs`` (checking and
+foreground restriction), ``fragments`` (initial regions), ``worker`` (the waterz run, in
+this process or a spawned one), ``history`` (merge history -> replay tables),
+``agglomeration`` (``agglomerate``, ``Agglomeration``), ``small`` (small-segment merging),
+``sweep`` (threshold sweeps and benchmarks).  Every public name is re-exported here.
+"""
+from __future__ import annotations
+
+from ..metrics import Scores, adapted_rand_error, evaluate, variation_of_information
+from .agglomeration import Agglomeration, agglomerate
+from .defaults import (
+    BACKGROUND_MODES_AGG,
+    DEFAULT_BACKGROUND_MODE,
+    DEFAULT_FG_THRESHOLD,
+    DEFAULT_MAX_THRESHOLD,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_SCORING,
+    DEFAULT_SMALL,
+    DEFAULT_THRESHOLD,
+    SCORING_FUNCTIONS,
+    SMALL_SEGMENTS,
+)
+from .inputs import affinities_from_boundaries, restrict_to_foreground
+from .sweep import SweepResult, compare_predictions, segment_and_score, threshold_sweep
+from .worker import _restore_stdout, _silence_stdout  # noqa: F401  (used by benchmarks)
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_FG_THRESHOLD",
+    "DEFAULT_MIN_SIZE",
+    "DEFAULT_SMALL",
+    "DEFAULT_MAX_THRESHOLD",
+    "DEFAULT_SCORING",
+    "DEFAULT_BACKGROUND_MODE",
+    "BACKGROUND_MODES_AGG",
+    "SMALL_SEGMENTS",
+    "SCORING_FUNCTIONS",
+    "Agglomeration",
+    "SweepResult",
+    "Scores",
+    "agglomerate",
+    "affinities_from_boundaries",
+    "restrict_to_foreground",
+    "threshold_sweep",
+    "segment_and_score",
+    "compare_predictions",
+    "variation_of_information",
+    "adapted_rand_error",
+    "evaluate",
+]

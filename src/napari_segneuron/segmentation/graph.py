@@ -1,0 +1,243 @@
+"""Region adjacency graph of fragments and one agglomeration over it, as waterz does it.
+
+``edge_table`` collects, for a piece of a fragment volume, every voxel face between two
+different non-zero fragments with the affinity on it (affinity channel ``d`` at voxel ``p``
+links ``p`` to ``p - e_d``), reduced per fragment pair to what waterz's scoring needs:
+
+- median scoring (waterz's ``HistogramQuantileAffinity<.., 50, .., 256>`` with its default
+  ``InitWithMax``): each initial edge's 256-bin histogram holds one count, at the bin of the
+  *largest* affinity along the contact; merged edges add their histograms;
+- mean scoring: the sum and the number of affinities along the contact.
+
+Tables from different blocks are concatenated and reduced again (``RegionGraph.combine``),
+so a block only has to report the faces it owns. ``merge_graph`` then runs waterz's
+iterative region merging in Python: pop the cheapest edge (1 - median or 1 - mean), merge
+its two regions, move the absorbed region's edges to the kept one and merge the statistics
+of edges that become parallel, rescore them, repeat until the cheapest edge reaches
+``max_threshold``. The merge history (kept, absorbed, score) drives ``Agglomeration``'s
+replay exactly as waterz's own history does. Ties between equal scores go to the edge
+created first (lowest fragment pair); waterz's heap breaks them arbitrarily, so histories
+can differ in the order of equal-score merges.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..cancel import CancelToken, check
+from ..io import InputError
+
+BINS = 256
+SCORINGS = ("median", "mean")
+
+
+def _pairs(frag: np.ndarray, core: Optional[Sequence[slice]] = None):
+    """Per axis: the boolean mask of voxel faces (voxel ``p`` in ``core``, neighbour ``p - e_d``
+    inside the array) joining two different non-zero ids, with the two id arrays."""
+    shape = frag.shape
+    core = tuple(core) if core is not None else tuple(slice(0, s) for s in shape)
+    for d in range(3):
+        lo = [slice(c.start, c.stop) for c in core]
+        lo[d] = slice(max(core[d].start, 1), core[d].stop)  # p needs a neighbour p - e_d
+        hi = list(lo)
+        hi[d] = slice(lo[d].start - 1, lo[d].stop - 1)
+        a, b = frag[tuple(lo)], frag[tuple(hi)]
+        m = (a != b) & (a != 0) & (b != 0)
+        yield d, tuple(lo), m, a[m], b[m]
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.uint64)
+    b = b.astype(np.uint64)
+    return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
+
+
+def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Sequence[slice]] = None) -> dict:
+    """Edge statistics of every fragment pair touching across a voxel face whose upper voxel
+    lies in ``core`` (slices into ``fragments``; default: everywhere). ``fragments`` holds ids
+    below 2**32 (0 = none); ``affinities`` (3, ...) the same grid. Returns a dict of arrays
+    ``key`` (u << 32 | v, u < v), ``max`` (float32), ``sum`` (float64), ``count`` (int64)."""
+    if int(fragments.max(initial=0)) >= 2**32:
+        raise InputError("more than 2**32 fragments: use larger fragments or a smaller volume")
+    keys, vals = [], []
+    for d, lo, m, a, b in _pairs(fragments, core):
+        keys.append(_pair_keys(a, b))
+        vals.append(affinities[d][lo][m].astype(np.float32))
+    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    val = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+    return _reduce(key, val)
+
+
+def _reduce(key: np.ndarray, val: np.ndarray, count: Optional[np.ndarray] = None,
+            total: Optional[np.ndarray] = None) -> dict:
+    """Group by ``key``: max of ``val``, sum of ``total`` (default ``val``), sum of ``count`` (default 1)."""
+    if key.size == 0:
+        return dict(key=np.zeros(0, np.uint64), max=np.zeros(0, np.float32), sum=np.zeros(0, np.float64),
+                    count=np.zeros(0, np.int64))
+    order = np.lexsort((val, key))
+    key, val = key[order], val[order]
+    last = np.ones(len(key), bool)
+    last[:-1] = key[1:] != key[:-1]
+    first = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    tot = (val.astype(np.float64) if total is None else total[order].astype(np.float64))
+    cnt = (np.ones(len(key), np.int64) if count is None else count[order].astype(np.int64))
+    return dict(key=key[last], max=val[last], sum=np.add.reduceat(tot, first), count=np.add.reduceat(cnt, first))
+
+
+def contact_table(fragments: np.ndarray, core: Optional[Sequence[slice]] = None) -> dict:
+    """Voxel faces between different non-zero fragments (upper voxel in ``core``), per pair:
+    ``key`` and ``area`` (the contact areas small-segment merging uses)."""
+    keys = [_pair_keys(a, b) for _, _, _, a, b in _pairs(fragments, core)]
+    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    uniq, area = np.unique(key, return_counts=True)
+    return dict(key=uniq.astype(np.uint64), area=area.astype(np.int64))
+
+
+@dataclass
+class RegionGraph:
+    """Fragment pairs ``u < v`` with their edge statistics; nodes are ids ``1..n_nodes-1``."""
+
+    u: np.ndarray
+    v: np.ndarray
+    max: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
+    n_nodes: int
+
+    @property
+    def n_edges(self) -> int:
+        return int(len(self.u))
+
+    @classmethod
+    def combine(cls, tables: Sequence[dict], n_nodes: Optional[int] = None) -> "RegionGraph":
+        """One graph from per-block ``edge_table`` results (pairs reported twice are merged)."""
+        key = np.concatenate([t["key"] for t in tables]) if tables else np.zeros(0, np.uint64)
+        t = _reduce(key, np.concatenate([t["max"] for t in tables]) if tables else np.zeros(0, np.float32),
+                    count=np.concatenate([t["count"] for t in tables]) if tables else None,
+                    total=np.concatenate([t["sum"] for t in tables]) if tables else None)
+        u = (t["key"] >> np.uint64(32)).astype(np.int64)
+        v = (t["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        n = int(n_nodes) if n_nodes is not None else (int(v.max()) + 1 if len(v) else 1)
+        return cls(u, v, t["max"], t["sum"], t["count"], n)
+
+
+def combine_contacts(tables: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(u, v, area)`` (int64) from per-block ``contact_table`` results, as ``Agglomeration`` wants."""
+    if not tables:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    key = np.concatenate([t["key"] for t in tables])
+    area = np.concatenate([t["area"] for t in tables])
+    uniq, inv = np.unique(key, return_inverse=True)
+    tot = np.bincount(inv.reshape(-1), weights=area, minlength=len(uniq)).astype(np.int64)
+    return (uniq >> np.uint64(32)).astype(np.int64), (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64), tot
+
+
+def discretize(values: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """waterz's ``discretize``: value -> bin (<= 0 or NaN -> 0, >= 1 -> bins - 1)."""
+    v = np.asarray(values, np.float32)
+    out = np.where(v > 0, np.minimum((v * np.float32(bins)).astype(np.int64, copy=False), bins - 1), 0)
+    return np.where(v >= 1, bins - 1, out).astype(np.int64)
+
+
+def _median_score(hist: np.ndarray) -> float:
+    total = int(hist.sum())
+    pivot = 50 * total // 100 + 1
+    b = int(np.searchsorted(np.cumsum(hist), pivot))
+    return float(np.float32(1.0 - np.float32((b + 0.5) / BINS)))
+
+
+def merge_graph(
+    graph: RegionGraph,
+    scoring: str = "median",
+    max_threshold: float = 1.0,
+    cancel: Optional[CancelToken] = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """waterz's iterative region merging over ``graph``; returns ``(kept, absorbed, score)``
+    per merge, in merge order (scores float32, as waterz records them)."""
+    if scoring not in SCORINGS:
+        raise InputError(f"blockwise agglomeration supports scoring {SCORINGS}, not {scoring!r}")
+    median = scoring == "median"
+    n_e = graph.n_edges
+    u = graph.u.tolist()
+    v = graph.v.tolist()
+    if median:
+        bins = discretize(graph.max)
+        init = (np.float32(1.0) - ((bins.astype(np.float32) + np.float32(0.5)) / np.float32(BINS))).astype(np.float32)
+        hists: dict[int, np.ndarray] = {}
+        bins_l = bins.tolist()
+    else:
+        sums = graph.sum.astype(np.float64).copy()
+        counts = graph.count.astype(np.int64).copy()
+        init = (1.0 - sums / np.maximum(counts, 1)).astype(np.float32)
+    score = init.astype(np.float64).tolist()
+    adj: list[dict[int, int]] = [dict() for _ in range(graph.n_nodes)]
+    for e in range(n_e):
+        adj[u[e]][v[e]] = e
+        adj[v[e]][u[e]] = e
+    alive = [True] * n_e
+    heap = list(zip(score, range(n_e)))
+    heapq.heapify(heap)
+    kept_l: list[int] = []
+    gone_l: list[int] = []
+    score_l: list[float] = []
+    top = float(np.float32(max_threshold))
+    steps = 0
+    while heap:
+        s, e = heap[0]
+        if s >= top:
+            break
+        heapq.heappop(heap)
+        if not alive[e] or s != score[e]:
+            continue  # deleted, or an older score of an edge rescored since
+        a, b = u[e], v[e]
+        if len(adj[a]) < len(adj[b]):  # keep the region with more neighbours: fewer edges move
+            a, b = b, a
+        alive[e] = False
+        kept_l.append(a)
+        gone_l.append(b)
+        score_l.append(s)
+        del adj[a][b]
+        nb = adj[b]
+        adj[b] = {}
+        del nb[a]
+        na = adj[a]
+        for n, eb in nb.items():
+            del adj[n][b]
+            ea = na.get(n)
+            if ea is None:  # the edge moves to a
+                if u[eb] == b:
+                    u[eb] = a
+                else:
+                    v[eb] = a
+                na[n] = eb
+                adj[n][a] = eb
+                continue
+            # parallel edges a-n and b-n: one keeps the merged statistics, the other goes
+            alive[eb] = False
+            if median:
+                ha = hists.get(ea)
+                if ha is None:
+                    ha = np.zeros(BINS, np.int64)
+                    ha[bins_l[ea]] = 1
+                    hists[ea] = ha
+                hb = hists.pop(eb, None)
+                if hb is None:
+                    ha[bins_l[eb]] += 1
+                else:
+                    ha += hb
+                new = _median_score(ha)
+            else:
+                sums[ea] += sums[eb]
+                counts[ea] += counts[eb]
+                new = float(np.float32(1.0 - sums[ea] / counts[ea]))
+            if new != score[ea]:
+                score[ea] = new
+                heapq.heappush(heap, (new, ea))
+        steps += 1
+        if cancel is not None and steps % 4096 == 0:
+            check(cancel)
+    return (np.asarray(kept_l, np.int64), np.asarray(gone_l, np.int64), np.asarray(score_l, np.float32))

@@ -1,0 +1,243 @@
+"""The waterz run: in this process (output silenced) or in a spawned worker process."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..cancel import CancelToken, Cancelled
+from .defaults import SCORING_FUNCTIONS, ProgressFn
+from .history import _chain_history
+
+# waterz's own log lines, mapped to progress steps (for the worker's progress reports)
+_STAGES = (
+    ("performing initial watershed", "watershed"),
+    ("counting regions", "reading fragments"),
+    ("extracting region graph", "building the region graph"),
+    ("computing initial scores", "scoring edges"),
+    ("merging until", "merging"),
+)
+_TOTAL_STEPS = len(_STAGES) + 3
+
+
+
+def _silence_stdout(log_path: Optional[str]) -> tuple:
+    """Send fd 1 and 2 (C++ ``std::cout``) and ``sys.stdout``/``sys.stderr`` (waterz's
+    Cython ``print``) to ``log_path`` or /dev/null; returns what ``_restore_stdout`` needs.
+    Processes without usable fds 1/2 (e.g. pythonw) only get the Python-level swap."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        fds: Optional[tuple[int, int]] = (os.dup(1), os.dup(2))
+    except OSError:
+        fds = None
+    if fds is not None:
+        fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    py = open(log_path or os.devnull, "a", buffering=1)
+    old = (sys.stdout, sys.stderr)
+    sys.stdout = sys.stderr = py
+    return fds, old, py
+
+
+def _restore_stdout(saved: tuple) -> None:
+    fds, (out, err), py = saved
+    sys.stdout, sys.stderr = out, err
+    py.close()
+    if fds is not None:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        os.close(fds[0])
+        os.close(fds[1])
+
+
+def _waterz_job(
+    aff: np.ndarray,
+    fragments: Optional[np.ndarray],
+    frag_out: np.ndarray,
+    scoring: str,
+    discretize_queue: int,
+    max_threshold: float,
+    low: float,
+    high: float,
+) -> dict[str, np.ndarray]:
+    """Run waterz to ``max_threshold`` and turn its history into the replay tables.
+
+    ``frag_out`` (uint32, volume shape) receives the fragments.  ``fragments``, if given,
+    must already be uint64 with background 0 (it is overwritten by waterz)."""
+    import waterz
+
+    thresholds = [0.0, max_threshold] if max_threshold > 0 else [0.0]
+    gen = waterz.agglomerate(
+        aff,
+        thresholds,
+        fragments=fragments,
+        aff_threshold_low=low,
+        aff_threshold_high=high,
+        return_merge_history=True,
+        scoring_function=SCORING_FUNCTIONS.get(scoring, scoring),
+        discretize_queue=discretize_queue,
+    )
+    seg, _ = next(gen)  # threshold 0: nothing merged yet, these are the fragments
+    if seg.size and int(seg.max()) >= 2**31 - 1:
+        raise RuntimeError("more than 2**31 fragments; split the volume")
+    np.copyto(frag_out, seg, casting="unsafe")
+    del seg
+    history: list = []
+    if len(thresholds) > 1:
+        _, history = next(gen)
+    for _ in gen:
+        pass
+    m = len(history)
+    a = np.fromiter((h["a"] for h in history), np.int64, count=m)
+    b = np.fromiter((h["b"] for h in history), np.int64, count=m)
+    scores = np.fromiter((h["score"] for h in history), np.float32, count=m)
+    del history
+    n_nodes = int(frag_out.max()) + 1
+    sizes = np.bincount(frag_out.reshape(-1), minlength=n_nodes).astype(np.int64)
+    present = sizes > 0
+    present[0] = False
+    order, join = _chain_history(n_nodes, a, b, present)
+    return {
+        "order": order,
+        "join": join,
+        "scores": scores,
+        "sizes": sizes,
+        "merges": np.stack([a, b], axis=1) if m else np.zeros((0, 2), np.int64),
+    }
+
+
+def _worker_main(spec: dict) -> None:
+    """Entry point of the worker process (must stay importable at module level)."""
+    saved = _silence_stdout(spec["log"])
+    try:
+        shape = tuple(spec["shape"])
+        aff = np.memmap(spec["aff"], np.float32, mode="r", shape=(3,) + shape)
+        frag_out = np.memmap(spec["frag"], np.uint32, mode="r+", shape=shape)
+        fragments = frag_out.astype(np.uint64) if spec["given_fragments"] else None
+        result = _waterz_job(
+            aff, fragments, frag_out, spec["scoring"], spec["queue"], spec["max_threshold"], spec["low"], spec["high"],
+        )
+        frag_out.flush()
+        del aff, frag_out, fragments
+        np.savez(spec["result"] + ".tmp.npz", **result)
+        os.replace(spec["result"] + ".tmp.npz", spec["result"])
+    except BaseException:  # reported to the parent through a file
+        with open(spec["error"], "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        _restore_stdout(saved)
+
+
+def _scratch_dir(nbytes: int) -> str:
+    """A private temp directory in RAM (/dev/shm) when it has room, else on disk.
+
+    Containers often give /dev/shm only 64 MB; writing past that would kill the process
+    (SIGBUS), so the disk (page cache) is used then."""
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and shutil.disk_usage(shm).free > nbytes + (256 << 20):
+            return tempfile.mkdtemp(prefix="segneuron-waterz-", dir=shm)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="segneuron-waterz-")
+
+
+def _stage(log_path: str) -> int:
+    """How far the worker got, read from waterz's log lines."""
+    try:
+        with open(log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    step = 0
+    for i, (needle, _) in enumerate(_STAGES):
+        if needle in text:
+            step = i + 1
+    return step
+
+
+def _run_in_worker(
+    aff_writer: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, int, int],
+    fragments: Optional[np.ndarray],
+    opts: dict,
+    progress: ProgressFn,
+    cancel: Optional[CancelToken],
+) -> tuple[np.ndarray, dict]:
+    nvox = int(np.prod(shape))
+    tmp = _scratch_dir(nvox * 16)
+    proc = None
+    try:
+        aff_path, frag_path = os.path.join(tmp, "affinities.f32"), os.path.join(tmp, "fragments.u32")
+        aff_view = np.memmap(aff_path, np.float32, mode="w+", shape=(3,) + shape)
+        frag_view = np.memmap(frag_path, np.uint32, mode="w+", shape=shape)
+        bg = aff_writer(aff_view)
+        if fragments is not None:
+            np.copyto(frag_view, fragments, casting="unsafe")
+            if bg is not None:
+                frag_view[bg] = 0
+        aff_view.flush()
+        frag_view.flush()
+        del aff_view, bg
+        spec = dict(
+            opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=fragments is not None,
+            log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
+            error=os.path.join(tmp, "error.txt"),
+        )
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(target=_worker_main, args=(spec,), daemon=True, name="segneuron-waterz")
+        proc.start()
+        last = -1
+        while proc.is_alive():
+            if cancel is not None and cancel.cancelled:
+                proc.terminate()
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                raise Cancelled("cancelled by the user")
+            if progress is not None:
+                step = _stage(spec["log"])
+                if step != last:
+                    last = step
+                    progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
+            proc.join(0.05)
+        if progress is not None and proc.exitcode == 0:  # a fast run can finish between two polls
+            step = _stage(spec["log"])
+            if step != last:
+                progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
+        if proc.exitcode != 0 or not os.path.exists(spec["result"]):
+            if os.path.exists(spec["error"]):
+                with open(spec["error"]) as f:
+                    detail = f.read().strip().splitlines()[-1]
+            else:  # died before running our code: usually an unguarded __main__ under "spawn"
+                detail = (
+                    "It stopped before starting; when calling agglomerate from a script, put the call under "
+                    "`if __name__ == '__main__':`, or pass worker=False."
+                )
+            raise RuntimeError(f"The waterz worker failed (exit code {proc.exitcode}). {detail}".strip())
+        with np.load(spec["result"]) as z:
+            result = {k: z[k] for k in z.files}
+        frags = np.array(frag_view)
+        del frag_view
+        return frags, result
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
