@@ -1,8 +1,9 @@
 """Augmentations for training crops (numpy, channel-first targets).
 
 Spatial augmentations (flips, xy 90-degree rotations, zoom) act on the *labels*
-before targets are computed, so affinities stay exact. Intensity jitter acts on
-the image only. The two SegNeuron mixing augmentations act on a finished
+before targets are computed, so affinities stay exact. Intensity jitter (random
+monotone histogram curves, histogram equalisation, brightness / contrast / gamma,
+noise, blur) acts on the image only. The two SegNeuron mixing augmentations act on a finished
 sample: frequency-domain amplitude mixing (image only) and spatial CutMix
 (image, affinities, foreground and loss weights pasted together).
 """
@@ -33,15 +34,27 @@ class AugmentConfig:
     freq_band: float = 0.1            # half-width of the swapped low-frequency band, fraction of size
     spatial_mix: float = 0.25         # probability of CutMix (SegNeuron 0.25)
     mix_box_fraction: float = 70 / 128  # box side / crop side (SegNeuron: 70 on 128)
+    freq_strength: tuple = (1.0, 1.0)  # blend of the borrowed amplitudes (1 = replace)
     zoom: float = 0.0                 # probability of scale augmentation
     zoom_range: tuple = (0.7, 1.4)    # >1 magnifies
     zoom_xy_only: float = 0.5         # share of zooms that leave z alone
+    histogram: float = 0.0            # probability of a random monotone intensity remapping
+    histogram_points: int = 5         # inner control points of that remapping curve
+    equalize: float = 0.0             # probability of blending towards the histogram-equalised image
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Every augmentation off."""
         return cls(flip=False, rotate90=False, intensity=0.0, noise=0.0, blur=0.0,
-                   freq_mix=0.0, spatial_mix=0.0, zoom=0.0)
+                   freq_mix=0.0, spatial_mix=0.0, zoom=0.0, histogram=0.0, equalize=0.0)
+
+    @classmethod
+    def robust(cls) -> "AugmentConfig":
+        """Strong scale and contrast augmentation for a model meant for unseen stacks: zoom 0.5-2x
+        (half of the samples), wide contrast / gamma, random monotone histogram remapping,
+        histogram equalisation and frequent amplitude mixing."""
+        return cls(contrast=(0.4, 1.8), gamma=(0.5, 2.0), brightness=0.2, freq_mix=0.5,
+                   freq_strength=(0.5, 1.0), zoom=0.5, zoom_range=(0.5, 2.0), histogram=0.3, equalize=0.15)
 
 
 def random_flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator,
@@ -61,9 +74,38 @@ def random_flip_rotate(arrays: Sequence[np.ndarray], rng: np.random.Generator,
     return [np.ascontiguousarray(a) for a in out]
 
 
+def histogram_remap(img: np.ndarray, rng: np.random.Generator, points: int = 5) -> np.ndarray:
+    """A random monotone (order-keeping) intensity curve on a 0..1 image.
+
+    The curve runs through (0, 0), ``points`` random inner control points whose heights are
+    sorted uniform draws, and (1, 1), linearly interpolated: it stretches some intensity
+    ranges and squeezes others, as stains and detector settings do.
+    """
+    xs = np.linspace(0.0, 1.0, points + 2)
+    ys = np.concatenate([[0.0], np.sort(rng.uniform(0.0, 1.0, points)), [1.0]])
+    return np.interp(img, xs, ys).astype(np.float32)
+
+
+def equalize(img: np.ndarray, amount: float = 1.0) -> np.ndarray:
+    """Blend a 0..1 image towards its global histogram-equalised version (``amount`` 1 = fully)."""
+    flat = img.ravel()
+    ranks = np.empty(flat.size, dtype=np.float64)
+    order = np.argsort(flat, kind="stable")
+    ranks[order] = np.arange(flat.size)
+    # equal values share their mean rank so the mapping stays a function of intensity
+    uniq, inv = np.unique(flat, return_inverse=True)
+    mean_rank = np.bincount(inv, weights=ranks) / np.bincount(inv)
+    eq = (mean_rank[inv] / max(flat.size - 1, 1)).reshape(img.shape)
+    return ((1.0 - amount) * img + amount * eq).astype(np.float32)
+
+
 def intensity_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast, gamma, noise and blur on a 0..1 float image."""
+    """Histogram remapping / equalisation, brightness, contrast, gamma, noise and blur on a 0..1 float image."""
     img = img.astype(np.float32, copy=True)
+    if cfg.equalize > 0 and rng.random() < cfg.equalize:
+        img = equalize(np.clip(img, 0.0, 1.0), float(rng.uniform(0.5, 1.0)))
+    if cfg.histogram > 0 and rng.random() < cfg.histogram:
+        img = histogram_remap(np.clip(img, 0.0, 1.0), rng, cfg.histogram_points)
     if rng.random() < cfg.intensity:
         mean = float(img.mean())
         img = (img - mean) * rng.uniform(*cfg.contrast) + mean + rng.uniform(-cfg.brightness, cfg.brightness)
@@ -129,6 +171,20 @@ def cutmix(sample: dict, other: dict, box: tuple) -> dict:
         if sx.stop < out["aff"].shape[-1]:
             out["aff"][2, :, sy, sx.stop] = 0.0
     return out
+
+
+def zoom_source_shape(crop: Sequence[int], volume: Sequence[int], factor: float, zoom_z: bool) -> tuple:
+    """Source box that, resized to ``crop``, shows the volume magnified by ``factor``.
+
+    The factor is applied alike to y and x (and z when ``zoom_z``); when the volume is too
+    small for the requested zoom-out, the factor is raised for all those axes together, so
+    the aspect ratio never changes. Returns (source shape, factor actually used).
+    """
+    axes = (0, 1, 2) if zoom_z else (1, 2)
+    f = max([factor] + [crop[a] / volume[a] for a in axes])
+    src = tuple(int(round(c / f)) if a in axes else c for a, c in enumerate(crop))
+    src = tuple(max(1, min(s, v)) for s, v in zip(src, volume))
+    return src, f
 
 
 def zoom_pair(img: np.ndarray, labels: Optional[np.ndarray], out_shape: Sequence[int],

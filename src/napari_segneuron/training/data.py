@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .augment import AugmentConfig, amplitude_mix, cutmix, intensity_jitter, random_box, random_flip_rotate, zoom_pair
+from .augment import (AugmentConfig, amplitude_mix, cutmix, intensity_jitter, random_box, random_flip_rotate,
+                      zoom_pair, zoom_source_shape)
 from .targets import affinities_from_labels, affinity_mask
 
 try:  # the package-wide user-facing error, if present
@@ -124,9 +125,7 @@ class CropSampler:
         src = crop
         if cfg.zoom > 0 and rng.random() < cfg.zoom:
             f = float(np.exp(rng.uniform(np.log(cfg.zoom_range[0]), np.log(cfg.zoom_range[1]))))
-            fz = 1.0 if rng.random() < cfg.zoom_xy_only else f
-            want = (int(round(crop[0] / fz)), int(round(crop[1] / f)), int(round(crop[2] / f)))
-            src = tuple(max(1, min(w, s)) for w, s in zip(want, vol.image.shape))
+            src, _ = zoom_source_shape(crop, vol.image.shape, f, zoom_z=rng.random() >= cfg.zoom_xy_only)
         o = [int(rng.integers(0, s - c + 1)) for s, c in zip(vol.image.shape, src)]
         sl = tuple(slice(a, a + c) for a, c in zip(o, src))
         img, lab = vol._norm[sl], vol.labels[sl]
@@ -159,7 +158,8 @@ class CropSampler:
             src = self.amp_sources[int(rng.integers(len(self.amp_sources)))]
             o = [int(rng.integers(0, d - c + 1)) for d, c in zip(src.shape, self.crop)]
             other = src[tuple(slice(a, a + c) for a, c in zip(o, self.crop))]
-            s["image"] = np.clip(amplitude_mix(s["image"][0], other, cfg.freq_band), 0, 1)[None]
+            strength = float(rng.uniform(*cfg.freq_strength))
+            s["image"] = np.clip(amplitude_mix(s["image"][0], other, cfg.freq_band, strength), 0, 1)[None]
         if cfg.spatial_mix > 0 and rng.random() < cfg.spatial_mix:
             other = self.sample_plain()
             s = cutmix(s, other, random_box(self.crop, cfg.mix_box_fraction, rng))
