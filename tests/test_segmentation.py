@@ -219,6 +219,60 @@ def test_cancel_terminates_the_worker(snemi: dict) -> None:
     assert not mp.active_children()
 
 
+def test_killed_worker_is_reported_as_killed(snemi: dict) -> None:
+    """A worker the system kills (the OOM killer sends SIGKILL) is reported as killed, never
+    as a missing ``__main__`` guard."""
+    import os
+    import signal
+
+    big = np.tile(snemi["aff"], (1, 2, 2, 2))
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        if "waterz" in message:
+            for child in mp.active_children():
+                if child.name == "segneuron-waterz":
+                    os.kill(child.pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeError) as err:
+        agglomerate(big, None, worker=True, progress=progress)
+    msg = str(err.value)
+    assert "killed by signal 9 (SIGKILL)" in msg and "out of memory" in msg
+    assert "__main__" not in msg
+    assert not mp.active_children()
+
+
+SCRIPT = """
+import numpy as np
+from napari_segneuron.segmentation import affinities_from_boundaries, agglomerate
+rng = np.random.default_rng(0)
+b = rng.random((4, 24, 24)).astype(np.float32)
+agg = agglomerate(affinities_from_boundaries(b), 1.0 - b{worker})
+print("segments", agg.n_segments(0.5, min_size=0))
+"""
+
+
+def test_library_call_works_in_plain_scripts_and_names_the_guard_only_when_spawn_failed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run(code: str, as_file: bool) -> subprocess.CompletedProcess:
+        if as_file:
+            path = tmp_path / "script.py"
+            path.write_text(code)
+            return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+
+    for as_file in (True, False):  # default: in-process, no guard needed, as a file or via `python -`
+        done = run(SCRIPT.format(worker=""), as_file)
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout.split()[-1]) > 0
+    # the worker process from an unguarded script file: spawn re-imports the script and fails there
+    done = run(SCRIPT.format(worker=", worker=True"), True)
+    assert done.returncode != 0
+    assert "before starting, while re-importing" in done.stderr and "__main__" in done.stderr
+    assert "killed" not in done.stderr
+
+
 def test_sweep_matches_direct_scoring(snemi: dict) -> None:
     agg = agglomerate(snemi["aff"], snemi["fg"], min_size=50, worker=False)
     gt = snemi["gt"]

@@ -228,7 +228,7 @@ def agglomerate(
     discretize_queue: int = 0,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
-    worker: bool = True,
+    worker: bool = False,
     output_shape: Optional[Sequence[int]] = None,
     progress: ProgressFn = None,
     cancel: Optional[CancelToken] = None,
@@ -255,8 +255,9 @@ def agglomerate(
     scoring: "mean", "median" (see ``SCORING_FUNCTIONS``) or a waterz C++ scoring type.
       ``labels(t)`` equals a direct waterz run at every ``t`` with the exact priority
       queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
-    worker: run waterz in a spawned process (default; cancellable, keeps a GUI
-      responsive); False runs it here, with waterz's output silenced.
+    worker: False (default) runs waterz here, with its output silenced, so the call works
+      in any script; True runs it in a spawned process (what the napari dock does:
+      cancellable, keeps a GUI responsive, reports waterz's stages as progress).
     output_shape: the labels' grid when the affinities are on another grid of the same
       extent (the model's, after resampling): waterz runs on the affinities' grid and the
       result is carried over (``Agglomeration.on_grid``); ``min_size`` counts voxels of

@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -120,6 +121,8 @@ def _waterz_job(
 
 def _worker_main(spec: dict) -> None:
     """Entry point of the worker process (must stay importable at module level)."""
+    with open(spec["started"], "w"):  # tells the parent that the spawn itself worked
+        pass
     saved = _silence_stdout(spec["log"])
     try:
         shape = tuple(spec["shape"])
@@ -169,6 +172,34 @@ def _stage(log_path: str) -> int:
     return step
 
 
+def _failure_message(exitcode: Optional[int], spec: dict) -> str:
+    """Why the worker process ended without a result, in words a user can act on."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = (
+            " (likely out of memory: the system killed it; try a smaller volume or region, scoring='mean', "
+            "or fewer fragments)" if -exitcode == signal.SIGKILL else ""
+        )
+        return f"The waterz worker was killed by signal {-exitcode} ({name}){hint}."
+    if os.path.exists(spec["error"]):
+        with open(spec["error"]) as f:
+            lines = f.read().strip().splitlines()
+        return f"The waterz worker failed (exit code {exitcode}). {lines[-1] if lines else ''}".strip()
+    if not os.path.exists(spec["started"]):
+        main = sys.modules.get("__main__")
+        script = getattr(main, "__file__", None)
+        if script:  # "spawn" re-imports the main script; unguarded, it starts another run there and fails
+            return (
+                f"The waterz worker failed (exit code {exitcode}) before starting, while re-importing {script}: "
+                "put the call under `if __name__ == '__main__':`, or pass worker=False."
+            )
+        return f"The waterz worker failed (exit code {exitcode}) before starting its work."
+    return f"The waterz worker stopped (exit code {exitcode}) without a result."
+
+
 def _run_in_worker(
     aff_writer: Callable[[np.ndarray], np.ndarray],
     shape: tuple[int, int, int],
@@ -195,7 +226,7 @@ def _run_in_worker(
         spec = dict(
             opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=fragments is not None,
             log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
-            error=os.path.join(tmp, "error.txt"),
+            error=os.path.join(tmp, "error.txt"), started=os.path.join(tmp, "started"),
         )
         ctx = mp.get_context("spawn")
         proc = ctx.Process(target=_worker_main, args=(spec,), daemon=True, name="segneuron-waterz")
@@ -220,15 +251,7 @@ def _run_in_worker(
             if step != last:
                 progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
         if proc.exitcode != 0 or not os.path.exists(spec["result"]):
-            if os.path.exists(spec["error"]):
-                with open(spec["error"]) as f:
-                    detail = f.read().strip().splitlines()[-1]
-            else:  # died before running our code: usually an unguarded __main__ under "spawn"
-                detail = (
-                    "It stopped before starting; when calling agglomerate from a script, put the call under "
-                    "`if __name__ == '__main__':`, or pass worker=False."
-                )
-            raise RuntimeError(f"The waterz worker failed (exit code {proc.exitcode}). {detail}".strip())
+            raise RuntimeError(_failure_message(proc.exitcode, spec))
         with np.load(spec["result"]) as z:
             result = {k: z[k] for k in z.files}
         frags = np.array(frag_view)

@@ -1,0 +1,382 @@
+"""Blockwise segmentation with one global merge graph (volumes beyond memory, or a cluster).
+
+Three steps, the first two one task per block (``distributed.run_blocks``: here, or on a
+``distributed.Client``), the last one in this process:
+
+1. **fragments**: each block reads its affinities and foreground *with context* (``context``
+   voxels on every side), restricts them to the foreground exactly as ``agglomerate`` does,
+   runs waterz's watershed on block + context and keeps the core, numbered 1..n. Seeds and
+   basins near a block face are therefore those of the whole-volume watershed (the context
+   holds the same affinities), except where a basin reaches further than the context. A
+   fragment that crosses a face is cut in two there; its halves touch across the face
+   through high affinities (they were one basin), so the global agglomeration joins them
+   first, and with them their edge statistics: the result is the whole-volume one.
+2. **graph**: block ids become global by adding the running count of the blocks before it;
+   each block reads its core plus one voxel plane below it on each axis and reports every
+   voxel face whose *upper* voxel is in its core: so every face, including those across
+   block faces, is owned by exactly one block. It returns the region-graph statistics
+   (``graph.edge_table``), the contact areas and fragment sizes after the foreground mask,
+   and writes the final fragments (global ids, background 0) chunk by chunk.
+3. **merge**: one ``graph.merge_graph`` over the whole graph (small next to the voxels), whose
+   merge history becomes an ``Agglomeration`` over the zarr fragments: ``labels(t)`` is the
+   same replay as for a whole-volume run (a lookup over the global fragments; use
+   ``labels(t, region=...)`` or ``write_labels_blockwise`` / ``labels_dask`` to apply it
+   per chunk), and small-segment merging uses the global contact table.
+
+The zarr group written to ``output``: ``fragments`` (Z,Y,X uint32, chunked by block),
+``fragments_local`` (scratch), ``merges``, ``merge_scores``, ``sizes``, ``contacts`` and
+the settings in its attributes; ``load_agglomeration`` reopens it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..blocks import BlockGrid, grid_for, read_region
+from ..cancel import CancelToken, check
+from ..io import InputError
+from .agglomeration import Agglomeration
+from .defaults import (
+    BACKGROUND_MODES_AGG,
+    DEFAULT_BACKGROUND_MODE,
+    DEFAULT_FG_THRESHOLD,
+    DEFAULT_MAX_THRESHOLD,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_SCORING,
+    DEFAULT_SMALL,
+    SMALL_SEGMENTS,
+)
+from .graph import RegionGraph, combine_contacts, contact_table, edge_table, merge_graph
+from .history import _chain_history
+from .inputs import restrict_to_foreground
+
+DEFAULT_SEG_BLOCK = (64, 256, 256)
+#: context around each block for the watershed; more than the basins usually reach
+DEFAULT_CONTEXT = (8, 32, 32)
+
+
+@dataclass(frozen=True)
+class _SegJob:
+    affinities: Any
+    foreground: Any
+    output: str
+    grid: BlockGrid
+    fg_threshold: float
+    background_mode: str
+    low: float
+    high: float
+    offsets: Optional[np.ndarray] = None
+
+
+def _prepared(job: _SegJob, region: tuple[slice, slice, slice]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Foreground-restricted float32 affinities of ``region`` and its background mask."""
+    aff = read_region(job.affinities, (slice(None),) + tuple(region))
+    aff = aff.astype(np.float32) / np.float32(255) if aff.dtype == np.uint8 else aff.astype(np.float32, copy=True)
+    bg = None
+    if job.foreground is not None:
+        fg = read_region(job.foreground, region)
+        fg = fg.astype(np.float32) / np.float32(255) if fg.dtype == np.uint8 else fg.astype(np.float32, copy=False)
+        np.clip(fg, 0.0, 1.0, out=fg)
+        bg = restrict_to_foreground(aff, fg, job.fg_threshold, out=aff,
+                                    exclude_background=job.background_mode == "exclude",
+                                    cut_background=job.background_mode == "cut")
+    np.clip(aff, 0.0, 1.0, out=aff)
+    return np.ascontiguousarray(aff), bg
+
+
+def watershed_fragments(aff: np.ndarray, low: float = 0.0001, high: float = 0.9999) -> np.ndarray:
+    """waterz's initial fragments (its watershed) for (3,Z,Y,X) float32 affinities, uint32."""
+    import waterz
+
+    from .worker import _restore_stdout, _silence_stdout
+
+    saved = _silence_stdout(None)
+    try:
+        gen = waterz.agglomerate(aff, [0.0], aff_threshold_low=low, aff_threshold_high=high,
+                                 scoring_function="OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>")
+        seg = next(gen)
+        if isinstance(seg, tuple):
+            seg = seg[0]
+        seg = np.array(seg, dtype=np.uint64)
+        for _ in gen:
+            pass
+    finally:
+        _restore_stdout(saved)
+    return seg
+
+
+def _fragments_block(block_id: int, job: _SegJob) -> int:
+    import fastremap
+    import zarr
+
+    block = job.grid[block_id]
+    aff, _ = _prepared(job, block.outer)
+    seg = watershed_fragments(aff, job.low, job.high)[block.core_in_outer]
+    seg, _ = fastremap.renumber(np.ascontiguousarray(seg), preserve_zero=True)
+    n = int(seg.max(initial=0))
+    if n >= 2**32 - 1:
+        raise InputError(f"block {block.name} has more than 2**32 fragments")
+    root = zarr.open_group(job.output, mode="r+")
+    root["fragments_local"][block.core] = seg.astype(np.uint32)
+    return n
+
+
+def _global_ids(job: _SegJob, local: np.ndarray, region: Sequence[slice]) -> np.ndarray:
+    """Local fragment ids of ``region`` (which may reach into lower neighbour blocks) made global."""
+    idx = [np.minimum(np.arange(r.start, r.stop) // b, g - 1) for r, b, g in zip(region, job.grid.block, job.grid.grid_shape)]
+    bid = np.ravel_multi_index(np.meshgrid(*idx, indexing="ij"), job.grid.grid_shape)
+    out = local.astype(np.uint64) + job.offsets[bid].astype(np.uint64)
+    out[local == 0] = 0
+    return out
+
+
+def _graph_block(block_id: int, job: _SegJob) -> dict:
+    import zarr
+
+    block = job.grid[block_id]
+    region = tuple(slice(max(c.start - 1, 0), c.stop) for c in block.core)
+    core = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(block.core, region))
+    root = zarr.open_group(job.output, mode="r+")
+    frag = _global_ids(job, np.asarray(root["fragments_local"][region]), region)
+    aff, bg = _prepared(job, region)
+    edges = edge_table(frag, aff, core)
+    del aff
+    if bg is not None:
+        frag[bg] = 0
+    contacts = contact_table(frag, core)
+    final = frag[core]
+    ids, counts = np.unique(final, return_counts=True)
+    root["fragments"][block.core] = final.astype(np.uint32)
+    return dict(edges=edges, contacts=contacts, ids=ids.astype(np.int64), counts=counts.astype(np.int64))
+
+
+def segment_blockwise(
+    affinities: Any,
+    foreground: Any = None,
+    output: Optional[str] = None,
+    *,
+    block: Sequence[int] | int = DEFAULT_SEG_BLOCK,
+    context: Sequence[int] | int = DEFAULT_CONTEXT,
+    client: Any = None,
+    fg_threshold: float = DEFAULT_FG_THRESHOLD,
+    min_size: int = DEFAULT_MIN_SIZE,
+    small: str = DEFAULT_SMALL,
+    max_threshold: float = DEFAULT_MAX_THRESHOLD,
+    scoring: str = DEFAULT_SCORING,
+    background_mode: str = DEFAULT_BACKGROUND_MODE,
+    aff_threshold_low: float = 0.0001,
+    aff_threshold_high: float = 0.9999,
+    retries: int = 2,
+    overwrite: bool = False,
+    progress: Any = None,
+    cancel: Optional[CancelToken] = None,
+) -> Agglomeration:
+    """Fragments per block, one global region graph, one agglomeration (see the module docstring).
+
+    affinities (3,Z,Y,X) and foreground (Z,Y,X): zarr, dask or numpy arrays, or ``affinities``
+    a path to a prediction zarr group (``foreground`` then None: read from it). ``output``: the
+    zarr group for fragments and merge history (required: the fragments live there). Returns an
+    ``Agglomeration`` whose ``fragments`` is the zarr array; ``labels(t)`` works as usual.
+    """
+    import zarr
+
+    from ..distributed import run_blocks
+
+    if output is None:
+        raise InputError("segment_blockwise needs an output zarr path for the fragments")
+    if isinstance(affinities, (str,)) or hasattr(affinities, "__fspath__"):
+        group = zarr.open_group(str(affinities), mode="r")
+        if "affinities" not in group:
+            raise InputError(f"{affinities} has no 'affinities' array; is it a prediction?")
+        affinities = group["affinities"]
+        if foreground is None and "foreground" in group:
+            foreground = group["foreground"]
+    if len(affinities.shape) != 4 or affinities.shape[0] != 3:
+        raise InputError(f"Affinities must have the shape (3, Z, Y, X), got {tuple(affinities.shape)}")
+    shape = tuple(int(s) for s in affinities.shape[1:])
+    if foreground is not None and tuple(foreground.shape) != shape:
+        raise InputError(f"The foreground {tuple(foreground.shape)} must have the shape {shape}")
+    if scoring not in ("median", "mean"):
+        raise InputError(f"blockwise segmentation supports scoring 'median' or 'mean', not {scoring!r}")
+    if background_mode not in BACKGROUND_MODES_AGG:
+        raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
+    if small not in SMALL_SEGMENTS:
+        raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
+    grid0 = grid_for(shape, block)
+    ctx = (int(context),) * 3 if isinstance(context, (int, np.integer)) else tuple(int(c) for c in context)
+    grid = BlockGrid(grid0.shape, grid0.block, ctx)  # type: ignore[arg-type]
+    if isinstance(affinities, np.ndarray) and client is not None:
+        pass  # scattered once by run_blocks with the job
+    t0 = time.perf_counter()
+    out = _open_output(str(output), grid, overwrite)
+    out.attrs["blockwise_segmentation"] = dict(
+        block=list(grid.block), context=list(ctx), fg_threshold=float(fg_threshold), scoring=scoring,
+        background_mode=background_mode, max_threshold=float(max_threshold), min_size=int(min_size), small=small)
+    job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
+                  float(aff_threshold_low), float(aff_threshold_high))
+    ids = list(range(len(grid)))
+
+    def stage(name: str, offset: int):
+        if progress is None:
+            return None
+        return lambda done, total, msg="": progress(offset * len(grid) + done, 2 * len(grid) + 1, msg)
+
+    run1 = run_blocks("fragments", _fragments_block, ids, (job,), client=client, retries=retries,
+                      progress=stage("fragments", 0), cancel=cancel)
+    run1.raise_for_failures()
+    counts = np.array([run1.results[i] for i in ids], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    total = int(counts.sum())
+    if total == 0:
+        raise InputError("no fragments: every affinity is below aff_threshold_low or every voxel is background")
+    if total >= 2**32 - 1:
+        raise InputError(f"{total} fragments do not fit uint32 ids; use larger fragments")
+    job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
+                  float(aff_threshold_low), float(aff_threshold_high), offsets)
+    run2 = run_blocks("graph", _graph_block, ids, (job,), client=client, retries=retries,
+                      progress=stage("graph", 1), cancel=cancel)
+    run2.raise_for_failures()
+    check(cancel)
+    parts = [run2.results[i] for i in ids]
+    n_nodes = total + 1
+    t1 = time.perf_counter()
+    graph = RegionGraph.combine([p["edges"] for p in parts], n_nodes)
+    kept, gone, scores = merge_graph(graph, scoring, max_threshold, cancel=cancel)
+    sizes = np.zeros(n_nodes, np.int64)
+    for p in parts:
+        np.add.at(sizes, p["ids"], p["counts"])
+    sizes[0] = 0
+    contacts = combine_contacts([p["contacts"] for p in parts])
+    merge_seconds = time.perf_counter() - t1
+    if progress is not None:
+        progress(2 * len(grid) + 1, 2 * len(grid) + 1, "agglomeration done")
+    info = dict(seconds=time.perf_counter() - t0, merge_seconds=merge_seconds, scoring=scoring,
+                fg_threshold=float(fg_threshold) if foreground is not None else None,
+                restricted=foreground is not None, background_mode=background_mode, blockwise=True,
+                block=list(grid.block), context=list(ctx), n_blocks=len(grid), n_edges=graph.n_edges,
+                peak_rss_per_worker=max(list(run1.peak_rss.values()) + list(run2.peak_rss.values())))
+    _save_history(out, kept, gone, scores, sizes, contacts, info)
+    del out["fragments_local"]
+    return _agglomeration(zarr.open_group(str(output), mode="r")["fragments"], kept, gone, scores, sizes, contacts,
+                          float(max_threshold), int(min_size), small, info)
+
+
+def _open_output(path: str, grid: BlockGrid, overwrite: bool):
+    import os
+    import shutil
+
+    import zarr
+
+    if os.path.exists(path):
+        if not overwrite:
+            raise InputError(f"{path} already exists; choose another name or allow overwriting")
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    root = zarr.open_group(path, mode="w")
+    for name in ("fragments", "fragments_local"):
+        root.create_array(name, shape=grid.shape, dtype="uint32", chunks=grid.block, fill_value=0)
+    return root
+
+
+def _save_history(root, kept, gone, scores, sizes, contacts, info) -> None:
+    def put(name: str, data: np.ndarray) -> None:
+        root.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape if data.size else None,
+                          overwrite=True)[...] = data
+
+    put("merges", np.stack([kept, gone], axis=1) if len(kept) else np.zeros((0, 2), np.int64))
+    put("merge_scores", scores.astype(np.float32))
+    put("sizes", sizes.astype(np.int64))
+    put("contacts", np.stack(contacts, axis=0).astype(np.int64))
+    root.attrs["agglomeration"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, bool, type(None)))}
+
+
+def _agglomeration(fragments, kept, gone, scores, sizes, contacts, max_threshold, min_size, small, info) -> Agglomeration:
+    n_nodes = len(sizes)
+    present = np.ones(n_nodes, bool)
+    present[0] = False
+    order, join = _chain_history(n_nodes, kept, gone, present)
+    return Agglomeration(
+        fragments=fragments, max_threshold=max_threshold, min_size=min_size, small=small, merge_scores=scores,
+        merges=np.stack([kept, gone], axis=1) if len(kept) else np.zeros((0, 2), np.int64),
+        _order=order, _join=join, _sizes=sizes, _contacts=tuple(np.asarray(c, np.int64) for c in contacts),
+        info=dict(info),
+    )
+
+
+def load_agglomeration(path: str, min_size: Optional[int] = None, small: Optional[str] = None) -> Agglomeration:
+    """Reopen what ``segment_blockwise`` wrote at ``path`` (fragments stay on disk)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    if "merges" not in root or "fragments" not in root:
+        raise InputError(f"{path} holds no blockwise agglomeration (no 'fragments' and 'merges')")
+    settings = dict(root.attrs.get("blockwise_segmentation", {}))
+    merges = np.asarray(root["merges"][...])
+    contacts = np.asarray(root["contacts"][...])
+    return _agglomeration(
+        root["fragments"], merges[:, 0].astype(np.int64), merges[:, 1].astype(np.int64),
+        np.asarray(root["merge_scores"][...], np.float32), np.asarray(root["sizes"][...], np.int64),
+        (contacts[0], contacts[1], contacts[2]), float(settings.get("max_threshold", DEFAULT_MAX_THRESHOLD)),
+        int(settings.get("min_size", DEFAULT_MIN_SIZE) if min_size is None else min_size),
+        small or settings.get("small", DEFAULT_SMALL), dict(root.attrs.get("agglomeration", {})),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# labels, chunk by chunk
+
+
+@dataclass(frozen=True)
+class _LabelJob:
+    lut: np.ndarray
+    fragments: Any
+    output: Any  # zarr array
+    grid: BlockGrid
+
+
+def _labels_block(block_id: int, job: _LabelJob) -> int:
+    block = job.grid[block_id]
+    frag = np.asarray(job.fragments[block.core])
+    job.output[block.core] = job.lut[frag]
+    return int(frag.size)
+
+
+def write_labels_blockwise(
+    agglomeration: Agglomeration,
+    threshold: float,
+    output: Any,
+    *,
+    client: Any = None,
+    progress: Any = None,
+    cancel: Optional[CancelToken] = None,
+) -> Any:
+    """Write ``agglomeration.labels(threshold)`` into ``output`` (a zarr array of the volume's
+    shape, or a path: a new zarr array chunked like the fragments) one chunk per task."""
+    import zarr
+
+    from ..distributed import run_blocks
+
+    frag = agglomeration.fragments
+    chunks = tuple(getattr(frag, "chunks", None) or DEFAULT_SEG_BLOCK)
+    grid = grid_for(frag.shape, chunks)
+    if isinstance(output, (str,)) or hasattr(output, "__fspath__"):
+        output = zarr.create_array(str(output), shape=frag.shape, dtype="uint32", chunks=grid.block, fill_value=0,
+                                   overwrite=True)
+    lut = agglomeration.lookup_table(threshold)
+    run = run_blocks("labels", _labels_block, list(range(len(grid))), (_LabelJob(lut, frag, output, grid),),
+                     client=client, progress=progress, cancel=cancel)
+    run.raise_for_failures()
+    return output
+
+
+def labels_dask(agglomeration: Agglomeration, threshold: float):
+    """``labels(threshold)`` as a lazy dask array: each chunk is one lookup when it is read
+    (for napari: only what is on screen is relabelled)."""
+    import dask.array as da
+
+    frag = agglomeration.fragments
+    arr = da.from_zarr(frag) if hasattr(frag, "store") else da.from_array(frag, chunks=DEFAULT_SEG_BLOCK)
+    lut = agglomeration.lookup_table(threshold)
+    return arr.map_blocks(lambda f: lut[f], dtype=np.uint32)
