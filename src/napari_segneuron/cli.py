@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "napari_segneuron._cli_predict",
     "napari_segneuron._cli_segment",
     "napari_segneuron._cli_train",
+    "napari_segneuron._cli_trace",
 )
 
 DESCRIPTION = """\
@@ -24,6 +25,7 @@ Typical use:
   napari-segneuron segment stack.tif -o labels.tif               # predict and segment
   napari-segneuron segment prediction.zarr -o labels.tif --threshold 0.4
   napari-segneuron evaluate labels.tif ground_truth.tif          # VI and ARAND
+  napari-segneuron trace lm_stack.tif -o neuron.swc              # light microscopy: trace to SWC
 
 Weights: --weights default (bundled compact model), --weights segneuron (the released
 SegNeuron checkpoint, downloaded once), or --weights path/to/checkpoint.ckpt.

@@ -387,3 +387,22 @@ def load_vit3d(path: Union[str, Path], device=None, name: Optional[str] = None) 
         "metadata": meta,
     })
     return model
+
+
+DEFAULT_LM_WEIGHTS = "lm_default"
+
+
+def load_lm_model(name_or_path: Union[str, Path] = DEFAULT_LM_WEIGHTS, device=None, progress=None, cancel=None) -> ViT3DSeg:
+    """Load an LM model by registry name (``lm_default``, bundled) or checkpoint file."""
+    from .registry import REGISTRY, fetch_weights
+    from .weights import WeightsError
+
+    key = str(name_or_path)
+    path = fetch_weights(key, progress=progress, cancel=cancel)
+    if not is_vit3d_checkpoint(path):
+        raise WeightsError(
+            f"{Path(path).name} is not a light-microscopy model (expected a ViT3D checkpoint such as "
+            f"'{DEFAULT_LM_WEIGHTS}'; EM weights like 'default' cannot trace LM stacks)"
+        )
+    entry = REGISTRY.get(key)
+    return load_vit3d(path, device=device, name=entry.name if entry else None)
