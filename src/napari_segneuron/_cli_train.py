@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
                    help="validate and return an exponential moving average of the weights (e.g. 0.998)")
     f.add_argument("--mixed-precision", action="store_true",
                    help="bfloat16/float16 autocast: ~1.5x faster steps on AVX-512 CPUs and on GPUs")
+    f.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="wall-clock budget: train for M minutes with the learning-rate schedule spread over "
+                        "that time (iterations then only cap it when given explicitly)")
     f.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser(
@@ -54,7 +57,7 @@ def add_parser(subparsers) -> None:
 
 
 def _common(p: argparse.ArgumentParser, crop) -> None:
-    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--iterations", type=int, default=None, help="training steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--crop", type=triple, default=crop, metavar="Z,Y,X", help="training crop; y, x multiples of 16")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam)")
@@ -122,22 +125,53 @@ def run_finetune(args) -> int:
     val_img = _read(args.val_image) if args.val_image else None
     val_lab = _read(args.val_labels) if args.val_labels else None
     model = None if args.weights.lower() == "none" or args.resume else args.weights
-    bar = _progress("finetune")
+    iterations, limit_s = _budget(args)
+    bar = _progress("finetune") if limit_s is None else _TimeProgress(_progress("finetune (s)"), limit_s)
     try:
         r = finetune(model, image, labels, mask=mask, z_affinity=not args.membranes, val_image=val_img,
-                     val_labels=val_lab, iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
+                     val_labels=val_lab, iterations=iterations, batch_size=args.batch_size, crop=args.crop,
                      lr=args.lr, schedule=args.schedule, aff_weight=args.aff_weight, fg_weight=args.fg_weight,
                      augment=_augment(args, not args.no_mixing), checkpoint=args.output,
                      checkpoint_every=args.checkpoint_every, validate_every=args.validate_every if val_img is not None
                      else 0, resume=args.resume, device=None if args.device == "auto" else args.device,
                      seed=args.seed, threads=args.threads, kn=_kn(args.kn), progress=bar,
                      balance=not args.no_balance, ema_decay=args.ema, mixed_precision=args.mixed_precision,
+                     time_limit_s=limit_s, time_schedule=limit_s is not None,
                      log=lambda s: print(s, file=sys.stderr) if "validation" in s else None)
     finally:
         bar.close()
     print(f"wrote {r.checkpoint} after {r.iterations} iterations"
           + (f"; best validation {r.best_score} in {r.best_checkpoint}" if r.best_checkpoint else ""))
     return 0
+
+
+#: iteration cap for a pure time budget (the schedule follows the clock, so it is never reached in practice)
+_MANY = 10**9
+
+
+def _budget(args) -> tuple:
+    """(iterations, time limit in seconds or None) from --iterations / --minutes."""
+    from .io import InputError
+    minutes = getattr(args, "minutes", None)
+    if minutes is None:
+        return (args.iterations or 1000), None
+    if not minutes > 0:
+        raise InputError(f"--minutes must be positive, got {minutes}")
+    return (args.iterations or _MANY), 60.0 * minutes
+
+
+class _TimeProgress:
+    """Feeds a progress bar with elapsed seconds out of the time budget instead of iterations."""
+
+    def __init__(self, bar, limit_s: float):
+        import time
+        self.bar, self.limit_s, self.t0, self._time = bar, limit_s, time.time(), time.time
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        self.bar(min(int(self._time() - self.t0), int(self.limit_s)), int(self.limit_s), message)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_pretrain(args) -> int:
@@ -147,7 +181,7 @@ def run_pretrain(args) -> int:
     images = [_read(p) for p in args.images]
     bar = _progress("pretrain")
     try:
-        r = pretrain(images, kn=_kn(args.kn), iterations=args.iterations, batch_size=args.batch_size,
+        r = pretrain(images, kn=_kn(args.kn), iterations=args.iterations or 1000, batch_size=args.batch_size,
                      crop=args.crop, lr=args.lr, schedule=args.schedule, augment=_augment(args),
                      checkpoint=args.output, checkpoint_every=args.checkpoint_every, resume=args.resume,
                      device=None if args.device == "auto" else args.device, seed=args.seed, threads=args.threads,

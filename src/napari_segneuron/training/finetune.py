@@ -420,7 +420,7 @@ def finetune(
         while it < iterations:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled")
-            if time_limit_s is not None and time.time() - t_start > time_limit_s:
+            if time_limit_s is not None and it > start_iter and time.time() - t_start > time_limit_s:
                 say(f"time limit reached at iteration {it}")
                 break
             eff = it
