@@ -116,3 +116,14 @@ def test_robust_preset_samples_are_finite_and_in_range():
     b = s.batch(4)
     assert np.isfinite(b["image"]).all() and b["image"].min() >= 0 and b["image"].max() <= 1
     assert set(np.unique(b["aff"])) <= {0.0, 1.0}
+
+
+def test_crops_centre_on_the_annotated_block_of_a_big_stack():
+    """A small labelled block (mask) in a large stack: every crop overlaps the block."""
+    img, lab = stripes(shape=(24, 256, 512))
+    mask = np.zeros(lab.shape, bool)
+    mask[4:20, 150:210, 300:380] = True
+    s = CropSampler([TrainVolume(img, lab, mask=mask)], (8, 64, 64), A.AugmentConfig.none(), seed=6)
+    for _ in range(20):
+        b = s.sample_plain()
+        assert b["w_fg"].sum() > 0.1 * b["w_fg"].size

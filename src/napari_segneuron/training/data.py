@@ -55,6 +55,7 @@ class TrainVolume:
     weight: float = 1.0
     name: str = "volume"
     _norm: np.ndarray = field(default=None, repr=False)
+    _box: Optional[tuple] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.image = _as3d(self.image, f"{self.name} image")
@@ -75,6 +76,14 @@ class TrainVolume:
         if not fg.any():
             raise TrainingInputError(f"{self.name}: the labels contain no foreground (all 0 / unannotated)")
         self._norm = normalize_image(self.image)
+        self._box = None
+        if self.mask is not None and not self.mask.all():
+            nz = [np.flatnonzero(self.mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+            self._box = tuple((int(n[0]), int(n[-1]) + 1) for n in nz)
+
+    def annotated_box(self) -> Optional[tuple]:
+        """Per axis (start, stop) of the annotated voxels' bounding box; None without a mask."""
+        return self._box
 
 
 def _as3d(a, what: str) -> np.ndarray:
@@ -126,7 +135,12 @@ class CropSampler:
         if cfg.zoom > 0 and rng.random() < cfg.zoom:
             f = float(np.exp(rng.uniform(np.log(cfg.zoom_range[0]), np.log(cfg.zoom_range[1]))))
             src, _ = zoom_source_shape(crop, vol.image.shape, f, zoom_z=rng.random() >= cfg.zoom_xy_only)
-        o = [int(rng.integers(0, s - c + 1)) for s, c in zip(vol.image.shape, src)]
+        box = vol.annotated_box()
+        if box is None:
+            o = [int(rng.integers(0, s - c + 1)) for s, c in zip(vol.image.shape, src)]
+        else:  # crops centred in the annotated box: a small labelled block in a big stack still trains every step
+            o = [int(np.clip(int(rng.integers(lo, hi)) - c // 2, 0, s - c))
+                 for (lo, hi), s, c in zip(box, vol.image.shape, src)]
         sl = tuple(slice(a, a + c) for a, c in zip(o, src))
         img, lab = vol._norm[sl], vol.labels[sl]
         msk = None if vol.mask is None else vol.mask[sl]
