@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 TINY_KN = (4, 8, 12, 16, 20)
+# no automatic speed probe in tests (results must not depend on timing; tests of the probe fake it)
+os.environ.setdefault("NAPARI_SEGNEURON_AUTOTUNE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 GUI_FIXTURES = {"qtbot", "qapp", "make_napari_viewer", "make_napari_viewer_proxy"}

@@ -344,3 +344,65 @@ def test_predict_raw_resamples_any_channel_count(em):
     np.testing.assert_allclose(raw[4], aff[0], atol=1e-5)  # as is TensorNet(5)'s channel 4
     np.testing.assert_allclose(raw[1], aff[0] * 2 / 5, atol=1e-5)
     assert np.abs(raw[4] - vol / 255.0).mean() > 1e-3  # it was resampled (2x coarser in y, x) and back
+
+
+@pytest.mark.parametrize("size, tile, overlap, multiple", [(250, 192, 32, 16), (40, 32, 8, 1), (1024, 320, 32, 16),
+                                                           (100, 192, 32, 16), (257, 128, 64, 16), (33, 16, 4, 5)])
+def test_plan_axis_covers_with_few_tiles_and_little_padding(size, tile, overlap, multiple):
+    from napari_segneuron.inference import plan_axis
+
+    t, starts = plan_axis(size, tile, overlap, multiple)
+    assert t % multiple == 0 and t <= max(tile, -(-size // multiple) * multiple)
+    if len(starts) == 1:
+        assert starts == [0] and size <= t < size + multiple  # padding under one multiple
+        return
+    assert starts[0] == 0 and starts[-1] + t == size  # first at 0, last flush
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(t - g >= min(overlap, tile - multiple) for g in gaps)  # the overlap is kept
+    assert max(gaps) - min(gaps) <= 1  # spread evenly
+    fewest = -(-(size - overlap) // (tile - overlap))
+    assert len(starts) == fewest
+    assert (len(starts) - 1) * (t - multiple) + t - multiple < size + (len(starts) - 1) * overlap  # a smaller tile would not do
+
+
+def test_overcompute_of_fitted_plans():
+    from napari_segneuron.inference import plan_tiles
+
+    big = Tiling((64, 320, 320), (8, 32, 32))
+    assert plan_tiles((40, 256, 256), big).overcompute == 1.0  # one tile, exactly the stack
+    assert plan_tiles((250, 250, 250), big).overcompute < 1.25
+    assert plan_tiles((100, 1024, 1024), big).overcompute < 1.4
+    assert plan_tiles((250, 250, 250), OFFICIAL_TILING, fit=False).overcompute > 4  # the official ~4.5x
+
+
+@pytest.mark.parametrize("shape", [(24, 80, 112), (7, 33, 150), (30, 150, 20)])
+def test_crop_blend_owns_each_voxel_once_and_is_exact_for_a_pointwise_network(shape):
+    from napari_segneuron.inference import plan_tiles
+
+    tiling = Tiling((8, 32, 48), (4, 16, 16), blend="crop")
+    plan = plan_tiles(shape, tiling)
+    owner = np.zeros(plan.padded, np.int32)
+    for iz, z0 in enumerate(plan.starts[0]):
+        for iy, y0 in enumerate(plan.starts[1]):
+            for ix, x0 in enumerate(plan.starts[2]):
+                bz, by, bx = plan.box((iz, iy, ix))
+                owner[z0 + bz.start : z0 + bz.stop, y0 + by.start : y0 + by.stop, x0 + bx.start : x0 + bx.stop] += 1
+                # the owned part keeps a margin from the tile's inner borders
+                for axis, (b, i) in enumerate(zip((bz, by, bx), (iz, iy, ix))):
+                    if 0 < i:
+                        assert b.start >= tiling.overlap[axis] // 2
+    assert (owner == 1).all()
+    rng = np.random.default_rng(3)
+    vol = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    aff, fg = Predictor(PointwiseNet(), tiling=tiling).predict(vol)
+    x = vol.astype(np.float32) / 255
+    assert np.abs(aff - np.stack([x, x**2, 1 - x])).max() < 1e-6
+
+
+def test_crop_blend_matches_untiled_away_from_cuts(em):
+    net = LocalNet().eval()
+    vol = em[:16, :64, :96]
+    cropped, _ = Predictor(net, tiling=Tiling((8, 32, 48), (4, 16, 16), blend="crop")).predict(vol)
+    whole, _ = Predictor(net, tile=(16, 64, 96), overlap=(0, 0, 0)).predict(vol)
+    # a 3x3x3 network with a halo of >= 2 voxels on each side of every cut: identical (bar volume borders)
+    np.testing.assert_allclose(cropped, whole, atol=1e-6)

@@ -40,7 +40,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="weights: 'default' (bundled), 'segneuron' (released, downloaded once) or a checkpoint file "
                         f"(default: {weights_default})")
     g.add_argument("--tile", type=triple, default=None, metavar="Z,Y,X",
-                   help="tile size in voxels; y and x multiples of 16 (default 32,192,192)")
+                   help="tile size in voxels; y and x multiples of 16 (default: chosen per volume from this machine's "
+                        "measured speed, see --autotune)")
     g.add_argument("--overlap", type=triple, default=None, metavar="Z,Y,X",
                    help="overlap between tiles (default 8,32,32)")
     g.add_argument("--official-tiling", action="store_true",
@@ -51,7 +52,13 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="where to run the network (default: cuda, then mps, then cpu)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the prediction over y/x flips (4x slower, fewer errors)")
-    g.add_argument("--half", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU): faster, slightly different")
+    g.add_argument("--half", action="store_true",
+                   help="reduced precision where the device has it natively and it measured faster (fp16 on GPU, "
+                        "bf16 on CPUs with avx512_bf16/amx_bf16; else fp32 with a note): faster, slightly different")
+    g.add_argument("--autotune", action="store_true",
+                   help="time this machine's candidates again (threads, memory format, precision, tile sizes); done "
+                        "automatically the first time a model architecture runs here and cached in "
+                        "$NAPARI_SEGNEURON_CACHE/autotune.json")
     g.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="voxel size of the input in nm (default: from the tif metadata; if unknown, the model's own)")
     g.add_argument("--roi", type=parse_roi, default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
@@ -140,6 +147,7 @@ def make_predictor(args: argparse.Namespace, model):
         half=args.half,
         tiling=tiling,
         tta=getattr(args, "tta", False),
+        tune="force" if getattr(args, "autotune", False) else "auto",
     )
 
 

@@ -45,6 +45,7 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "overlap": list(predictor.tiling.overlap),
         "half": predictor.half,
         "tta": predictor.tta,
+        "inference": predictor.settings(),
         "model_voxel_size_nm": predictor.model_voxel_size,
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }

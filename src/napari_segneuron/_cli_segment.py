@@ -163,7 +163,8 @@ def run_segment(args: argparse.Namespace) -> int:
             aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel, model_grid=grid)
         finally:
             bar.close()
-        meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"))
+        meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"),
+                    inference=predictor.settings())
         if voxel:
             meta["voxel_size_nm"] = list(voxel)
         if args.save_prediction:

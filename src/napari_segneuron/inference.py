@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -45,6 +45,9 @@ def tile_multiple(model: Any) -> Triple:
     return t  # type: ignore[return-value]
 
 
+BLENDS = ("gaussian", "crop")
+
+
 @dataclass(frozen=True)
 class Tiling:
     """Tile geometry and blending. ``sigma`` is in units of the half tile (coordinates in [-1, 1])."""
@@ -53,6 +56,9 @@ class Tiling:
     overlap: Triple
     sigma: float = 0.5
     floor: float = 1e-3
+    #: "gaussian": overlapping tiles blended with a Gaussian weight; "crop": each voxel taken from
+    #: the one tile whose border is farthest (the overlap is a halo cropped away, as plantseg does)
+    blend: str = "gaussian"
 
     @property
     def stride(self) -> Triple:
@@ -68,6 +74,8 @@ class Tiling:
                              f"(z, y, x), got {self.tile}")
         if any(o < 0 or o >= t for o, t in zip(self.overlap, self.tile)):
             raise InputError(f"Overlap {self.overlap} must be >= 0 and smaller than the tile {self.tile}")
+        if self.blend not in BLENDS:
+            raise InputError(f"Blend must be one of {BLENDS}, got {self.blend!r}")
 
 
 #: the official SegNeuron inference setting: each voxel is predicted ~8 times
@@ -101,6 +109,83 @@ def fit_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
     fitted = -(-(size + (n - 1) * overlap) // n)
     fitted = -(-fitted // multiple) * multiple
     return int(min(tile, max(fitted, overlap + multiple)))
+
+
+def plan_axis(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """Tile length and start offsets along one axis, computing each voxel as few times as possible.
+
+    The fewest tiles of at most ``tile`` voxels that overlap by at least ``overlap``; their length
+    shrunk to the smallest multiple of ``multiple`` that still covers ``size``; starts spread
+    evenly so the first tile starts at 0 and the last ends flush at ``size`` (every overlap about
+    equal). An axis shorter than one tile gets one tile rounded up to ``multiple`` (mirror
+    padding under one multiple: no tile is mostly padding).
+    """
+    if size <= tile:
+        t = -(-size // multiple) * multiple
+        return t, [0]
+    overlap = min(overlap, tile - multiple)
+    n = -(-(size - overlap) // (tile - overlap))
+    t = -(-(size + (n - 1) * overlap) // n)
+    t = min(tile, -(-t // multiple) * multiple)
+    span = size - t
+    return t, [int(round(i * span / (n - 1))) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go on a volume of ``shape``: the tile size, the start offsets per axis, and
+    the blend. Axes shorter than a tile are mirror-padded to ``padded``."""
+
+    shape: Triple
+    tile: Triple
+    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    blend: str = "gaussian"
+    sigma: float = 0.5
+    floor: float = 1e-3
+
+    @property
+    def padded(self) -> Triple:
+        return tuple(max(s, t) for s, t in zip(self.shape, self.tile))  # type: ignore[return-value]
+
+    @property
+    def n_tiles(self) -> int:
+        return int(np.prod([len(s) for s in self.starts]))
+
+    @property
+    def overcompute(self) -> float:
+        """Voxels the network computes per output voxel (1.0 = each voxel exactly once)."""
+        return self.n_tiles * float(np.prod(self.tile)) / float(np.prod(self.shape))
+
+    def owned(self, axis: int, i: int) -> tuple[int, int]:
+        """The part ``[lo, hi)`` (tile coordinates) of tile ``i`` on ``axis`` that no other tile's
+        centre is closer to: the cut between neighbours sits in the middle of their overlap."""
+        starts, t = self.starts[axis], self.tile[axis]
+        lo = 0 if i == 0 else (starts[i] + starts[i - 1] + t) // 2 - starts[i]
+        hi = t if i == len(starts) - 1 else (starts[i + 1] + starts[i] + t) // 2 - starts[i]
+        return lo, hi
+
+    def box(self, index: Sequence[int]) -> tuple[slice, slice, slice]:
+        """The part of the tile at grid ``index`` that is written (tile coordinates): the whole
+        tile when blending, its owned part when cropping."""
+        if self.blend == "crop":
+            return tuple(slice(*self.owned(axis, i)) for axis, i in enumerate(index))  # type: ignore[return-value]
+        return (slice(None),) * 3  # type: ignore[return-value]
+
+
+def plan_tiles(shape: Sequence[int], tiling: Tiling, multiple: Sequence[int] = MNET_TILE_MULTIPLE,
+               fit: bool = True) -> TilePlan:
+    """The ``TilePlan`` for a volume: fitted (``plan_axis``) or, with ``fit=False``, the fixed
+    tiling and stride of ``tiling`` with the last tile flush (the official placement)."""
+    shape_t = tuple(int(s) for s in shape)
+    if fit:
+        axes = [plan_axis(n, t, o, m) for n, t, o, m in zip(shape_t, tiling.tile, tiling.overlap, multiple)]
+        tile = tuple(a[0] for a in axes)
+        starts = tuple(tuple(a[1]) for a in axes)
+    else:
+        tile = tuple(min(t, -(-n // m) * m) for n, t, m in zip(shape_t, tiling.tile, multiple))
+        padded = tuple(max(n, t) for n, t in zip(shape_t, tile))
+        starts = tuple(tuple(tile_starts(p, t, t - min(o, t - 1))) for p, t, o in zip(padded, tile, tiling.overlap))
+    return TilePlan(shape_t, tile, starts, tiling.blend, tiling.sigma, tiling.floor)  # type: ignore[arg-type]
 
 
 def gaussian_weight(shape: Sequence[int], sigma: float = 0.5, floor: float = 1e-3) -> np.ndarray:
@@ -173,7 +258,14 @@ class Predictor:
     Parameters: ``tile``/``overlap`` (z, y, x) or a ``tiling`` preset; ``batch_size``
     (None: 1 on CPU, sized to free memory on a GPU); ``device`` (None: cuda, mps,
     then cpu); ``half``: autocast where the device has native reduced precision (fp16 on
-    GPUs, bf16 on CPUs with avx512_bf16 / amx_bf16), else fp32 with one note (``precision``).
+    GPUs, bf16 on CPUs with avx512_bf16 / amx_bf16) and, when tuned, where it measured
+    faster; else fp32 with one note (``precision``).
+
+    ``blend``: "gaussian" or "crop" (default: the tiling's, see ``Tiling.blend``).
+    ``tune``: None/False (fixed settings), "auto" (this machine's cached ``autotune`` result,
+    probed the first time), "force" (probe again), or a ``Tuning``. A tuned predictor takes
+    threads, memory format and precision from the probe and, unless a tile is given, picks
+    for each volume the tile with the lowest predicted time (``plan``).
     """
 
     def __init__(
@@ -185,13 +277,16 @@ class Predictor:
         device: Optional[Union[str, torch.device]] = None,
         half: bool = False,
         tiling: Optional[Tiling] = None,
-        channels_last: bool = True,
+        channels_last: Optional[bool] = None,
         model_voxel_size: Optional[Sequence[float]] = None,
         tolerance: Optional[float] = None,
         fit_tiles: bool = True,
         tta: bool = False,
+        tune: Any = None,
+        blend: Optional[str] = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.tile_given = tile is not None or tiling is not None
         self.tta = bool(tta)
         self.auto_tile = tile is None and tiling is None and self.device.type == "cuda"
         base = tiling or (GPU_TILING if self.auto_tile else DEFAULT_TILING)
@@ -203,18 +298,31 @@ class Predictor:
         if tile is None and tiling is None:  # presets rounded up to the network's multiple
             tile_t = tuple(-(-t // m) * m for t, m in zip(tile_t, self.multiple))  # type: ignore[assignment]
             overlap_t = tuple(min(o, t - 1) for o, t in zip(overlap_t, tile_t))  # type: ignore[assignment]
-        self.tiling = Tiling(tile_t, overlap_t, base.sigma, base.floor)  # type: ignore[arg-type]
+        self.tiling = Tiling(tile_t, overlap_t, base.sigma, base.floor, blend or base.blend)  # type: ignore[arg-type]
         self.tiling.validate(self.multiple)
         self._channels: Optional[int] = None
         self.model = model.to(self.device).eval()
         self._tuple_output = False  # set on the first forward: MNet-style (affinities, foreground) tuple
-        self.channels_last = channels_last and self.device.type == "cpu"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
-        from .precision import choose_precision, note_once
+        from .precision import Precision, choose_precision, note_once
 
+        self.tuning = None
+        if tune not in (None, False):
+            from .autotune import Tuning, auto_disabled, tuning_for
+
+            if isinstance(tune, Tuning):
+                self.tuning = tune
+            elif tune == "force" or not auto_disabled():
+                self.tuning = tuning_for(self.model, self.device, self.multiple, force=(tune == "force"))
+        self.threads: Optional[int] = self.tuning.threads if self.tuning is not None else None
+        if channels_last is None:  # contiguous unless measured faster here
+            channels_last = bool(self.tuning.channels_last) if self.tuning is not None else False
+        self.channels_last = bool(channels_last) and self.device.type in ("cpu", "cuda")
+        self.model = self.model.to(memory_format=torch.channels_last_3d if self.channels_last else torch.contiguous_format)
         self.half_requested = bool(half)
         self.precision = choose_precision(self.device, self.half_requested)
+        if self.precision.dtype is not None and self.tuning is not None and self.tuning.precision == "fp32":
+            self.precision = Precision(None, f"--half: {self.precision.name} measured slower than fp32 on this "
+                                             f"machine ({self.tuning.reduced_speedup:.2f}x), so fp32 is used")
         note_once(self.precision.note)
         self.half = self.precision.dtype is not None
         self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
@@ -372,10 +480,22 @@ class Predictor:
 
     def _run(self, volume: Any, progress, cancel, sink: Callable[[int, int, np.ndarray], None]) -> None:
         """Tiled prediction with the GPU out-of-memory back-off (smaller tiles when auto-sized)."""
+        old_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            self._run_tiles(volume, progress, cancel, sink)
+        finally:
+            torch.set_num_threads(old_threads)
+
+    def _run_tiles(self, volume: Any, progress, cancel, sink) -> None:
         while True:
             try:
                 return self._predict(volume, progress, cancel, sink)
             except _TileTooLarge as err:
+                if self.tuning is not None and not self.tile_given:  # back off from the tuned tile
+                    self.tiling = replace(self.tiling, tile=tuple(err.args[0]))
+                    self.tile_given = True
                 tile = self.tiling.tile
                 if not self.auto_tile or min(tile[1:]) <= 32:
                     raise InputError(
@@ -384,41 +504,58 @@ class Predictor:
                 smaller = (tile[0], max(32, tile[1] // 32 * 16), max(32, tile[2] // 32 * 16))
                 smaller = tuple(max(m, t // m * m) for t, m in zip(smaller, self.multiple))
                 ov = tuple(min(o, t // 4) for o, t in zip(self.tiling.overlap, smaller))
-                self.tiling = Tiling(smaller, ov, self.tiling.sigma, self.tiling.floor)  # type: ignore[arg-type]
+                self.tiling = replace(self.tiling, tile=smaller, overlap=ov)  # type: ignore[arg-type]
                 self.batch_size = self.requested_batch_size
+
+    def plan(self, shape: Sequence[int]) -> TilePlan:
+        """Where this predictor puts its tiles on a (Z, Y, X) volume of ``shape``: with a tuning
+        and no tile given, the tile size whose plan has the lowest predicted time."""
+        shape = tuple(int(s) for s in shape)
+        if self.tuning is not None and not self.tile_given and self.fit_tiles:
+            from .autotune import choose_tile
+
+            def plan_fn(shp, tile, overlap):
+                return plan_tiles(shp, replace(self.tiling, tile=tile, overlap=overlap), self.multiple)
+
+            return choose_tile(shape, self.tuning, self.tiling.overlap, self.multiple, plan_fn)[1]
+        return plan_tiles(shape, self.tiling, self.multiple, fit=self.fit_tiles)
+
+    def settings(self) -> dict:
+        """What this predictor runs with (for provenance and benchmarks)."""
+        out = {"tile": list(self.tiling.tile), "overlap": list(self.tiling.overlap), "blend": self.tiling.blend,
+               "channels_last_3d": self.channels_last, "precision": self.precision.name,
+               "threads": self.threads or torch.get_num_threads(), "device": str(self.device)}
+        if self.tuning is not None:
+            out["tile"] = "chosen per volume" if not self.tile_given else out["tile"]
+            out["autotune"] = self.tuning.provenance()
+        return out
 
     def _predict(self, volume: Any, progress, cancel, sink) -> None:
         volume = as_volume(volume)
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
-        # Fit the tile to the volume (a multiple of the network's tile_multiple); the overlap is kept.
-        ov, mult = self.tiling.overlap, self.multiple
-        if self.fit_tiles:
-            tz, ty, tx = (fit_tile(n, t, o, m) for n, t, o, m in zip(shape, self.tiling.tile, ov, mult))
-        else:
-            tz, ty, tx = (min(t, -(-n // m) * m) for n, t, m in zip(shape, self.tiling.tile, mult))
-        # Axes smaller than the tile are mirror-padded to a full tile and cropped back.
-        padded = tuple(max(s, t) for s, t in zip(shape, (tz, ty, tx)))
-        sz, sy, sx = tz - min(ov[0], tz - 1), ty - min(ov[1], ty - 1), tx - min(ov[2], tx - 1)
-        zs, ys, xs = tile_starts(padded[0], tz, sz), tile_starts(padded[1], ty, sy), tile_starts(padded[2], tx, sx)
-        weight = gaussian_weight((tz, ty, tx), self.tiling.sigma, self.tiling.floor)
-        total = len(zs) * len(ys) * len(xs)
+        plan = self.plan(shape)
+        tz, ty, tx = plan.tile
+        padded = plan.padded
+        zs, ys, xs = plan.starts
+        weight = gaussian_weight(plan.tile, plan.sigma, plan.floor) if plan.blend == "gaussian" else None
+        total = plan.n_tiles
         done = 0
         started = time.monotonic()
-        batch_size = self._auto_batch_size((tz, ty, tx))
+        batch_size = self._auto_batch_size(plan.tile)
         acc: Optional[np.ndarray] = None
         wsum = np.zeros((0, padded[1], padded[2]), dtype=np.float32)
         acc_z0 = 0
         for row, z0 in enumerate(zs):
             check(cancel)
             slab = self._read_slab(volume, z0, tz, shape, padded, offset, scale)
-            positions = [(y0, x0) for y0 in ys for x0 in xs]
+            positions = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
             bs = batch_size
             i = 0
             while i < len(positions):
                 check(cancel)
                 chunk = positions[i : i + bs]
-                batch = np.stack([slab[:, y0 : y0 + ty, x0 : x0 + tx] for y0, x0 in chunk])[:, None]
+                batch = np.stack([slab[:, ys[iy] : ys[iy] + ty, xs[ix] : xs[ix] + tx] for iy, ix in chunk])[:, None]
                 result = self._forward_with_backoff(torch.from_numpy(batch).to(self.device)).cpu().numpy()
                 if self.batch_size is not None and self.batch_size < bs:
                     bs = self.batch_size
@@ -429,9 +566,17 @@ class Predictor:
                     acc = np.concatenate([acc, np.zeros((acc.shape[0], grow) + acc.shape[2:], np.float32)], axis=1)
                     wsum = np.concatenate([wsum, np.zeros((grow,) + wsum.shape[1:], np.float32)], axis=0)
                 zl = z0 - acc_z0
-                for (y0, x0), pred in zip(chunk, result):
-                    acc[:, zl : zl + tz, y0 : y0 + ty, x0 : x0 + tx] += pred * weight
-                    wsum[zl : zl + tz, y0 : y0 + ty, x0 : x0 + tx] += weight
+                for (iy, ix), pred in zip(chunk, result):
+                    y0, x0 = ys[iy], xs[ix]
+                    if weight is not None:
+                        acc[:, zl : zl + tz, y0 : y0 + ty, x0 : x0 + tx] += pred * weight
+                        wsum[zl : zl + tz, y0 : y0 + ty, x0 : x0 + tx] += weight
+                    else:  # crop: write the owned box only
+                        bz, by, bx = plan.box((row, iy, ix))
+                        dst = (slice(zl + bz.start, zl + bz.stop), slice(y0 + by.start, y0 + by.stop),
+                               slice(x0 + bx.start, x0 + bx.stop))
+                        acc[(slice(None),) + dst] += pred[:, bz, by, bx]
+                        wsum[dst] += 1.0
                 i += len(chunk)
                 done += len(chunk)
                 if progress is not None:

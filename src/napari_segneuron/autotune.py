@@ -1,0 +1,344 @@
+"""Per-machine inference settings, chosen by a short timed probe and cached.
+
+What is fastest depends on the machine, not on a rule: on an AVX2-only AMD EPYC large tiles
+cost more per voxel than small ones and ``channels_last_3d`` is 20 % slower, while on an
+AVX-512 Xeon both help. So the first time a model architecture runs on a machine, a probe of
+a few seconds times one forward pass per candidate:
+
+1. threads (all available cores, half of them) with contiguous fp32 on a small tile;
+2. memory format (contiguous vs ``channels_last_3d``) with the faster thread count;
+3. reduced precision (bf16 on CPUs that have it natively, fp16 on GPUs), used only with
+   ``--half`` and only if it measured faster: ``--half`` never makes a run slower;
+4. tile sizes, smallest first, giving µs per voxel as a function of the tile's size; the
+   predictor then picks, for each volume, the tile that minimises the predicted time
+   (tiles x voxels per tile x µs per voxel), so thin stacks get thin tiles.
+
+The result is stored in ``$NAPARI_SEGNEURON_CACHE/autotune.json`` keyed by the machine
+(CPU model, PyTorch's vector unit, the relevant flags, core count; or the GPU's name) and
+the model architecture (class, channel widths, parameter shapes: not the weights), printed
+once, and recorded in the output's provenance. ``--autotune`` measures again;
+``NAPARI_SEGNEURON_AUTOTUNE=off`` turns the automatic probe off (fixed defaults).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .precision import choose_precision, cpu_capability, cpu_model, reported_flags
+
+Triple = tuple[int, int, int]
+CACHE_NAME = "autotune.json"
+#: bump when the probe changes meaning (older cache entries are then measured again)
+PROBE_VERSION = 1
+#: tile candidates (z, y, x), smallest first; rounded up to the network's tile multiple
+TILE_CANDIDATES: tuple[Triple, ...] = ((16, 96, 96), (24, 128, 128), (32, 160, 160), (32, 224, 224))
+#: the probe stops measuring larger tiles once it has run this long (seconds)
+DEFAULT_BUDGET_S = 10.0
+#: a larger tile is no longer tried once its cost per voxel is this much above the best so far
+WORSE_STOP = 1.3
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run the network."""
+
+    threads: int
+    channels_last: bool
+    precision: str = "fp32"  # "fp32", "bfloat16" or "float16"
+
+    @property
+    def label(self) -> str:
+        fmt = "channels_last_3d" if self.channels_last else "contiguous"
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''}, {fmt}, {self.precision}"
+
+
+@dataclass
+class Tuning:
+    """The probe's result for one (machine, model architecture)."""
+
+    machine: str
+    model: str
+    threads: int
+    channels_last: bool
+    #: fastest precision measured: "fp32", or the native reduced one when it was faster
+    precision: str
+    #: fp32 time / reduced-precision time (0 when the device has no native reduced precision)
+    reduced_speedup: float
+    #: [[tile voxels, µs per voxel], ...] for the chosen threads and format, fp32, increasing size
+    curve: list
+    #: every measurement: {"config": label, "tile": [z, y, x], "us_per_voxel": float}
+    measurements: list = field(default_factory=list)
+    seconds: float = 0.0
+    created: str = ""
+    version: int = PROBE_VERSION
+
+    @property
+    def config(self) -> Config:
+        return Config(self.threads, self.channels_last, "fp32")
+
+    @property
+    def largest_tile_voxels(self) -> int:
+        return int(max(v for v, _ in self.curve))
+
+    def us_per_voxel(self, voxels: float) -> float:
+        """Predicted µs per voxel for a tile of ``voxels``: interpolated in log(size), flat outside."""
+        pts = sorted((float(v), float(u)) for v, u in self.curve)
+        xs = np.log([v for v, _ in pts])
+        return float(np.interp(math.log(max(voxels, 1.0)), xs, [u for _, u in pts]))
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{int(round(v ** (1 / 3)))}^3-ish {u:.2f}" for v, u in self.curve)
+        half = (f"; --half: {self.precision} ({self.reduced_speedup:.2f}x fp32)" if self.reduced_speedup
+                else "; --half: no native reduced precision here")
+        return (f"{self.threads} threads, {'channels_last_3d' if self.channels_last else 'contiguous'}{half}; "
+                f"µs per voxel by tile size: {sizes}")
+
+    def provenance(self) -> dict:
+        return {"machine": self.machine, "model": self.model, "threads": self.threads,
+                "channels_last": self.channels_last, "half_precision": self.precision,
+                "reduced_speedup": round(self.reduced_speedup, 3),
+                "us_per_voxel_by_tile_voxels": [[int(v), round(u, 3)] for v, u in self.curve],
+                "probe_seconds": round(self.seconds, 2), "measured": self.created}
+
+
+# -- keys and cache -------------------------------------------------------------------------
+def auto_disabled() -> bool:
+    """``NAPARI_SEGNEURON_AUTOTUNE=off`` (or 0/no/false): no automatic probe; fixed defaults
+    (the test suite sets it; ``--autotune`` still measures)."""
+    return os.environ.get("NAPARI_SEGNEURON_AUTOTUNE", "").strip().lower() in ("0", "off", "no", "false")
+
+
+def available_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def machine_key(device: torch.device) -> str:
+    """Identifies what the timings depend on: CPU model, vector unit, relevant flags, cores; or the GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda|{torch.cuda.get_device_name(device)}|torch {torch.__version__}"
+    if device.type != "cpu":
+        return f"{device.type}|{cpu_model()}|torch {torch.__version__}"
+    flags = ",".join(reported_flags())
+    return f"cpu|{cpu_model()}|{cpu_capability()}|{flags}|{available_threads()} cores|torch {torch.__version__}"
+
+
+def model_key(model: torch.nn.Module) -> str:
+    """The architecture (class, widths, parameter shapes), not the weights' values."""
+    desc = type(model).__name__
+    if hasattr(model, "kn"):
+        desc += f"(kn={tuple(model.kn)}, fmu={getattr(model, 'fmu', '')!r})"
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return f"{desc}|{hashlib.sha1(shapes.encode()).hexdigest()[:12]}"
+
+
+def cache_path() -> Path:
+    from ._model.registry import cache_dir
+
+    return cache_dir() / CACHE_NAME
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_cached(machine: str, model: str, path: Optional[Path] = None) -> Optional[Tuning]:
+    entry = _read_cache(path or cache_path()).get(f"{machine} || {model}")
+    if not isinstance(entry, dict) or entry.get("version") != PROBE_VERSION:
+        return None
+    try:
+        return Tuning(**entry)
+    except TypeError:
+        return None
+
+
+def store(tuning: Tuning, path: Optional[Path] = None) -> Path:
+    """Add ``tuning`` to the cache file (atomic write; other entries kept)."""
+    from .atomic import atomic_output
+
+    path = path or cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read_cache(path)
+    data[f"{tuning.machine} || {tuning.model}"] = asdict(tuning)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))
+    return path
+
+
+# -- measuring ------------------------------------------------------------------------------
+Measure = Callable[[Config, Triple, int], float]
+
+
+def round_tile(tile: Sequence[int], multiple: Sequence[int]) -> Triple:
+    return tuple(-(-int(t) // int(m)) * int(m) for t, m in zip(tile, multiple))  # type: ignore[return-value]
+
+
+def time_forward(model: torch.nn.Module, device: torch.device, config: Config, tile: Triple, repeats: int = 1,
+                 timer: Callable[[], float] = time.perf_counter, warmup: bool = True) -> float:
+    """Seconds for one forward pass of a ``tile`` under ``config`` (best of ``repeats``, after a warm-up)."""
+    from .precision import Precision
+
+    device = torch.device(device)
+    old_threads = torch.get_num_threads()
+    fmt = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+    dtype = None if config.precision == "fp32" else getattr(torch, config.precision)
+    precision = Precision(dtype)
+    try:
+        torch.set_num_threads(config.threads)
+        model.to(memory_format=fmt)
+        x = torch.rand((1, 1) + tuple(tile), device=device).contiguous(memory_format=fmt)
+
+        def run() -> None:
+            with torch.inference_mode(), precision.autocast(device.type):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        if warmup:
+            run()
+        best = math.inf
+        for _ in range(max(1, repeats)):
+            t0 = timer()
+            run()
+            best = min(best, timer() - t0)
+        return best
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] = (1, 16, 16),
+          measure: Optional[Measure] = None, timer: Callable[[], float] = time.perf_counter,
+          budget_s: float = DEFAULT_BUDGET_S, candidates: Sequence[Triple] = TILE_CANDIDATES,
+          threads: Optional[Sequence[int]] = None, reduced: Optional[str] = "auto") -> Tuning:
+    """Time the candidates (see the module docstring) and return the fastest settings.
+
+    ``measure(config, tile, repeats) -> seconds`` and ``timer`` can be faked (tests);
+    ``threads`` defaults to this device's; ``reduced`` ("bfloat16" / "float16" / None for none)
+    to "auto", the device's native reduced precision (``precision.choose_precision``).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    if measure is None:
+        def measure(cfg: Config, tile: Triple, repeats: int) -> float:
+            return time_forward(model, device, cfg, tile, repeats=repeats, timer=timer)
+    if threads is None:
+        n = available_threads()
+        threads = sorted({n, max(1, n // 2)}, reverse=True) if device.type == "cpu" else [torch.get_num_threads()]
+    if reduced == "auto":
+        dtype = choose_precision(device, True).dtype
+        reduced = None if dtype is None else str(dtype).replace("torch.", "")
+    tiles = [round_tile(t, multiple) for t in candidates]
+    start = timer()
+    log: list[dict] = []
+
+    def cost(cfg: Config, tile: Triple, repeats: int = 2) -> float:
+        us = measure(cfg, tile, repeats) / float(np.prod(tile)) * 1e6
+        log.append({"config": cfg.label, "tile": list(tile), "us_per_voxel": round(us, 4)})
+        return us
+
+    small = tiles[0]
+    best = Config(threads[0], False, "fp32")
+    best_us = cost(best, small)
+    for th in threads[1:]:
+        cand = Config(th, False, "fp32")
+        us = cost(cand, small)
+        if us < best_us:
+            best, best_us = cand, us
+    cand = replace(best, channels_last=True)
+    us = cost(cand, small)
+    if us < best_us:
+        best, best_us = cand, us
+    speedup, half = 0.0, "fp32"
+    if reduced:
+        us = cost(replace(best, precision=reduced), small)
+        speedup = best_us / us
+        half = reduced if us < best_us else "fp32"
+    curve = [[int(np.prod(small)), best_us]]
+    lowest = best_us
+    for tile in tiles[1:]:
+        if timer() - start > budget_s:
+            break
+        us = cost(best, tile, repeats=1)
+        curve.append([int(np.prod(tile)), us])
+        lowest = min(lowest, us)
+        if us > WORSE_STOP * lowest:
+            break
+    return Tuning(machine=machine_key(device), model=model_key(model), threads=best.threads,
+                  channels_last=best.channels_last, precision=half, reduced_speedup=speedup, curve=curve,
+                  measurements=log, seconds=timer() - start,
+                  created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def tuning_for(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] = (1, 16, 16),
+               force: bool = False, quiet: bool = False, **probe_kwargs) -> Tuning:
+    """The cached tuning for this machine and architecture; probed (and stored, and printed once) if
+    there is none or ``force``."""
+    device = torch.device(device)
+    machine, arch = machine_key(device), model_key(model)
+    if not force:
+        cached = load_cached(machine, arch)
+        if cached is not None:
+            return cached
+    if not quiet:
+        print(f"autotune: timing {arch.split('|')[0]} on this machine once (a few seconds; cached, "
+              "--autotune to redo)", file=sys.stderr)
+    tuning = probe(model, device, multiple, **probe_kwargs)
+    try:
+        where = store(tuning)
+    except OSError as err:  # a read-only cache still runs, just measures again next time
+        where = f"not cached ({err})"
+    if not quiet:
+        print(f"autotune ({tuning.seconds:.1f} s, {where}): {tuning.summary()}", file=sys.stderr)
+    return tuning
+
+
+# -- choosing a tile for a volume -----------------------------------------------------------
+def predicted_seconds(plan, tuning: Tuning) -> float:
+    voxels = float(np.prod(plan.tile))
+    return plan.n_tiles * voxels * tuning.us_per_voxel(voxels) * 1e-6
+
+
+def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 24, 32, 48, 64),
+                    xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320)) -> list[Triple]:
+    """Tile sizes the planner may use: any z / square xy from the options whose voxel count is at
+    most the largest probed tile's (no extrapolation to sizes never measured)."""
+    limit = tuning.largest_tile_voxels * 1.05
+    out = []
+    for z in z_options:
+        for xy in xy_options:
+            t = round_tile((z, xy, xy), multiple)
+            if np.prod(t) <= limit and t not in out:
+                out.append(t)
+    return out
+
+
+def choose_tile(shape: Sequence[int], tuning: Tuning, overlap: Sequence[int], multiple: Sequence[int],
+                plan_fn: Callable) -> tuple:
+    """The (max) tile whose fitted plan on ``shape`` has the lowest predicted time; returns
+    ``(tile, plan, seconds)``. ``plan_fn(shape, tile, overlap)`` builds a ``TilePlan``."""
+    best = None
+    for tile in candidate_tiles(tuning, multiple):
+        ov = tuple(min(o, t - m) for o, t, m in zip(overlap, tile, multiple))
+        plan = plan_fn(shape, tile, ov)
+        secs = predicted_seconds(plan, tuning)
+        if best is None or secs < best[2] - 1e-12:
+            best = (tile, plan, secs)
+    return best  # type: ignore[return-value]
