@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -85,9 +86,16 @@ def main(argv=None) -> int:
         morph_train, morph_val = morph[:-1], morph[-1:]  # the last neuron is held out
         log(f"{len(files)} SWC morphologies: {len(morph_train)} for training, {len(morph_val)} held out")
     t0 = time.time()
-    train = make_renders(args.n_train, args.seed, morphologies=morph_train)
-    val = make_renders(args.n_val, args.seed + 10_000, morphologies=morph_val)
-    log(f"rendered {len(train)} training and {len(val)} held-out stacks in {time.time() - t0:.0f} s")
+    cache = args.out / f"renders_{args.n_train}_{args.n_val}_{args.seed}_{int(bool(args.swc_dir))}.pkl"
+    if cache.exists():  # resuming: the same renders without re-rendering
+        with open(cache, "rb") as fh:
+            train, val = pickle.load(fh)
+    else:
+        train = make_renders(args.n_train, args.seed, morphologies=morph_train)
+        val = make_renders(args.n_val, args.seed + 10_000, morphologies=morph_val)
+        with open(cache, "wb") as fh:
+            pickle.dump((train, val), fh)
+    log(f"{len(train)} training and {len(val)} held-out stacks ready in {time.time() - t0:.0f} s")
     source = CropSource(train, crop)
 
     sd2d = read_vit_state_dict(args.weights_2d)
