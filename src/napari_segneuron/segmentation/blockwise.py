@@ -108,19 +108,51 @@ def watershed_fragments(aff: np.ndarray, low: float = 0.0001, high: float = 0.99
     return seg
 
 
+_last_ws: dict = {}
+
+
 def _fragments_block(block_id: int, job: _SegJob) -> int:
     import fastremap
     import zarr
 
     block = job.grid[block_id]
     aff, _ = _prepared(job, block.outer)
-    seg = watershed_fragments(aff, job.low, job.high)[block.core_in_outer]
+    ws = watershed_fragments(aff, job.low, job.high)
+    _last_ws["ws"] = ws
+    seg = ws[block.core_in_outer]
     seg, _ = fastremap.renumber(np.ascontiguousarray(seg), preserve_zero=True)
     n = int(seg.max(initial=0))
     if n >= 2**32 - 1:
         raise InputError(f"block {block.name} has more than 2**32 fragments")
     root = zarr.open_group(job.output, mode="r+")
     root["fragments_local"][block.core] = seg.astype(np.uint32)
+    # how this block's watershed sees its faces: are the voxels on both sides one basin?
+    # channel d: the core's first plane along d with the plane below it; 3 + d: the core's
+    # last plane with the plane above it (both written into this block's own chunk)
+    same = np.zeros((6,) + block.shape, np.uint8)
+    ws = _last_ws.pop("ws")
+    cio = block.core_in_outer
+    for d in range(3):
+        c = cio[d]
+        if c.start > 0:
+            p = list(cio)
+            q = list(cio)
+            p[d] = slice(c.start, c.start + 1)
+            q[d] = slice(c.start - 1, c.start)
+            a, b = ws[tuple(p)], ws[tuple(q)]
+            plane = [slice(None)] * 3
+            plane[d] = slice(0, 1)
+            same[d][tuple(plane)] = (a == b) & (a != 0)
+        if c.stop < ws.shape[d]:
+            p = list(cio)
+            q = list(cio)
+            p[d] = slice(c.stop - 1, c.stop)
+            q[d] = slice(c.stop, c.stop + 1)
+            a, b = ws[tuple(p)], ws[tuple(q)]
+            plane = [slice(None)] * 3
+            plane[d] = slice(block.shape[d] - 1, block.shape[d])
+            same[3 + d][tuple(plane)] = (a == b) & (a != 0)
+    root["face_same"][(slice(None),) + block.core] = same
     return n
 
 
@@ -142,15 +174,37 @@ def _graph_block(block_id: int, job: _SegJob) -> dict:
     root = zarr.open_group(job.output, mode="r+")
     frag = _global_ids(job, np.asarray(root["fragments_local"][region]), region)
     aff, bg = _prepared(job, region)
-    edges = edge_table(frag, aff, core)
+    origin = tuple(r.start for r in region)
+    edges = edge_table(frag, aff, core, origin=origin, volume_shape=job.grid.shape)
     del aff
+    # fragments cut by a lower face: one basin seen from both blocks -> stitched
+    unions = []
+    for d in range(3):
+        if block.core[d].start == 0:
+            continue
+        p = list(core)
+        q = list(core)
+        p[d] = slice(core[d].start, core[d].start + 1)
+        q[d] = slice(core[d].start - 1, core[d].start)
+        gp = list(block.core)
+        gq = list(block.core)
+        gp[d] = slice(block.core[d].start, block.core[d].start + 1)
+        gq[d] = slice(block.core[d].start - 1, block.core[d].start)
+        mine = np.asarray(root["face_same"][(d,) + tuple(gp)]).astype(bool)
+        theirs = np.asarray(root["face_same"][(3 + d,) + tuple(gq)]).astype(bool)
+        a, b = frag[tuple(p)], frag[tuple(q)]
+        both = mine & theirs & (a != 0) & (b != 0) & (a != b)
+        if both.any():
+            unions.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
     if bg is not None:
         frag[bg] = 0
     contacts = contact_table(frag, core)
     final = frag[core]
     ids, counts = np.unique(final, return_counts=True)
     root["fragments"][block.core] = final.astype(np.uint32)
-    return dict(edges=edges, contacts=contacts, ids=ids.astype(np.int64), counts=counts.astype(np.int64))
+    unions_arr = np.concatenate(unions).astype(np.int64) if unions else np.zeros((0, 2), np.int64)
+    return dict(edges=edges, contacts=contacts, ids=ids.astype(np.int64), counts=counts.astype(np.int64),
+                unions=unions_arr)
 
 
 def segment_blockwise(
@@ -243,13 +297,18 @@ def segment_blockwise(
     parts = [run2.results[i] for i in ids]
     n_nodes = total + 1
     t1 = time.perf_counter()
-    graph = RegionGraph.combine([p["edges"] for p in parts], n_nodes)
+    root, k0, g0 = _stitch(np.concatenate([p["unions"] for p in parts]), n_nodes)
+    graph = RegionGraph.combine([p["edges"] for p in parts], n_nodes, root=root)
     kept, gone, scores = merge_graph(graph, scoring, max_threshold, cancel=cancel)
+    # the stitching comes first in the history, at score 0: one fragment for any threshold > 0
+    kept = np.concatenate([k0, kept])
+    gone = np.concatenate([g0, gone])
+    scores = np.concatenate([np.zeros(len(k0), np.float32), scores])
     sizes = np.zeros(n_nodes, np.int64)
     for p in parts:
         np.add.at(sizes, p["ids"], p["counts"])
     sizes[0] = 0
-    contacts = combine_contacts([p["contacts"] for p in parts])
+    contacts = combine_contacts([p["contacts"] for p in parts], root=root)
     merge_seconds = time.perf_counter() - t1
     if progress is not None:
         progress(2 * len(grid) + 1, 2 * len(grid) + 1, "agglomeration done")
@@ -257,11 +316,32 @@ def segment_blockwise(
                 fg_threshold=float(fg_threshold) if foreground is not None else None,
                 restricted=foreground is not None, background_mode=background_mode, blockwise=True,
                 block=list(grid.block), context=list(ctx), n_blocks=len(grid), n_edges=graph.n_edges,
+                n_stitched=int(len(k0)),
                 peak_rss_per_worker=max(list(run1.peak_rss.values()) + list(run2.peak_rss.values())))
     _save_history(out, kept, gone, scores, sizes, contacts, info)
     del out["fragments_local"]
+    del out["face_same"]
     return _agglomeration(zarr.open_group(str(output), mode="r")["fragments"], kept, gone, scores, sizes, contacts,
                           float(max_threshold), int(min_size), small, info)
+
+
+def _stitch(pairs: np.ndarray, n_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of the stitched pairs: ``root`` (id -> smallest id of its group) and the unions as
+    merges ``(kept, absorbed)`` in an order where both are roots when merged."""
+    root = np.arange(n_nodes, dtype=np.int64)
+    if len(pairs) == 0:
+        z = np.zeros(0, np.int64)
+        return root, z, z
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_nodes, n_nodes))
+    _, comp = connected_components(g, directed=False)
+    smallest = np.full(comp.max() + 1, n_nodes, np.int64)
+    np.minimum.at(smallest, comp, np.arange(n_nodes, dtype=np.int64))
+    root = smallest[comp]
+    gone = np.flatnonzero(root != np.arange(n_nodes))
+    return root, root[gone], gone
 
 
 def _open_output(path: str, grid: BlockGrid, overwrite: bool):
@@ -277,6 +357,7 @@ def _open_output(path: str, grid: BlockGrid, overwrite: bool):
     root = zarr.open_group(path, mode="w")
     for name in ("fragments", "fragments_local"):
         root.create_array(name, shape=grid.shape, dtype="uint32", chunks=grid.block, fill_value=0)
+    root.create_array("face_same", shape=(6,) + grid.shape, dtype="uint8", chunks=(6,) + grid.block, fill_value=0)
     return root
 
 

@@ -11,13 +11,16 @@ links ``p`` to ``p - e_d``), reduced per fragment pair to what waterz's scoring 
 
 Tables from different blocks are concatenated and reduced again (``RegionGraph.combine``),
 so a block only has to report the faces it owns. ``merge_graph`` then runs waterz's
-iterative region merging in Python: pop the cheapest edge (1 - median or 1 - mean), merge
+iterative region merging in Python: pop the cheapest edge (ties: the edge whose first voxel
+face comes first in the volume, so the order does not depend on blocks or numbering) (1 - median or 1 - mean), merge
 its two regions, move the absorbed region's edges to the kept one and merge the statistics
 of edges that become parallel, rescore them, repeat until the cheapest edge reaches
 ``max_threshold``. The merge history (kept, absorbed, score) drives ``Agglomeration``'s
-replay exactly as waterz's own history does. Ties between equal scores go to the edge
-created first (lowest fragment pair); waterz's heap breaks them arbitrarily, so histories
-can differ in the order of equal-score merges.
+replay exactly as waterz's own history does. Ties between equal scores (common with 256
+bins) go to the edge whose first voxel face comes first in the volume; waterz's heap breaks
+them by its internal order, which depends on the fragment numbering: on a fib25_b prediction
+waterz alone, given the same fragments renumbered, differs from itself by VI 0.02-0.06
+(median) and 0.0004-0.03 (mean), so this merge matches waterz to that level, not exactly.
 """
 from __future__ import annotations
 
@@ -55,36 +58,58 @@ def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
 
 
-def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Sequence[slice]] = None) -> dict:
+def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Sequence[slice]] = None,
+               origin: Sequence[int] = (0, 0, 0), volume_shape: Optional[Sequence[int]] = None) -> dict:
     """Edge statistics of every fragment pair touching across a voxel face whose upper voxel
     lies in ``core`` (slices into ``fragments``; default: everywhere). ``fragments`` holds ids
-    below 2**32 (0 = none); ``affinities`` (3, ...) the same grid. Returns a dict of arrays
-    ``key`` (u << 32 | v, u < v), ``max`` (float32), ``sum`` (float64), ``count`` (int64)."""
+    below 2**32 (0 = none); ``affinities`` (3, ...) the same grid; ``origin`` is the array's
+    position in a volume of ``volume_shape``. Returns a dict of arrays ``key`` (u << 32 | v,
+    u < v), ``max`` (float32), ``sum`` (float64), ``count`` (int64) and ``first`` (int64: the
+    smallest global position of the edge's voxel faces, ``3 * linear index + axis``; it breaks
+    ties between equal scores the same way whatever the blocks and the fragment numbering)."""
     if int(fragments.max(initial=0)) >= 2**32:
         raise InputError("more than 2**32 fragments: use larger fragments or a smaller volume")
-    keys, vals = [], []
+    vshape = tuple(volume_shape) if volume_shape is not None else fragments.shape
+    keys, vals, poss = [], [], []
     for d, lo, m, a, b in _pairs(fragments, core):
         keys.append(_pair_keys(a, b))
         vals.append(affinities[d][lo][m].astype(np.float32))
+        idx = np.nonzero(m)
+        pos = np.ravel_multi_index(tuple(i + s.start + o for i, s, o in zip(idx, lo, origin)), vshape)
+        poss.append(pos.astype(np.int64) * 3 + d)
     key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     val = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-    return _reduce(key, val)
+    pos = np.concatenate(poss) if poss else np.zeros(0, np.int64)
+    return _reduce(key, val, first=pos)
 
 
 def _reduce(key: np.ndarray, val: np.ndarray, count: Optional[np.ndarray] = None,
-            total: Optional[np.ndarray] = None) -> dict:
-    """Group by ``key``: max of ``val``, sum of ``total`` (default ``val``), sum of ``count`` (default 1)."""
+            total: Optional[np.ndarray] = None, first: Optional[np.ndarray] = None) -> dict:
+    """Group by ``key``: max of ``val``, sum of ``total`` (default ``val``), sum of ``count``
+    (default 1), min of ``first``."""
     if key.size == 0:
         return dict(key=np.zeros(0, np.uint64), max=np.zeros(0, np.float32), sum=np.zeros(0, np.float64),
-                    count=np.zeros(0, np.int64))
+                    count=np.zeros(0, np.int64), first=np.zeros(0, np.int64))
     order = np.lexsort((val, key))
     key, val = key[order], val[order]
     last = np.ones(len(key), bool)
     last[:-1] = key[1:] != key[:-1]
-    first = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    start = np.flatnonzero(np.concatenate([[True], last[:-1]]))
     tot = (val.astype(np.float64) if total is None else total[order].astype(np.float64))
     cnt = (np.ones(len(key), np.int64) if count is None else count[order].astype(np.int64))
-    return dict(key=key[last], max=val[last], sum=np.add.reduceat(tot, first), count=np.add.reduceat(cnt, first))
+    fst = (np.zeros(len(key), np.int64) if first is None else first[order].astype(np.int64))
+    return dict(key=key[last], max=val[last], sum=np.add.reduceat(tot, start), count=np.add.reduceat(cnt, start),
+                first=np.minimum.reduceat(fst, start))
+
+
+def relabel_table(table: dict, root: np.ndarray) -> dict:
+    """An ``edge_table`` with fragment ids mapped through ``root`` (pairs inside one root dropped,
+    pairs that become the same reduced again)."""
+    u = root[(table["key"] >> np.uint64(32)).astype(np.int64)]
+    v = root[(table["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    keep = u != v
+    return _reduce(_pair_keys(u[keep], v[keep]), table["max"][keep], count=table["count"][keep],
+                   total=table["sum"][keep], first=table["first"][keep])
 
 
 def contact_table(fragments: np.ndarray, core: Optional[Sequence[slice]] = None) -> dict:
@@ -105,6 +130,7 @@ class RegionGraph:
     max: np.ndarray
     sum: np.ndarray
     count: np.ndarray
+    first: np.ndarray
     n_nodes: int
 
     @property
@@ -112,25 +138,34 @@ class RegionGraph:
         return int(len(self.u))
 
     @classmethod
-    def combine(cls, tables: Sequence[dict], n_nodes: Optional[int] = None) -> "RegionGraph":
-        """One graph from per-block ``edge_table`` results (pairs reported twice are merged)."""
-        key = np.concatenate([t["key"] for t in tables]) if tables else np.zeros(0, np.uint64)
-        t = _reduce(key, np.concatenate([t["max"] for t in tables]) if tables else np.zeros(0, np.float32),
-                    count=np.concatenate([t["count"] for t in tables]) if tables else None,
-                    total=np.concatenate([t["sum"] for t in tables]) if tables else None)
+    def combine(cls, tables: Sequence[dict], n_nodes: Optional[int] = None,
+                root: Optional[np.ndarray] = None) -> "RegionGraph":
+        """One graph from per-block ``edge_table`` results (pairs reported twice are merged);
+        ``root`` maps fragment ids first (fragments stitched across block faces)."""
+        if not tables:
+            tables = [_reduce(np.zeros(0, np.uint64), np.zeros(0, np.float32))]
+        t = _reduce(np.concatenate([t["key"] for t in tables]), np.concatenate([t["max"] for t in tables]),
+                    count=np.concatenate([t["count"] for t in tables]), total=np.concatenate([t["sum"] for t in tables]),
+                    first=np.concatenate([t["first"] for t in tables]))
+        if root is not None:
+            t = relabel_table(t, root)
         u = (t["key"] >> np.uint64(32)).astype(np.int64)
         v = (t["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
         n = int(n_nodes) if n_nodes is not None else (int(v.max()) + 1 if len(v) else 1)
-        return cls(u, v, t["max"], t["sum"], t["count"], n)
+        return cls(u, v, t["max"], t["sum"], t["count"], t["first"], n)
 
 
-def combine_contacts(tables: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(u, v, area)`` (int64) from per-block ``contact_table`` results, as ``Agglomeration`` wants."""
+def combine_contacts(tables: Sequence[dict], root: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(u, v, area)`` (int64) from per-block ``contact_table`` results, as ``Agglomeration``
+    wants; with ``root``, contacts between fragments of one root are dropped (ids kept)."""
     if not tables:
         z = np.zeros(0, np.int64)
         return z, z, z
     key = np.concatenate([t["key"] for t in tables])
     area = np.concatenate([t["area"] for t in tables])
+    if root is not None:
+        inside = root[(key >> np.uint64(32)).astype(np.int64)] == root[(key & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        key, area = key[~inside], area[~inside]
     uniq, inv = np.unique(key, return_inverse=True)
     tot = np.bincount(inv.reshape(-1), weights=area, minlength=len(uniq)).astype(np.int64)
     return (uniq >> np.uint64(32)).astype(np.int64), (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64), tot
@@ -174,12 +209,13 @@ def merge_graph(
         counts = graph.count.astype(np.int64).copy()
         init = (1.0 - sums / np.maximum(counts, 1)).astype(np.float32)
     score = init.astype(np.float64).tolist()
+    first = graph.first.tolist()
     adj: list[dict[int, int]] = [dict() for _ in range(graph.n_nodes)]
     for e in range(n_e):
         adj[u[e]][v[e]] = e
         adj[v[e]][u[e]] = e
     alive = [True] * n_e
-    heap = list(zip(score, range(n_e)))
+    heap = list(zip(score, first, range(n_e)))
     heapq.heapify(heap)
     kept_l: list[int] = []
     gone_l: list[int] = []
@@ -187,11 +223,11 @@ def merge_graph(
     top = float(np.float32(max_threshold))
     steps = 0
     while heap:
-        s, e = heap[0]
+        s, f, e = heap[0]
         if s >= top:
             break
         heapq.heappop(heap)
-        if not alive[e] or s != score[e]:
+        if not alive[e] or s != score[e] or f != first[e]:
             continue  # deleted, or an older score of an edge rescored since
         a, b = u[e], v[e]
         if len(adj[a]) < len(adj[b]):  # keep the region with more neighbours: fewer edges move
@@ -234,9 +270,11 @@ def merge_graph(
                 sums[ea] += sums[eb]
                 counts[ea] += counts[eb]
                 new = float(np.float32(1.0 - sums[ea] / counts[ea]))
-            if new != score[ea]:
+            nf = min(first[ea], first[eb])
+            if new != score[ea] or nf != first[ea]:
                 score[ea] = new
-                heapq.heappush(heap, (new, ea))
+                first[ea] = nf
+                heapq.heappush(heap, (new, nf, ea))
         steps += 1
         if cancel is not None and steps % 4096 == 0:
             check(cancel)
