@@ -48,6 +48,8 @@ class WeightsEntry:
     revision: str = "main"
     sha256: Optional[str] = None
     voxel_size_nm: Optional[tuple[float, float, float]] = None
+    # "em" (MNet: affinities + foreground) or "lm" (ViT3D light-microscopy foreground, see _model/vit3d.py)
+    family: str = "em"
 
     def url(self) -> Optional[str]:
         if self.repo is None:
@@ -73,11 +75,20 @@ REGISTRY: dict[str, WeightsEntry] = {
         # the authors trained at 6-9 nm in xy; override with --model-voxel-size
         voxel_size_nm=(8.0, 8.0, 8.0),
     ),
+    "lm_default": WeightsEntry(
+        name="lm_default",
+        description="light-microscopy ViT3D (DINOv2-inflated) neuron foreground for tracing, shipped with the plugin "
+        "(see weights/LM_MODEL_CARD.md)",
+        filename="lm_default.pt",
+        bundled=True,
+        family="lm",
+    ),
 }
 
 
-def list_weights() -> list[str]:
-    return list(REGISTRY)
+def list_weights(family: Optional[str] = "em") -> list[str]:
+    """Registry names of one model family ("em": MNet, "lm": light microscopy; None: all)."""
+    return [name for name, entry in REGISTRY.items() if family is None or entry.family == family]
 
 
 def cache_dir() -> Path:
