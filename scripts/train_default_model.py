@@ -44,16 +44,25 @@ def block_mean(a: np.ndarray, f: tuple) -> np.ndarray:
     return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
 
 
-def load_data(data: Path):
-    """Everything at ~10 nm in xy: unlabeled cube 2x down in z, y, x; ISBI 2x down in xy."""
+EXTRA = ROOT / "training_data"
+
+
+def load_data(data: Path, extra: Path = EXTRA, isbi_down: int = 2):
+    """The labelled FIB crops at their own grid, the unlabeled cube 2x down in z, y, x (the crops'
+    scale, benchmarks/measure_voxel_size.py), ISBI ``isbi_down`` x down in xy; fib25_c from
+    ``extra`` (scripts/gather_training_data.py) when it is there."""
     rd = lambda n: tifffile.imread(str(data / n))  # noqa: E731
     unl = np.round(block_mean(rd("fib25_unlabeled_raw.tif"), (2, 2, 2))).astype(np.uint8)
     a_raw, a_lab = rd("fib25_a_raw.tif"), rd("fib25_a_labels.tif")
     b_raw, b_lab = rd("fib25_b_raw.tif"), rd("fib25_b_labels.tif")
-    isbi = np.round(block_mean(rd("isbi2012_raw.tif"), (1, 2, 2))).astype(np.uint8)
-    memb = block_mean(rd("isbi2012_membranes.tif"), (1, 2, 2)) / 255.0
+    isbi = np.round(block_mean(rd("isbi2012_raw.tif"), (1, isbi_down, isbi_down))).astype(np.uint8)
+    memb = block_mean(rd("isbi2012_membranes.tif"), (1, isbi_down, isbi_down)) / 255.0
     isbi_lab = labels_from_membranes(memb, threshold=0.35)
-    return dict(unl=unl, a_raw=a_raw, a_lab=a_lab, b_raw=b_raw, b_lab=b_lab, isbi=isbi, isbi_lab=isbi_lab)
+    out = dict(unl=unl, a_raw=a_raw, a_lab=a_lab, b_raw=b_raw, b_lab=b_lab, isbi=isbi, isbi_lab=isbi_lab)
+    if (extra / "fib25_c_raw.tif").is_file():
+        out.update(c_raw=tifffile.imread(str(extra / "fib25_c_raw.tif")),
+                   c_lab=tifffile.imread(str(extra / "fib25_c_labels.tif")))
+    return out
 
 
 def time_step(kn, crop, batch, volumes, threads) -> float:
@@ -92,6 +101,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--isbi-weight", type=float, default=0.25)
+    p.add_argument("--isbi-down", type=int, default=2, help="ISBI 2012 (4 nm in xy) downsampling factor in xy")
+    p.add_argument("--c-weight", type=float, default=0.0,
+                   help="sampling weight of fib25_c (training_data/, gather_training_data.py); 0 = not used")
+    p.add_argument("--augment", choices=["default", "robust"], default="default",
+                   help="robust: zoom 0.5-2x, wide contrast/gamma, histogram remapping, more amplitude mixing")
+    p.add_argument("--voxel-size", type=float, default=10.0,
+                   help="voxel size (nm, isotropic) declared in the checkpoint: the FIB crops' true one")
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=100)
     p.add_argument("--average-last", type=int, default=4,
@@ -126,7 +142,7 @@ def main(argv=None) -> int:
         logf.write(line + "\n")
 
     log("command: " + " ".join(sys.argv))
-    d = load_data(Path(a.data))
+    d = load_data(Path(a.data), isbi_down=a.isbi_down)
     log("data: " + ", ".join(f"{k} {v.shape}" for k, v in d.items()))
     plan_path = out / "plan.json"
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
@@ -151,7 +167,11 @@ def main(argv=None) -> int:
         log(f"pretraining done: {r.iterations} iterations")
 
     # ---------------- finetuning
-    vols = [TrainVolume(d["a_raw"], d["a_lab"], weight=1 - a.isbi_weight, name="fib25_a")]
+    vols = [TrainVolume(d["a_raw"], d["a_lab"], weight=1 - a.isbi_weight - a.c_weight, name="fib25_a")]
+    if a.c_weight > 0:
+        if "c_raw" not in d:
+            raise SystemExit("--c-weight needs training_data/fib25_c_*.tif (scripts/gather_training_data.py)")
+        vols.append(TrainVolume(d["c_raw"], d["c_lab"], weight=a.c_weight, name="fib25_c"))
     if a.isbi_weight > 0:
         vols.append(TrainVolume(d["isbi"], d["isbi_lab"], z_affinity=False, weight=a.isbi_weight, name="isbi2012"))
     if "finetune_iters" not in plan:
@@ -175,12 +195,14 @@ def main(argv=None) -> int:
             if a.pretrain_iters > 0 and pre_ck.is_file():
                 names = transfer_encoder(pre_ck, model)
                 log(f"transferred {len(names)} pretrained encoder tensors")
-        aug = AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
+        aug = AugmentConfig.robust() if a.augment == "robust" else AugmentConfig(zoom=0.3, zoom_range=(0.75, 1.33))
         prev = plan.get("initialized_from", {}).get("metadata", {})
-        meta = {"name": "default", "voxel_size_nm": [10.0, 10.0, 10.0],
+        names = ["fib25_a (3D ids)"] + (["fib25_c (3D ids)"] if a.c_weight > 0 else [])
+        meta = {"name": "default", "voxel_size_nm": [a.voxel_size] * 3, "augment": a.augment,
                 "pretrained": bool(prev.get("pretrained", a.pretrain_iters > 0)),
                 "pretrain_iters": plan.get("pretrain_iters", prev.get("pretrain_iters", 0)),
-                "training_data": "fib25_a (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
+                "training_data": ", ".join(names) + f", isbi2012 {a.isbi_down}x-downsampled xy (2D membranes, "
+                                 "z affinity masked)",
                 "validation_data": "fib25_b"}
         r = finetune(model, volumes=vols, val_image=d["b_raw"], val_labels=d["b_lab"],
                      iterations=plan["finetune_iters"], batch_size=a.batch, crop=crop, lr=a.lr, min_lr=1e-5,

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Zero-shot and adapted quality on fib25_b and on the unseen held-out VNC stack, fixed threshold rule.
+
+Volumes
+- ``fib25_b`` (validation crop, FIB-SEM fly medulla): predicted on its own grid (the grid the
+  model was trained on), optionally a region of it (``--fib-region``).
+- ``vnc``: unidesigner/groundtruth-drosophila-vnc stack1 (ssTEM, larval VNC, 4.6 x 4.6 x 50 nm),
+  rebuilt by scripts/gather_training_data.py into runs/heldout/, never trained on. Its labels are
+  2D (ids per section), so every segmentation is scored per section: predicted ids are split by
+  section before VI/ARAND. A model that declares a voxel size predicts it through the plugin's
+  resampling path (``--vnc-voxel``), segments on the model grid and carries the labels back,
+  exactly as the plugin does; a model without one (e.g. finetuned on the stack itself) predicts
+  on the native grid.
+
+Rule: plugin defaults (median scoring, foreground "cut", segments < 100 voxels merged) at the
+package's DEFAULT_THRESHOLD, the same for every volume; the classical baseline (smoothed
+intensity as affinities, plain waterz, no merging) at the threshold that is best on fib25_b.
+The best threshold per volume is printed too, for reference only.
+
+    PYTHONPATH=src python benchmarks/bench_heldout.py --models default=src/napari_segneuron/weights/default.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
+THRESHOLDS = np.round(np.arange(0.04, 1.0, 0.04), 3)
+
+
+def region(text: str | None) -> tuple:
+    """'z0:z1,y0:y1,x0:x1' -> slices (empty -> everything)."""
+    if not text:
+        return (slice(None),) * 3
+    return tuple(slice(*[int(v) if v else None for v in part.split(":")]) for part in text.split(","))
+
+
+def per_section(seg: np.ndarray) -> np.ndarray:
+    """Ids made unique per z section (a 3D segment becomes one segment per section)."""
+    from napari_segneuron.metrics import fill_background
+    seg = fill_background(np.asarray(seg))
+    z = np.broadcast_to(np.arange(seg.shape[0])[:, None, None], seg.shape)
+    _, inv = np.unique(np.stack([z.ravel(), seg.ravel().astype(np.int64)]), axis=1, return_inverse=True)
+    return (inv.reshape(seg.shape) + 1).astype(np.uint32)
+
+
+def score(seg, gt, two_d: bool) -> dict:
+    from napari_segneuron.metrics import evaluate
+    s = evaluate(per_section(seg) if two_d else seg, gt)
+    return {"vi": round(s.vi, 4), "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
+            "arand": round(s.arand, 4)}
+
+
+def rows_for(ag, gt, two_d: bool, fixed: float) -> dict:
+    """Score at the fixed threshold and, for reference, the best of a sweep."""
+    out = dict(score(ag.labels(fixed), gt, two_d), threshold=fixed)
+    best = None
+    for t in THRESHOLDS:
+        r = score(ag.labels(float(t)), gt, two_d)
+        if best is None or r["vi"] < best["vi"]:
+            best = dict(r, threshold=float(t))
+    out["best"] = best
+    return out
+
+
+def segment_model(model, raw, voxel, model_voxel=None):
+    """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
+    agglomerate with the package defaults on the model grid, carry back to the input grid."""
+    from napari_segneuron.inference import Predictor
+    from napari_segneuron.segmentation import agglomerate
+    pred = Predictor(model, device="cpu", model_voxel_size=model_voxel)
+    mg = {}
+    aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
+    if mg.get("affinities") is not None:
+        ag = agglomerate(np.ascontiguousarray(mg["affinities"], np.float32),
+                         np.ascontiguousarray(mg["foreground"], np.float32), worker=False)
+        return ag.on_grid(raw.shape)
+    return agglomerate(np.ascontiguousarray(aff, np.float32), np.ascontiguousarray(fg, np.float32), worker=False)
+
+
+def classical_ag(raw, sigma: float = 0.5):
+    from napari_segneuron.segmentation import agglomerate
+    img = raw.astype(np.float32)
+    lo, hi = np.percentile(img, (1, 99))
+    sm = np.clip((ndimage.gaussian_filter(img, sigma) - lo) / (hi - lo), 0, 1)
+    return agglomerate(np.stack([sm] * 3), None, worker=False, min_size=0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=[f"default={ROOT / 'src/napari_segneuron/weights/default.pt'}"],
+                   help="NAME=CHECKPOINT ...")
+    p.add_argument("--volumes", default="fib25_b,vnc")
+    p.add_argument("--model-voxel", nargs="*", default=[],
+                   help="NAME=NM: override the voxel size a model declares (isotropic), e.g. to compare 10 and 20")
+    p.add_argument("--heldout", type=Path, default=ROOT / "runs" / "heldout")
+    p.add_argument("--vnc-voxel", default="50,4.6,4.6", help="z,y,x nm of the VNC stack (its README)")
+    p.add_argument("--vnc-region", default="0:20,0:512,128:640",
+                   help="scored region (z0:z1,y0:y1,x0:x1); the default leaves out the adaptation block "
+                        "y 0:120, x 0:120")
+    p.add_argument("--fib-region", default="", help="scored region of fib25_b (default all)")
+    p.add_argument("--no-classical", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from napari_segneuron._model import load_model
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD
+
+    vols = {}
+    names = a.volumes.split(",")
+    if "fib25_b" in names:
+        r = region(a.fib_region)
+        vols["fib25_b"] = (tifffile.imread(str(DATA / "fib25_b_raw.tif"))[r],
+                           tifffile.imread(str(DATA / "fib25_b_labels.tif"))[r], None, False)
+    if "vnc" in names:
+        r = region(a.vnc_region)
+        vols["vnc"] = (tifffile.imread(str(a.heldout / "vnc_stack1_raw.tif"))[r],
+                       tifffile.imread(str(a.heldout / "vnc_stack1_labels.tif"))[r],
+                       tuple(float(v) for v in a.vnc_voxel.split(",")), True)
+    rows = []
+    if not a.no_classical:
+        # threshold rule for the baseline: its best on fib25_b (the whole crop), applied everywhere
+        b_raw = tifffile.imread(str(DATA / "fib25_b_raw.tif"))
+        b_gt = tifffile.imread(str(DATA / "fib25_b_labels.tif"))
+        t_cl = rows_for(classical_ag(b_raw), b_gt, False, 0.5)["best"]["threshold"]
+        for vname, (raw, gt, voxel, two_d) in vols.items():
+            r = dict(rows_for(classical_ag(raw), gt, two_d, t_cl), model="classical (sigma 0.5, waterz)", volume=vname)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    overrides = {k: float(v) for k, v in (spec.split("=", 1) for spec in a.model_voxel)}
+    for spec in a.models:
+        name, path = spec.split("=", 1)
+        model = load_model(path, device="cpu")
+        vs = getattr(model, "info", {}).get("voxel_size_nm")
+        if name in overrides:
+            vs = (overrides[name],) * 3
+        for vname, (raw, gt, voxel, two_d) in vols.items():
+            t = time.time()
+            ag = segment_model(model, raw, voxel, vs)
+            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD), model=name, volume=vname,
+                     model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    print("\n| model | volume | VI (fixed t) | split | merge | ARAND | t | best VI (t) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['volume']} | {r['vi']:.3f} | {r['vi_split']:.3f} | {r['vi_merge']:.3f} | "
+              f"{r['arand']:.3f} | {r['threshold']:.2f} | {r['best']['vi']:.3f} ({r['best']['threshold']:.2f}) |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
