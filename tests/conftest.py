@@ -115,7 +115,9 @@ def pytest_collection_modifyitems(config, items):
     if _Gui.reason is None:
         return
     if os.environ.get("NAPARI_SEGNEURON_GUI_TESTS") == "require":
-        raise pytest.UsageError(_Gui.reason + " (NAPARI_SEGNEURON_GUI_TESTS=require)")
+        raise pytest.UsageError(
+            _Gui.reason.replace("GUI tests skipped", "GUI tests cannot run", 1) + " (NAPARI_SEGNEURON_GUI_TESTS=require)"
+        )
     mark = pytest.mark.skip(reason="needs Qt with a display (see 'GUI tests skipped' at the end)")
     for item in gui:
         item.add_marker(mark)
