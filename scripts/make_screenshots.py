@@ -94,8 +94,6 @@ def _run(args, width, height) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_segneuron import segmentation
-    from napari_segneuron._widgets.segment import SegNeuronWidget
-    from napari_segneuron._widgets.train import TrainingWidget
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +103,8 @@ def _run(args, width, height) -> int:
     viewer.open_sample("napari-segneuron", "fib25_both")
     gt = viewer.layers["fib25 ground truth"]
     gt.visible = False
-    dock = SegNeuronWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="SegNeuron", area="right")
+    # the docks as Plugins > SegNeuron opens them (each gets napari's proxy of the viewer)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")
     settle(app)
 
     # 1. Model
@@ -144,16 +142,15 @@ def _run(args, width, height) -> int:
 
     # training dock
     if not args.no_training:
-        train = TrainingWidget(viewer)
-        viewer.window.add_dock_widget(train, name="SegNeuron training", area="right", tabify=True)
+        _, train = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron training", tabify=True)
         train.image_combo.set_value(viewer.layers["fib25 EM"])
         train.labels_combo.set_value(gt)
-        train.iterations.setValue(args.train_iterations)
-        train.crop.set_value((16, 64, 64))
-        train.batch.setValue(1)
+        train.settings.iterations.value = args.train_iterations
+        train.settings.crop.value = (16, 64, 64)
+        train.settings.batch_size.value = 1
         import tempfile
 
-        train.checkpoint_edit.setText(str(Path(tempfile.mkdtemp()) / "finetuned.pt"))
+        train.settings.save_to.value = str(Path(tempfile.mkdtemp()) / "finetuned.pt")
         train.train()
         wait_for(app, train)
         settle(app)

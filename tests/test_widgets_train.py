@@ -24,9 +24,9 @@ def docks(make_napari_viewer, tiny_model_cpu):
     viewer.add_labels(load_labels()[CROP].astype(np.uint32), name="truth")
     train.image_combo.set_value(viewer.layers["em"])
     train.labels_combo.set_value(viewer.layers["truth"])
-    train.crop.set_value((8, 32, 32))
-    train.batch.setValue(1)
-    train.device_combo.setCurrentText("cpu")
+    train.settings.crop.value = (8, 32, 32)
+    train.settings.batch_size.value = 1
+    train.settings.device.value = "cpu"
     return viewer, seg, train
 
 
@@ -36,10 +36,10 @@ def wait_idle(qtbot, w, timeout=180_000):
 
 def test_finetune_replaces_loaded_model(docks, qtbot, tmp_path, notifications, tiny_model_cpu):
     viewer, seg, train = docks
-    train.iterations.setValue(3)
+    train.settings.iterations.value = 3
     train.start_combo.setCurrentText(START_LOADED)
     ckpt = tmp_path / "ft.pt"
-    train.checkpoint_edit.setText(str(ckpt))
+    train.settings.save_to.value = str(ckpt)
     train.train()
     wait_idle(qtbot, train)
     assert [lvl for lvl, _ in notifications if lvl == "error"] == [], notifications
@@ -49,7 +49,7 @@ def test_finetune_replaces_loaded_model(docks, qtbot, tmp_path, notifications, t
     assert seg.model.info["path"] == str(ckpt)
     assert "ft" in seg.model_label.text()
     # a second run never replaces the first checkpoint
-    train.iterations.setValue(1)
+    train.settings.iterations.value = 1
     train.train()
     wait_idle(qtbot, train)
     assert (tmp_path / "ft-2.pt").exists()
@@ -58,9 +58,9 @@ def test_finetune_replaces_loaded_model(docks, qtbot, tmp_path, notifications, t
 
 def test_cancel_keeps_last_checkpoint(docks, qtbot, tmp_path, notifications):
     viewer, seg, train = docks
-    train.iterations.setValue(100_000)
+    train.settings.iterations.value = 100_000
     ckpt = tmp_path / "long.pt"
-    train.checkpoint_edit.setText(str(ckpt))
+    train.settings.save_to.value = str(ckpt)
     train.train()
     qtbot.waitUntil(lambda: len(train.loss_plot.points) >= 2, timeout=30_000)
     train.cancel_button.click()
@@ -91,8 +91,8 @@ def test_pretrain_then_start_of_finetune(docks, qtbot, tmp_path, notifications):
     viewer, seg, train = docks
     train.mode.setCurrentText(PRETRAIN)
     train.set_pretrain_layers(["em"])
-    train.iterations.setValue(2)
-    train.checkpoint_edit.setText(str(tmp_path / "pre.pt"))
+    train.settings.iterations.value = 2
+    train.settings.save_to.value = str(tmp_path / "pre.pt")
     train.train()
     wait_idle(qtbot, train)
     assert [lvl for lvl, _ in notifications if lvl == "error"] == [], notifications

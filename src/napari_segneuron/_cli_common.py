@@ -122,6 +122,27 @@ class TerminalProgress:
             self.bar.close()
 
 
+def checked_volume(volume, name: str):
+    """The volume as predict should see it: NaN/inf replaced by the darkest value
+    (``io.check_finite``), with one ``warning:`` line for that and for a constant or
+    noise-only image (``image_checks``)."""
+    import warnings
+
+    from .image_checks import content_warning
+    from .io import check_finite
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = check_finite(volume, name=name)
+    notes = [str(w.message) for w in caught]
+    note = content_warning(volume, name=name)
+    if note:
+        notes.append(note)
+    for text in notes:
+        print(f"warning: {text}", file=sys.stderr)
+    return volume
+
+
 def load_weights(name_or_path: str, device: Optional[str]):
     """Fetch (download if needed) and load weights, with a download bar."""
     from ._model import load_named

@@ -11,6 +11,7 @@ from ._cli_common import (
     TerminalProgress,
     add_model_arguments,
     check_output_path,
+    checked_volume,
     input_voxel_size,
     load_weights,
     make_predictor,
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     volume = as_volume(volume, name=args.input)
     roi_meta: dict = {}
     volume = apply_roi(volume, args.roi, roi_meta)
+    volume = checked_volume(volume, name=args.input)
     model = load_weights(args.weights, args.device)
     predictor = make_predictor(args, model)
     print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import apply_roi, input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, load_weights, make_predictor
+from ._cli_common import apply_roi, input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, checked_volume, load_weights, make_predictor
 from .io import InputError
 
 
@@ -154,6 +154,7 @@ def run_segment(args: argparse.Namespace) -> int:
         volume, voxel = read_volume(args.input)
         volume = as_volume(volume, name=args.input)
         volume = apply_roi(volume, args.roi, meta)
+        volume = checked_volume(volume, name=args.input)
         model = load_weights(args.weights, args.device)
         predictor = make_predictor(args, model)
         print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)

@@ -72,16 +72,30 @@ def as_volume(data: Any, name: str = "image", rgb: Optional[bool] = None) -> Any
 
 
 def check_finite(volume: np.ndarray, name: str = "image") -> np.ndarray:
-    """Return ``volume`` with NaN/inf replaced by its finite minimum (with a warning)."""
-    if volume.dtype.kind != "f":
+    """Return ``volume`` with NaN/inf replaced by its finite minimum (with a warning).
+
+    Lazy arrays (zarr, dask) are scanned slab by slab and returned as they are (predict
+    reads non-finite voxels as the darkest value too); all-NaN raises InputError.
+    """
+    if np.dtype(volume.dtype).kind != "f":
         return volume
-    finite = np.isfinite(volume)
-    if finite.all():
+    in_memory = isinstance(volume, np.ndarray)
+    if in_memory:
+        finite = np.isfinite(volume)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+    else:
+        step = max(1, int(2**24 // max(1, int(np.prod(volume.shape[1:])))))
+        n_bad = sum(int(b.size - np.count_nonzero(np.isfinite(b)))
+                    for b in (np.asarray(volume[z:z + step]) for z in range(0, int(volume.shape[0]), step)))
+    if n_bad == 0:
         return volume
-    if not finite.any():
+    total = int(np.prod(volume.shape))
+    if n_bad == total:
         raise InputError(f"The {name} contains no finite values (all NaN or inf)")
-    n_bad = int((~finite).sum())
-    warnings.warn(f"The {name} has {n_bad} NaN/inf voxels; they are treated as the darkest value", stacklevel=2)
+    warnings.warn(f"The {name} has {n_bad:,} NaN/inf voxels ({100 * n_bad / total:.2g} %); they are treated "
+                  "as the darkest value (membrane/background). Fill or crop them if that is wrong.", stacklevel=2)
+    if not in_memory:
+        return volume
     return np.where(finite, volume, volume[finite].min())
 
 

@@ -178,11 +178,89 @@ def spatial_geometry(layer, ndim: int = 3) -> tuple[tuple[float, ...], tuple[flo
 
 
 def layer_source_path(layer) -> Optional[str]:
+    """The file the layer was read from: ``layer.source.path``, or the packaged file of
+    this plugin's sample data; None when there is none (an array made in Python)."""
     try:
-        path = layer.source.path
+        source = layer.source
+        path, sample = source.path, source.sample
     except Exception:
-        path = None
-    return str(path) if path else None
+        path, sample = None, None
+    if path:
+        return str(path)
+    if sample and sample[0] == "napari-segneuron":
+        from .. import _sample_data
+
+        packaged = _sample_data.RAW_PATH if isinstance(layer, _image_type()) else _sample_data.LABELS_PATH
+        return str(packaged)
+    return None
+
+
+def _image_type():
+    import napari.layers
+
+    return napari.layers.Image
+
+
+def placeholder_path(layer_name: Optional[str]) -> str:
+    """A clearly-named stand-in for an image that has no file (edit it before running)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (layer_name or "image")).strip("_") or "image"
+    return f"PATH/TO/{safe}.tif"
+
+
+def file_voxel_size(path: Optional[str]) -> Optional[tuple[float, float, float]]:
+    """Voxel size (nm) from a tif's ImageJ/resolution tags or a zarr's ``voxel_size_nm``; None if unknown."""
+    if not path:
+        return None
+    from pathlib import Path
+
+    from .. import io
+
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                return io._tif_voxel_size(tif)
+        if str(p).rstrip("/").lower().endswith(".zarr") and p.exists():
+            return io.read_volume(p)[1]
+    except Exception:  # noqa: BLE001 - unknown is a valid answer
+        return None
+    return None
+
+
+class VoxelSizeField(QWidget):
+    """Voxel size (z, y, x) in nm; a 0 anywhere reads as "unknown" (shown as ?)."""
+
+    def __init__(self, tooltip: str = "", parent=None):
+        super().__init__(parent)
+
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        self.boxes: list[QDoubleSpinBox] = []
+        for axis in "zyx":
+            box = QDoubleSpinBox()
+            box.setRange(0.0, 100_000.0)
+            box.setDecimals(2)
+            box.setSingleStep(1.0)
+            box.setPrefix(f"{axis} ")
+            box.setSpecialValueText(f"{axis} ?")
+            box.setButtonSymbols(QAbstractSpinBox.NoButtons)
+            box.setToolTip(tooltip)
+            box.setMinimumWidth(40)
+            lay.addWidget(box)
+            self.boxes.append(box)
+        self.setToolTip(tooltip)
+
+    def value(self) -> Optional[tuple[float, float, float]]:
+        vals = tuple(float(b.value()) for b in self.boxes)
+        return None if min(vals) <= 0 else vals  # type: ignore[return-value]
+
+    def set_value(self, values: Optional[Sequence[float]]) -> None:
+        vals = list(values) if values is not None else [0.0, 0.0, 0.0]
+        for b, v in zip(self.boxes, vals[-3:]):
+            b.setValue(float(v))
 
 
 # -- provenance -------------------------------------------------------------------------
@@ -199,7 +277,7 @@ def weights_provenance(model) -> dict:
 
 def cli_command(prov: dict, output: Optional[str] = None) -> str:
     """The ``napari-segneuron segment`` command that reproduces a run headless."""
-    src = prov.get("source_path") or "IMAGE.tif"
+    src = prov.get("source_path") or placeholder_path(prov.get("source_image"))
     weights = prov.get("weights") or {}
     wname = weights.get("name") or "default"
     wpath = weights.get("path")

@@ -7,9 +7,10 @@ Every long action of the docks goes through :class:`TaskRunner`:
   ``cancel=CancelToken``; progress is forwarded to the GUI thread through a Qt signal
   and shown both in the dock (QProgressBar + status line) and in napari's activity
   dock (``napari.utils.progress`` with the real total);
-* the Cancel button sets the token; a cancelled run ends with a warning notification;
-* every exception ends as a napari notification (never a traceback in the console):
-  the worker function catches everything and returns an outcome object.
+* the Cancel button sets the token; a cancelled run ends with a warning notification and
+  the bar reads "<task>: cancelled";
+* every exception ends as a napari notification and in the dock's status line (never a
+  traceback in the console): the worker function catches everything and returns an outcome.
 """
 from __future__ import annotations
 
@@ -127,6 +128,11 @@ class TaskRunner(QObject):
             self.token.cancel()
             self.status.setText(f"Cancelling {self.task}…")
 
+    def show_error(self, message: str) -> None:
+        """An error in the dock's status line (replacing what it said) and as a notification."""
+        self.status.setText(f"⚠ {message}")
+        notify_error(message)
+
     # -- running ------------------------------------------------------------------------
     def start(
         self,
@@ -157,8 +163,10 @@ class TaskRunner(QObject):
             t0 = time.perf_counter()
             try:
                 value = fn(progress=progress, cancel=token)
-                if token.cancelled and not keep_result_when_cancelled:
-                    return Outcome("cancelled", seconds=time.perf_counter() - t0)
+                if token.cancelled:
+                    # a kept result (training: the last checkpoint) still goes to on_done
+                    kept = value if keep_result_when_cancelled else None
+                    return Outcome("cancelled", kept, seconds=time.perf_counter() - t0)
                 return Outcome("ok", value, seconds=time.perf_counter() - t0)
             except Cancelled:
                 return Outcome("cancelled", seconds=time.perf_counter() - t0)
@@ -187,7 +195,7 @@ class TaskRunner(QObject):
             return Outcome("cancelled")
         except Exception as exc:  # noqa: BLE001
             LOG.debug("%s failed:\n%s", name, traceback.format_exc())
-            notify_error(error_message(exc, name))
+            self.show_error(error_message(exc, name))
             return Outcome("error", error=exc)
 
     # -- GUI-thread callbacks -----------------------------------------------------------
@@ -248,18 +256,25 @@ class TaskRunner(QObject):
                 LOG.debug("%s (finishing) failed:\n%s", name, traceback.format_exc())
                 out = Outcome("error", error=exc, seconds=out.seconds)
                 self.last_outcome = out
-                notify_error(error_message(exc, name))
-                self.status.setText(f"{name} failed")
+                self.show_error(error_message(exc, name))
         elif out.status == "cancelled":
-            self.progress_bar.setValue(0)
-            self.status.setText(f"{name}: cancelled")
-            notify_warning(f"{name} was cancelled; nothing was changed")
+            self.progress_bar.setFormat(f"{name}: cancelled")
+            self.status.setText(f"{name}: cancelled after {out.seconds:.1f} s")
+            if out.value is not None:
+                try:
+                    on_done(out.value)  # says itself what was kept
+                except Exception as exc:  # noqa: BLE001
+                    LOG.debug("%s (finishing) failed:\n%s", name, traceback.format_exc())
+                    self.show_error(error_message(exc, name))
+            else:
+                self.progress_bar.setValue(0)
+                notify_warning(f"{name} was cancelled; nothing was changed")
             if on_cancelled is not None:
                 on_cancelled()
         else:
             self.progress_bar.setValue(0)
-            self.status.setText(f"{name} failed")
-            notify_error(error_message(out.error, name))
+            self.progress_bar.setFormat(f"{name}: failed")
+            self.show_error(error_message(out.error, name))
             if on_error is not None:
                 on_error(out.error)
         self.finished.emit(name, out.status)

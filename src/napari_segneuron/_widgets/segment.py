@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -36,22 +37,29 @@ from ._common import (
     Collapsible,
     LayerCombo,
     TripleSpin,
+    VoxelSizeField,
     cli_command,
     double_spin,
+    file_voxel_size,
     int_spin,
     json_safe,
     layer_source_path,
+    placeholder_path,
     plugin_version,
     spatial_geometry,
     weights_provenance,
     wrap_label,
 )
-from ._runner import TaskRunner, error_message, notify_error, notify_info, notify_warning
+from ._runner import TaskRunner, error_message, notify_info, notify_warning
 
 CHECKPOINT_ITEM = "Checkpoint file…"
 #: open SegNeuron docks (the training dock hands its trained model to the one of its viewer)
 DOCKS: "weakref.WeakSet" = weakref.WeakSet()
 SLIDER_STEPS = 100  # slider ticks per unit threshold
+PREVIEW_DEPTH = 4  # preview: slices above and below the current one (9 slices)
+#: previews up to this many voxels agglomerate in-process: starting the worker process
+#: costs seconds, more than waterz needs for a 9x256x256 region (see benchmarks/bench_preview.py)
+PREVIEW_IN_PROCESS_VOXELS = 4_000_000
 
 
 def _segmentation():
@@ -193,6 +201,20 @@ class SegNeuronWidget(QWidget):
         self.image_combo = LayerCombo(self.viewer, (napari.layers.Image,), placeholder="(open an EM image)")
         self.image_combo.setToolTip("The greyscale 3D EM stack to segment")
         form.addRow("Image", self.image_combo)
+        self.voxel_field = VoxelSizeField(
+            tooltip="The stack's voxel size in nm (z, y, x), from the layer scale or the file; '?' = unknown "
+                    "(the model's own is assumed). When it differs from the model's, the stack is resampled "
+                    "to the model's grid and back."
+        )
+        form.addRow("Voxel (nm)", self.voxel_field)
+        self.voxel_note = wrap_label("")
+        self.voxel_note.setVisible(False)
+        form.addRow(self.voxel_note)
+        self.image_note = wrap_label("")  # NaN voxels, constant or noise-only images
+        self.image_note.setStyleSheet("color: #f0a030;")
+        self.image_note.setVisible(False)
+        form.addRow(self.image_note)
+        self._scale_layer = None
         adv = QWidget()
         af = QFormLayout(adv)
         af.setContentsMargins(0, 0, 0, 0)
@@ -209,7 +231,8 @@ class SegNeuronWidget(QWidget):
         self.tta = QCheckBox("Test-time augmentation (4x slower)")
         self.tta.setToolTip("Average the prediction over y/x flips: fewer split and merge errors, 4x the compute")
         af.addRow(self.tta)
-        self.preview_depth = int_spin(8, 1, 256, tooltip="Preview: slices above and below the current one", suffix=" slices")
+        self.preview_depth = int_spin(PREVIEW_DEPTH, 1, 256, tooltip="Preview: slices above and below the current one "
+                                      "(a thin slab keeps the preview to seconds)", suffix=" slices")
         af.addRow("Preview ±", self.preview_depth)
         self.preview_size = int_spin(256, 32, 2048, 16, tooltip="Preview: largest y/x size of the region in view (pixels)", suffix=" px")
         af.addRow("Preview ≤", self.preview_size)
@@ -255,16 +278,28 @@ class SegNeuronWidget(QWidget):
         self.slider.setValue(int(round(thr * SLIDER_STEPS)))
         self.slider.setEnabled(False)
         self.slider.setToolTip("Merge threshold: higher merges more (fewer, larger segments); lower splits more. Updates live after Segment.")
+        self.slider.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.slider.setMinimumWidth(160)
         self.slider_label = QLabel(f"{thr:.2f}")
         self.slider_label.setMinimumWidth(36)
+        self.slider_label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        # the slider gets the dock's full width (a form field column left it ~40 px)
         row = QWidget()
         hl = QHBoxLayout(row)
         hl.setContentsMargins(0, 0, 0, 0)
-        hl.addWidget(QLabel("split"))
-        hl.addWidget(self.slider, 1)
-        hl.addWidget(QLabel("merge"))
+        hl.addWidget(QLabel("Merge threshold"))
+        hl.addStretch(1)
         hl.addWidget(self.slider_label)
-        form.addRow("Merge", row)
+        form.addRow(row)
+        form.addRow(self.slider)
+        ends = QWidget()
+        hl = QHBoxLayout(ends)
+        hl.setContentsMargins(0, 0, 0, 0)
+        for text, align in (("◀ split more", Qt.AlignLeft), ("merge more ▶", Qt.AlignRight)):
+            lab = QLabel(f"<small>{text}</small>")
+            lab.setAlignment(align)
+            hl.addWidget(lab, 1)
+        form.addRow(ends)
         self.segment_label = wrap_label("Predict first, then Segment; then move the slider.")
         form.addRow(self.segment_label)
         self.slider.valueChanged.connect(self._slider_moved)
@@ -278,8 +313,9 @@ class SegNeuronWidget(QWidget):
         # ---- 4. Export & evaluate --------------------------------------------------------
         box = QGroupBox("4. Export && evaluate")
         form = QFormLayout(box)
-        self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
-        self.labels_combo.setToolTip("The segmentation to export or evaluate")
+        self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(choose a segmentation)",
+                                       allow_none=True)
+        self.labels_combo.setToolTip("The segmentation to export or evaluate (Segment and Preview select theirs)")
         form.addRow("Labels", self.labels_combo)
         self.export_button = QPushButton("Export labels…")
         self.export_button.setToolTip("Save as .tif or .zarr, with the settings used (provenance) inside the file")
@@ -293,8 +329,10 @@ class SegNeuronWidget(QWidget):
         hl.addWidget(self.export_button)
         hl.addWidget(self.cli_button)
         form.addRow(row)
-        self.gt_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
-        self.gt_combo.setToolTip("Ground-truth labels of the same shape (0 = ignored)")
+        self.gt_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(choose the ground truth)",
+                                   allow_none=True)
+        self.gt_combo.setToolTip("Ground-truth labels of the same shape (0 = ignored); never picked for you "
+                                 "unless a layer's name says 'truth' or 'gt'")
         form.addRow("Ground truth", self.gt_combo)
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.setToolTip("Compare the labels with the ground truth (lower is better)")
@@ -326,6 +364,9 @@ class SegNeuronWidget(QWidget):
         self.runner.finished.connect(lambda _n, _s: self._set_busy(False))
         self._pick_default_layers()
         self.viewer.layers.events.inserted.connect(self._pick_default_layers)
+        self.labels_combo.currentTextChanged.connect(self._labels_changed)
+        self.image_combo.currentTextChanged.connect(self._image_changed)
+        self._image_changed()
         self.setMinimumWidth(340)
 
     # =====================================================================================
@@ -360,12 +401,74 @@ class SegNeuronWidget(QWidget):
             self.weights_path.setText(path)
 
     def _pick_default_layers(self, event=None) -> None:
-        """After a layer is added, pick sensible defaults (e.g. a 'ground truth' layer for evaluation)."""
-        layers = self.gt_combo.layers()
-        for lay in layers:
-            if "truth" in lay.name.lower() or "gt" in lay.name.lower().split():
-                if self.gt_combo.value() is None or self.gt_combo.value() is self.labels_combo.value():
-                    self.gt_combo.set_value(lay)
+        """After a layer is added, pick a ground truth only by its name ('truth', 'gt', 'ground'),
+        never the labels layer being evaluated nor one SegNeuron made."""
+        current = self.gt_combo.value()
+        if current is not None and current is not self.labels_combo.value():
+            return
+        for lay in self.gt_combo.layers():
+            words = lay.name.lower().replace("_", " ").split()
+            named = "truth" in lay.name.lower() or "gt" in words or "groundtruth" in words
+            ours = (lay.metadata or {}).get("segneuron", {}).get("plugin") == "napari-segneuron"
+            if named and not ours and lay is not self.labels_combo.value():
+                self.gt_combo.set_value(lay)
+                return
+        if current is not None:  # it was the evaluated layer: back to "choose"
+            self.gt_combo.setCurrentIndex(0)
+
+    def _labels_changed(self, _text: str = "") -> None:
+        self._pick_default_layers()
+
+    def _image_changed(self, _text: str = "") -> None:
+        """Prefill the voxel size from the new image (layer scale, else file metadata); follow its scale."""
+        layer = self.image_combo.value()
+        if self._scale_layer is not None and self._scale_layer is not layer:
+            try:
+                self._scale_layer.events.scale.disconnect(self._prefill_voxel_size)
+            except Exception:  # noqa: BLE001
+                pass
+            self._scale_layer = None
+        if layer is not None and self._scale_layer is None:
+            layer.events.scale.connect(self._prefill_voxel_size)
+            self._scale_layer = layer
+        self.image_note.setVisible(False)
+        self._prefill_voxel_size()
+
+    def _prefill_voxel_size(self, event=None) -> None:
+        from ..resample import voxel_size_from_scale
+
+        layer = self.image_combo.value()
+        voxel, origin = None, ""
+        if layer is not None:
+            voxel = voxel_size_from_scale(layer.scale)
+            origin = "layer scale"
+            if voxel is None:
+                voxel = file_voxel_size(layer_source_path(layer))
+                origin = "file metadata"
+        self.voxel_field.set_value(voxel)
+        self.voxel_field.setToolTip(
+            self.voxel_field.boxes[0].toolTip() + (f"\n(prefilled from the {origin})" if voxel is not None else "")
+        )
+        self._show_voxel_note()
+
+    def _show_voxel_note(self) -> None:
+        """Say under the field what happens with the voxel size in it."""
+        model_voxel = (getattr(self.model, "info", None) or {}).get("voxel_size_nm") if self.model is not None else None
+        voxel = self.voxel_field.value()
+        if self.image_combo.value() is None or model_voxel is None:
+            self.voxel_note.setVisible(False)
+            return
+        mv = "×".join(f"{v:g}" for v in model_voxel)
+        if voxel is None:
+            text = (f"<small>Voxel size unknown: the model's own {mv} nm is assumed. Type the stack's voxel size "
+                    "(z, y, x in nm) above if it differs.</small>")
+        else:
+            from ..resample import needs_resampling
+
+            text = (f"<small>Resampled to the model's {mv} nm and back.</small>" if needs_resampling(voxel, model_voxel)
+                    else f"<small>Matches the model's {mv} nm: no resampling.</small>")
+        self.voxel_note.setText(text)
+        self.voxel_note.setVisible(True)
 
     def _image_volume(self):
         """The selected image as a validated (z, y, x) volume; raises InputError with a message."""
@@ -382,6 +485,27 @@ class SegNeuronWidget(QWidget):
         if volume.ndim != 3:
             raise InputError(f"'{layer.name}' must be a 3D (z, y, x) stack, got shape {tuple(layer.data.shape)}")
         return layer, volume
+
+    def _checked_volume(self, layer, volume):
+        """``volume`` with NaN/inf as the darkest value (``io.check_finite``); a constant or
+        noise-only image is warned about. Warnings go to a notification and under the Image box."""
+        import warnings
+
+        from ..image_checks import content_warning
+        from ..io import check_finite
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            volume = check_finite(volume, name=f"image '{layer.name}'")
+        notes = [str(w.message) for w in caught]
+        note = content_warning(volume, name=f"image '{layer.name}'")
+        if note:
+            notes.append(note)
+        for text in notes:
+            notify_warning(text)
+        self.image_note.setText("⚠ " + "<br>⚠ ".join(notes) if notes else "")
+        self.image_note.setVisible(bool(notes))
+        return volume
 
     def _require_model(self) -> None:
         from ..io import InputError
@@ -414,16 +538,18 @@ class SegNeuronWidget(QWidget):
         self.slider.setValue(int(round(value * SLIDER_STEPS)))
 
     def _voxel_size(self, layer, predictor):
-        """The image's voxel size in nm from its layer scale; says once when it is unknown."""
-        from ..resample import needs_resampling, voxel_size_from_scale
+        """The image's voxel size in nm from the dock's voxel-size field (prefilled from the
+        layer scale or the file); says once when it is unknown."""
+        from ..resample import needs_resampling
 
-        voxel = voxel_size_from_scale(layer.scale)
+        voxel = self.voxel_field.value()
         model_voxel = predictor.model_voxel_size
         if voxel is None and model_voxel is not None and not getattr(self, "_voxel_note_shown", False):
             self._voxel_note_shown = True
             notify_info(
-                f"'{layer.name}' has no voxel size (layer scale is 1): assuming the model's own "
-                f"{'×'.join(f'{v:g}' for v in model_voxel)} nm. Set the layer scale in nm to resample."
+                f"'{layer.name}' has no voxel size: assuming the model's own "
+                f"{'×'.join(f'{v:g}' for v in model_voxel)} nm. If the stack's differs, type it (z, y, x in nm) "
+                "in '2. Predict ▸ Voxel (nm)' and the stack is resampled to the model's grid."
             )
         elif voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
             notify_info(
@@ -432,17 +558,28 @@ class SegNeuronWidget(QWidget):
             )
         return voxel
 
-    def _predictor(self):
+    def _predictor(self, settings: Optional[dict] = None):
         from ..inference import Predictor
 
-        s = self._predict_settings()
+        s = settings or self._predict_settings()
         device = None if s["device"] == "auto" else s["device"]
         return Predictor(self.model, tile=s["tile"], overlap=s["overlap"], batch_size=s["batch_size"], device=device, half=s["half"],
                          tta=s["tta"])
 
-    def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None, model_grid=None):
+    def _preview_settings(self, region) -> dict:
+        """Predict settings of a preview: one tile fitted to the region (y, x rounded up to the
+        network's multiple of 16), no overlap; at most the region's size in any axis."""
+        s = self._predict_settings()
+        size = [sl.stop - sl.start for sl in region]
+        s["tile"] = [size[0], -(-size[1] // 16) * 16, -(-size[2] // 16) * 16]
+        s["overlap"] = [0, 0, 0]
+        return s
+
+    def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None, model_grid=None,
+                     worker: Optional[bool] = None):
         """Agglomerate; a resampled prediction is agglomerated on the model's grid
-        (``model_grid``) and its fragments carried to the image grid."""
+        (``model_grid``) and its fragments carried to the image grid. waterz runs in the
+        worker process (``agglomerate_in_worker``) unless ``worker`` says otherwise."""
         seg = _segmentation()
         shape = tuple(affinities.shape[1:])
         if model_grid:
@@ -454,7 +591,7 @@ class SegNeuronWidget(QWidget):
             min_size=seg_settings["min_size"],
             scoring=seg_settings.get("scoring", seg.DEFAULT_SCORING),
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
-            worker=self.agglomerate_in_worker,
+            worker=bool(self.agglomerate_in_worker if worker is None else worker),
             output_shape=shape if model_grid else None,
             progress=progress,
             cancel=cancel,
@@ -502,10 +639,10 @@ class SegNeuronWidget(QWidget):
         if choice == CHECKPOINT_ITEM:
             source = self.weights_path.text().strip()
             if not source:
-                notify_error("Choose a checkpoint file first (Browse…)")
+                self.runner.show_error("Choose a checkpoint file first (Browse…)")
                 return
             if not Path(source).expanduser().is_file():
-                notify_error(f"Checkpoint file not found: {source}")
+                self.runner.show_error(f"Checkpoint file not found: {source}")
                 return
         else:
             source = choice
@@ -525,9 +662,16 @@ class SegNeuronWidget(QWidget):
 
         self.runner.start("Load model", work, self.set_model)
 
-    def set_model(self, model) -> None:
-        """Use ``model`` (an MNet with ``.info``) from now on; old predictions stay but are marked stale."""
+    def set_model(self, model, source: Optional[str] = None) -> None:
+        """Use ``model`` (an MNet with ``.info``) from now on; old predictions stay as they are.
+
+        ``source``: the checkpoint file the model came from when it was not chosen in this
+        dock (e.g. the training dock's result); the Weights box then shows that file.
+        """
         self.model = model
+        if source is not None:
+            self.weights_combo.setCurrentText(CHECKPOINT_ITEM)
+            self.weights_path.setText(str(source))
         info = getattr(model, "info", {}) or {}
         n = info.get("n_parameters") or sum(p.numel() for p in model.parameters())
         sha = (info.get("sha256") or "")[:12]
@@ -542,7 +686,9 @@ class SegNeuronWidget(QWidget):
             text += f"<br><small>sha256 {sha}…</small>"
         self.model_label.setText(text)
         self.model_label.setToolTip(info.get("path", ""))
-        self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded.")
+        origin = f" from {source}" if source is not None else ""
+        self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded{origin}.")
+        self._show_voxel_note()
 
     # =====================================================================================
     # 2. Predict
@@ -552,8 +698,9 @@ class SegNeuronWidget(QWidget):
             self._require_model()
             layer, volume = self._image_volume()
             predictor = self._predictor()
+            volume = self._checked_volume(layer, volume)
         except Exception as exc:  # noqa: BLE001
-            notify_error(error_message(exc, "Predict"))
+            self.runner.show_error(error_message(exc, "Predict"))
             return
         squeeze = layer.ndim == 2
         scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
@@ -649,9 +796,11 @@ class SegNeuronWidget(QWidget):
             self._require_model()
             layer, volume = self._image_volume()
             region = self.preview_region(layer, tuple(volume.shape))
-            predictor = self._predictor()
+            pred_settings = self._preview_settings(region)
+            predictor = self._predictor(pred_settings)
+            volume = self._checked_volume(layer, volume)
         except Exception as exc:  # noqa: BLE001
-            notify_error(error_message(exc, "Preview"))
+            self.runner.show_error(error_message(exc, "Preview"))
             return
         squeeze = layer.ndim == 2
         scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
@@ -660,7 +809,9 @@ class SegNeuronWidget(QWidget):
         offset = [t + s * a for t, s, a in zip(translate, scale, start[-len(scale):])]
         seg_settings = self._segment_settings()
         provenance = self._base_provenance(layer, "preview")
+        provenance["predict"] = pred_settings
         provenance["segment"] = seg_settings
+        small = int(np.prod([b - a for a, b in zip(start, stop)])) <= PREVIEW_IN_PROCESS_VOXELS
         provenance["region"] = {"start": start, "stop": stop}
         voxel = self._voxel_size(layer, predictor)
         if voxel is not None:
@@ -678,7 +829,8 @@ class SegNeuronWidget(QWidget):
             def p_seg(done, total, msg=""):
                 progress(total + done, 2 * total, f"segment {msg}")
 
-            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid)
+            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid,
+                                    worker=False if small else None)
             labels = agg.labels(seg_settings["threshold"])
             return agg, labels
 
@@ -725,12 +877,12 @@ class SegNeuronWidget(QWidget):
             try:
                 self.prediction = self._prediction_from_layers()
             except Exception as exc:  # noqa: BLE001
-                notify_error(error_message(exc, "Segment"))
+                self.runner.show_error(error_message(exc, "Segment"))
                 return
             if self.prediction is not None:
                 notify_info(f"Segmenting the prediction opened from {self.prediction.provenance['prediction']}")
         if self.prediction is None:
-            notify_error("Nothing to segment yet: run '2. Predict' first (or Preview), or open a saved prediction (.zarr)")
+            self.runner.show_error("Nothing to segment yet: run '2. Predict' first (or Preview), or open a saved prediction (.zarr)")
             return
         p = self.prediction
         seg_settings = self._segment_settings()
@@ -806,7 +958,7 @@ class SegNeuronWidget(QWidget):
         try:
             labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
         except Exception as exc:  # noqa: BLE001
-            notify_error(error_message(exc, "Updating the segmentation"))
+            self.runner.show_error(error_message(exc, "Updating the segmentation"))
             return
         data = labels[0] if seg.squeeze else labels
         prov = dict(seg.provenance)
@@ -841,7 +993,7 @@ class SegNeuronWidget(QWidget):
     def _export_clicked(self) -> None:
         layer = self.labels_combo.value()
         if layer is None:
-            notify_error("There is no labels layer to export: Segment first")
+            self.runner.show_error("Choose the segmentation to export under '4. Export & evaluate ▸ Labels' (or Segment first)")
             return
         suggestion = f"{layer.name.replace(' ', '_')}.tif"
         path, selected = QFileDialog.getSaveFileName(
@@ -858,11 +1010,11 @@ class SegNeuronWidget(QWidget):
         """Save ``layer`` (default: the selected labels) to ``path`` (.tif or .zarr); asks before replacing."""
         layer = layer or self.labels_combo.value()
         if layer is None:
-            notify_error("There is no labels layer to export: Segment first")
+            self.runner.show_error("Choose the segmentation to export under '4. Export & evaluate ▸ Labels' (or Segment first)")
             return False
         path = str(path)
         if not path.lower().rstrip("/").endswith((".tif", ".tiff", ".zarr")):
-            notify_error(f"Export to .tif or .zarr, not '{Path(path).suffix or path}'")
+            self.runner.show_error(f"Export to .tif or .zarr, not '{Path(path).suffix or path}'")
             return False
         if Path(path).exists() and not self.ask_overwrite(path):
             self.status_label.setText("Export cancelled: the existing file was kept.")
@@ -895,20 +1047,25 @@ class SegNeuronWidget(QWidget):
             self.segmentation.provenance if self.segmentation is not None else None
         )
         if not prov or not prov.get("weights"):
-            notify_error("Select a labels layer made by SegNeuron (Segment or Preview) to copy its command")
+            self.runner.show_error("Select a labels layer made by SegNeuron (Segment or Preview) to copy its command")
             return None
         cmd = cli_command(prov)
         QApplication.clipboard().setText(cmd)
-        notify_info(f"Copied to the clipboard: {cmd}")
+        if prov.get("source_path"):
+            notify_info(f"Copied to the clipboard: {cmd}")
+        else:
+            stand_in = placeholder_path(prov.get("source_image"))
+            notify_warning(f"Copied to the clipboard: {cmd}\n'{prov.get('source_image')}' was not opened from a file: "
+                           f"replace {stand_in} with the stack's path (save it with File ▸ Save Selected Layers).")
         return cmd
 
     def evaluate(self) -> None:
         seg_layer, gt_layer = self.labels_combo.value(), self.gt_combo.value()
         if seg_layer is None or gt_layer is None:
-            notify_error("Evaluate needs two labels layers: a segmentation and a ground truth (e.g. File ▸ Open Sample ▸ SegNeuron ▸ ground truth)")
+            self.runner.show_error("Evaluate needs two labels layers: a segmentation and a ground truth (e.g. File ▸ Open Sample ▸ SegNeuron ▸ ground truth)")
             return
         if seg_layer is gt_layer:
-            notify_error("Pick different layers for the segmentation and the ground truth")
+            self.runner.show_error("Pick different layers for the segmentation and the ground truth")
             return
         gt_data = gt_layer.data
         region = (seg_layer.metadata.get("segneuron") or {}).get("region")
@@ -918,7 +1075,7 @@ class SegNeuronWidget(QWidget):
             if len(box) == gt_data.ndim and all(b.stop <= n for b, n in zip(box, gt_data.shape)):
                 gt_data = gt_data[box]
         if tuple(seg_layer.data.shape) != tuple(gt_data.shape):
-            notify_error(
+            self.runner.show_error(
                 f"'{seg_layer.name}' {tuple(seg_layer.data.shape)} and '{gt_layer.name}' {tuple(gt_layer.data.shape)} "
                 "have different shapes; evaluate a full-size segmentation (not a preview) against its ground truth"
             )

@@ -3,9 +3,11 @@
 Finetune: an image layer + a labels layer of the same shape (0 = membrane/background,
 other ids = neurons) and, optionally, a mask layer (non-zero = annotated voxels; the
 rest is ignored). Starts from the model loaded in the SegNeuron dock (or fresh weights);
-the trained model becomes the loaded model there. Pretrain: masked image + HOG
-reconstruction on one or more image layers; the checkpoint is then the starting point
-of a finetune. Cancel stops after the current iteration and keeps the last checkpoint.
+the trained model becomes the loaded model there, and its Weights box shows the new
+checkpoint. "fresh weights" builds the compact architecture of the bundled default.
+Pretrain: masked image + HOG reconstruction on one or more image layers; the checkpoint
+is then the starting point of a finetune. Cancel stops within the current iteration
+(the weights of the last finished step are saved).
 """
 from __future__ import annotations
 
@@ -20,12 +22,9 @@ from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -35,8 +34,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import LayerCombo, TripleSpin, double_spin, int_spin, wrap_label
-from ._runner import TaskRunner, error_message, notify_error, notify_info, notify_warning
+from ._common import LayerCombo, wrap_label
+from ._runner import TaskRunner, error_message, notify_info, notify_warning
 from .segment import _available_devices
 
 FINETUNE = "Finetune (image + labels)"
@@ -98,14 +97,48 @@ class LossPlot(QWidget):
         p.end()
 
 
-def find_segneuron_dock(viewer):
-    """The SegNeuron dock of this viewer, if one is open."""
-    from .segment import DOCKS
+def unwrap_viewer(viewer):
+    """The viewer behind napari's per-plugin ``PublicOnlyProxy`` (each dock gets its own proxy)."""
+    seen = 0
+    while hasattr(viewer, "__wrapped__") and seen < 8:
+        viewer = viewer.__wrapped__
+        seen += 1
+    return viewer
 
-    for w in list(DOCKS):
-        if w.viewer is viewer:
-            return w
+
+def find_segneuron_dock(viewer):
+    """The SegNeuron dock of this viewer (the one the model is loaded in), if one is open.
+
+    ``viewer`` may be the proxy napari handed to the calling dock: docks are matched on
+    the viewer behind the proxies, then, as a fallback, among the window's dock widgets.
+    """
+    from .segment import DOCKS, SegNeuronWidget
+
+    target = unwrap_viewer(viewer)
+    matches = [w for w in list(DOCKS) if unwrap_viewer(w.viewer) is target]
+    if matches:
+        # the most recently given a model, else the last opened
+        with_model = [w for w in matches if w.model is not None]
+        return (with_model or matches)[-1]
+    try:
+        docks = dict(viewer.window.dock_widgets)
+    except Exception:  # noqa: BLE001 - no window (headless viewer)
+        return None
+    for widget in docks.values():
+        inner = unwrap_viewer(widget)
+        if isinstance(inner, SegNeuronWidget):
+            return inner
+        for child in getattr(inner, "findChildren", lambda *_: [])(SegNeuronWidget):
+            return child
     return None
+
+
+def default_architecture() -> tuple[tuple[int, ...], str]:
+    """(kn, fmu) of the bundled default model: "fresh weights" build this compact network."""
+    from .._model import fetch_weights, load_model
+
+    model = load_model(fetch_weights("default"), device="cpu")
+    return tuple(int(k) for k in model.kn), str(model.fmu)
 
 
 def default_checkpoint_path(kind: str) -> Path:
@@ -124,6 +157,32 @@ def unique_path(path: Path) -> Path:
         if not candidate.exists():
             return candidate
         i += 1
+
+
+def training_settings():
+    """The Settings form, declared with magicgui (labels, layout and the file picker come with it).
+
+    Fields: iterations, crop (z, y, x), batch_size, lr, device, save_to (empty = automatic).
+    """
+    from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox, TupleEdit
+
+    form = Container(widgets=[
+        SpinBox(name="iterations", value=500, min=1, max=1_000_000, step=100,
+                tooltip="Training steps; a few hundred already adapt a model to new data"),
+        TupleEdit(name="crop", value=(16, 96, 96), options={"min": 1, "max": 512},
+                  tooltip="Size of the random training crops (z, y, x); y and x multiples of 16"),
+        SpinBox(name="batch_size", label="Batch", value=2, min=1, max=64, tooltip="Crops per step"),
+        FloatSpinBox(name="lr", label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4,
+                     tooltip="Adam learning rate (decays to 1e-5 with a cosine schedule)"),
+        ComboBox(name="device", choices=_available_devices(), tooltip="Where training runs ('auto': a GPU if any)"),
+        FileEdit(name="save_to", label="Save to", mode="w", filter="Checkpoints (*.pt)", value="",
+                 tooltip="Where checkpoints are saved (atomically, every 100 iterations and at the end); "
+                         "an existing file is never replaced. Empty: ~/napari-segneuron/training/<mode>-<time>.pt"),
+    ])
+    form.lr.native.setDecimals(6)
+    form.save_to.line_edit.native.setPlaceholderText("automatic: ~/napari-segneuron/training/<mode>-<time>.pt")
+    form.margins = (0, 0, 0, 0)
+    return form
 
 
 class _LossBridge(QWidget):
@@ -189,30 +248,10 @@ class TrainingWidget(QWidget):
         outer.addWidget(box)
 
         box = QGroupBox("Settings")
-        form = QFormLayout(box)
-        self.iterations = int_spin(500, 1, 1_000_000, 100, tooltip="Training steps; a few hundred already adapt a model to new data")
-        form.addRow("Iterations", self.iterations)
-        self.crop = TripleSpin((16, 96, 96), 1, 512, tooltip="Size of the random training crops (z, y, x); y and x multiples of 16")
-        form.addRow("Crop", self.crop)
-        self.batch = int_spin(2, 1, 64, tooltip="Crops per step")
-        form.addRow("Batch", self.batch)
-        self.lr = double_spin(1e-3, 1e-6, 1.0, 1e-4, decimals=6, tooltip="Adam learning rate (decays to 1e-5 with a cosine schedule)")
-        form.addRow("Learning rate", self.lr)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(_available_devices())
-        form.addRow("Device", self.device_combo)
-        row = QWidget()
-        hl = QHBoxLayout(row)
-        hl.setContentsMargins(0, 0, 0, 0)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("automatic: ~/napari-segneuron/training/<mode>-<time>.pt")
-        self.checkpoint_edit.setToolTip("Where checkpoints are saved (atomically, every 100 iterations and at the end); an existing file is never replaced")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_checkpoint)
-        hl.addWidget(self.checkpoint_edit)
-        hl.addWidget(browse)
-        form.addRow("Save to", row)
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(4, 4, 4, 4)
+        self.settings = training_settings()
+        lay.addWidget(self.settings.native)
         outer.addWidget(box)
 
         self.train_button = QPushButton("Train")
@@ -225,7 +264,7 @@ class TrainingWidget(QWidget):
         hl.setContentsMargins(0, 0, 0, 0)
         self.progress_bar = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop after the current iteration; the last checkpoint is kept and loaded")
+        self.cancel_button.setToolTip("Stop now (within the current iteration); the weights of the last finished step are saved and loaded")
         hl.addWidget(self.progress_bar, 1)
         hl.addWidget(self.cancel_button)
         outer.addWidget(row)
@@ -247,11 +286,6 @@ class TrainingWidget(QWidget):
         self.setMinimumWidth(300)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save checkpoints to", "", "Checkpoints (*.pt)")
-        if path:
-            self.checkpoint_edit.setText(path)
-
     def _refresh_pretrain_list(self, event=None) -> None:
         import napari.layers
 
@@ -271,20 +305,20 @@ class TrainingWidget(QWidget):
             item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
 
     def _checkpoint_path(self, kind: str) -> Path:
-        text = self.checkpoint_edit.text().strip()
-        path = Path(text).expanduser() if text else default_checkpoint_path(kind)
+        text = str(self.settings.save_to.value or "").strip()
+        path = Path(text).expanduser() if text not in ("", ".") else default_checkpoint_path(kind)
         if path.suffix not in (".pt", ".pth", ".ckpt"):
             path = path.with_suffix(".pt")
         return unique_path(path)
 
     def _settings(self) -> dict:
-        device = self.device_combo.currentText()
+        v = self.settings.asdict()
         return {
-            "iterations": int(self.iterations.value()),
-            "crop": self.crop.value(),
-            "batch_size": int(self.batch.value()),
-            "lr": float(self.lr.value()),
-            "device": None if device == "auto" else device,
+            "iterations": int(v["iterations"]),
+            "crop": tuple(int(c) for c in v["crop"]),
+            "batch_size": int(v["batch_size"]),
+            "lr": float(v["lr"]),
+            "device": None if v["device"] == "auto" else v["device"],
         }
 
     @staticmethod
@@ -306,7 +340,7 @@ class TrainingWidget(QWidget):
             else:
                 job = self._pretrain_job()
         except Exception as exc:  # noqa: BLE001
-            notify_error(error_message(exc, "Training"))
+            self.runner.show_error(error_message(exc, "Training"))
             return
         name, work, done = job
         self.loss_plot.clear()
@@ -341,6 +375,8 @@ class TrainingWidget(QWidget):
                 raise InputError("There is no pretrained checkpoint yet: run Pretrain first")
             model = str(self.pretrained_checkpoint)
         settings = self._settings()
+        if model is None:  # fresh weights: the compact architecture of the bundled default
+            settings["kn"], settings["fmu"] = default_architecture()
         ckpt = self._checkpoint_path("finetune")
         bridge = self._loss_bridge
 
@@ -373,10 +409,13 @@ class TrainingWidget(QWidget):
                 _, dock = self.viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")
             except Exception:  # pragma: no cover - dock unavailable
                 dock = None
-        if dock is not None:
-            dock.set_model(model)
         what = f"cancelled at iteration {result.iterations}" if result.cancelled else f"finished {result.iterations} iterations"
-        msg = f"Training {what}; checkpoint {result.checkpoint} is now the loaded model"
+        if dock is not None:
+            dock.set_model(model, source=str(result.checkpoint))
+            msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
+                   f"({result.checkpoint}); pick 'default' there and press Load model to go back.")
+        else:
+            msg = f"Training {what}; weights saved to {result.checkpoint} (load them in the SegNeuron dock)"
         self.status_label.setText(msg)
         (notify_warning if result.cancelled else notify_info)(msg)
 
@@ -393,7 +432,7 @@ class TrainingWidget(QWidget):
         bridge = self._loss_bridge
         dock = find_segneuron_dock(self.viewer)
         loaded = dock.model if dock is not None else None
-        kn = tuple(loaded.kn) if loaded is not None else (16, 32, 48, 64, 128)
+        kn = tuple(loaded.kn) if loaded is not None else default_architecture()[0]
 
         def work(progress, cancel):
             from ..cancel import Cancelled

@@ -21,7 +21,7 @@ from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
 from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
-from .finetune import (TrainResult, TrainingCancelled, autocast_for, build_mnet, learning_rate,
+from .finetune import (TrainResult, TrainingCancelled, autocast_for, build_mnet, cancel_hooks, learning_rate,
                        mnet_from_state_dict, pick_device)
 
 
@@ -260,6 +260,7 @@ def pretrain(
         result.checkpoint = ckpt
 
     it = start
+    hooks = cancel_hooks(net, cancel)
     try:
         while it < iterations:
             if cancel is not None and cancel.cancelled:
@@ -293,6 +294,9 @@ def pretrain(
         result.cancelled = True
         result.wall_time_s = time.time() - t0
         raise TrainingCancelled(result) from None
+    finally:
+        for h in hooks:
+            h.remove()
     save(it)
     result.wall_time_s = time.time() - t0
     net.eval()
