@@ -10,7 +10,7 @@ def test_manifest_valid_and_importable():
 
     pm = PluginManifest.from_distribution("napari-segneuron")
     pm.validate_imports()
-    assert {w.display_name for w in pm.contributions.widgets} == {"SegNeuron", "SegNeuron training"}
+    assert {w.display_name for w in pm.contributions.widgets} == {"SegNeuron", "SegNeuron training", "Trace neurons (LM)"}
     assert {s.key for s in pm.contributions.sample_data} >= {"fib25", "fib25_labels"}
     assert pm.contributions.writers[0].layer_types == ["labels"]
 
