@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="lm_default")
     p.add_argument("--seeds", default="777,778,779")
     p.add_argument("--shape", default="40,160,160")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None, help="default: the model's tuned threshold")
     p.add_argument("--tolerance", type=float, default=3.0)
     args = p.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
             tifffile.imwrite(stack, r.stack)
             voxel = ",".join(f"{v:.6f}" for v in r.voxel_size)
             rc = cli(["trace", str(stack), "-o", str(out), "--mask-out", str(mask_out), "--weights", args.weights,
-                      "--voxel-size", voxel, "--threshold", str(args.threshold), "--overwrite"])
+                      "--voxel-size", voxel, "--overwrite"]
+                     + (["--threshold", str(args.threshold)] if args.threshold is not None else []))
             if rc:
                 return rc
             truth = true_centreline(r)

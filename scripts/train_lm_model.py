@@ -37,6 +37,7 @@ from napari_segneuron.training.lm import (  # noqa: E402
     classical_threshold,
     evaluate,
     make_renders,
+    tune_threshold,
 )
 
 ARMS = ("scratch", "center", "average")
@@ -130,10 +131,15 @@ def main(argv=None) -> int:
                "real_morphologies": bool(args.swc_dir), "arms": {}}
     for arm, trainer in trainers.items():
         t1 = time.time()
-        res = evaluate(trainer.model, val)
+        # threshold tuned on training renders, then used on the held-out ones
+        threshold, scores = tune_threshold(trainer.model, train[:6])
+        res = evaluate(trainer.model, val, threshold=threshold)
+        res["threshold"], res["train_dice_by_threshold"] = threshold, scores
+        res["dice_at_0.5"] = evaluate(trainer.model, val, threshold=0.5)["dice"]
         res["final_loss"] = float(np.mean(trainer.losses[-20:])) if trainer.losses else None
         results["arms"][arm] = res
-        log(f"{arm}: held-out Dice {res['dice']:.4f}  HD95 {res['hd95']:.2f} vox  ({time.time() - t1:.0f} s)")
+        log(f"{arm}: held-out Dice {res['dice']:.4f}  HD95 {res['hd95']:.2f} vox at threshold {threshold} "
+            f"(Dice {res['dice_at_0.5']:.4f} at 0.5)  ({time.time() - t1:.0f} s)")
     results["classical_threshold_dice"] = float(np.mean([classical_threshold(r.stack, r.mask)[0] for r in val]))
     log(f"tuned classical threshold (per render, oracle): Dice {results['classical_threshold_dice']:.4f}")
     best = max(results["arms"], key=lambda a: results["arms"][a]["dice"])
@@ -145,6 +151,8 @@ def main(argv=None) -> int:
         "steps": trainers[best].step,
         "held_out_dice": results["arms"][best]["dice"],
         "held_out_hd95": results["arms"][best]["hd95"],
+        "threshold": results["arms"][best]["threshold"],
+        "comparison": {a: {"dice": r["dice"], "hd95": r["hd95"]} for a, r in results["arms"].items()},
         "recipe": f"scripts/train_lm_model.py --steps {args.steps} --batch-size {args.batch_size} --crop {args.crop} "
                   f"--n-train {args.n_train} --seed {args.seed}",
     }

@@ -28,8 +28,8 @@ def add_parser(subparsers) -> None:
                    help="LM model: 'lm_default' (bundled) or a ViT3D checkpoint file (default: lm_default)")
     p.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="voxel size (µm) for the SWC coordinates (default: from the file, else 1,1,1)")
-    p.add_argument("--threshold", type=float, default=0.5, metavar="T",
-                   help="foreground probability threshold in (0, 1) (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="foreground probability threshold in (0, 1) (default: the model's tuned threshold, else 0.5)")
     p.add_argument("--min-size", type=int, default=50, metavar="N",
                    help="drop foreground components smaller than N voxels (default 50)")
     p.add_argument("--spur-length", type=float, default=4.0, metavar="L",
@@ -49,7 +49,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise InputError(f"{path} already exists; pass --overwrite to replace it")
     if args.mask_out and not str(args.mask_out).lower().rstrip("/").endswith((".tif", ".tiff", ".zarr")):
         raise InputError(f"--mask-out must end in .tif, .tiff or .zarr, got {Path(args.mask_out).name}")
-    if not 0.0 < args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
 
 
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         voxel = (1.0, 1.0, 1.0)
     model = load_lm_model(args.weights, device=None if args.device == "auto" else args.device)
-    print(f"{model.describe()}; stack {volume.shape}, voxel {voxel} µm", file=sys.stderr)
+    if args.threshold is None:
+        args.threshold = float((model.info.get("metadata") or {}).get("threshold", 0.5))
+    print(f"{model.describe()}; stack {volume.shape}, voxel {voxel} µm, threshold {args.threshold}", file=sys.stderr)
     bar = TerminalProgress("predict")
     try:
         prob = predict_foreground(model, volume, tile=args.tile, device=None if args.device == "auto" else args.device,

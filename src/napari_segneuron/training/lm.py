@@ -182,6 +182,14 @@ def evaluate(model: torch.nn.Module, renders: Sequence[Render], threshold: float
     return {"dice": float(np.mean(dices)), "hd95": float(np.mean(hds)), "dice_each": dices, "hd95_each": hds}
 
 
+def tune_threshold(model: torch.nn.Module, renders: Sequence[Render],
+                   candidates: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> tuple[float, dict]:
+    """The probability threshold with the best mean Dice on ``renders`` (use training renders)."""
+    probs = [predict_whole(model, normalise_lm(r.stack)) for r in renders]
+    scores = {float(t): float(np.mean([dice(p > t, r.mask) for p, r in zip(probs, renders)])) for t in candidates}
+    return max(scores, key=scores.get), scores
+
+
 def classical_threshold(stack: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> tuple[float, float]:
     """Best Dice over thresholds of the smoothed, normalised stack (a tuned classical baseline).
     Returns (dice, threshold)."""
