@@ -1,18 +1,35 @@
-"""Our predictor vs an official-style tiling loop, side by side in one process.
+"""Predictor speed against an official-style tiling loop, side by side in one run.
 
 The official-style loop is re-implemented here from the published setting: 20x128x128
-crops, stride 10x64x64, reflect padding so the tiles fit, a radial Gaussian weight,
-fp32, batch 1. Both use the same MNet weights. Prints the speed ratio and the max /
-mean absolute difference of the outputs, and (when segmentation is available and a
-ground truth is given) the VI difference of the segmentations.
+crops, stride 10x64x64, reflect padding so the tiles fit, a radial Gaussian weight, fp32,
+batch 1, PyTorch's default threads. Every row uses the same model object (the bundled
+``default`` weights, and a randomly initialised kn=(16,32,48,64,128) MNet as in issue 15).
 
-    python benchmarks/bench_inference.py [--weights default] [--volume PATH] [--crop Z,Y,X]
+Prints the CPU (model, flags, PyTorch's vector unit), the autotune probe's choice and its µs
+per voxel for every candidate, then for each stack the median time of each row over
+``--repeats`` interleaved runs (rows take turns, so load from other processes on a shared
+machine hits all of them alike) and the ratio to the official-style loop:
+
+- official-style loop (in process, the loop only);
+- ours, fixed settings (the previous default: 32x192x192 tiles, 8x32x32 overlap, no probe);
+- ours, tuned (this machine's probe result; tiles chosen per stack);
+- the CLI, whole process (``napari-segneuron predict`` in a subprocess: imports, model
+  loading, reading, predicting, writing; the probe result cached beforehand).
+
+``--vi`` adds the segmentation check on fib25_b (default model, default threshold): VI of
+ours vs the official-style loop's (target: within 0.02).
+
+    python benchmarks/bench_inference.py [--stacks 40x256x256,250x250x250] [--models default,kn16]
+                                         [--repeats 3] [--official-tiles N] [--vi]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,27 +37,39 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_segneuron._model import fetch_weights, load_model
-from napari_segneuron.inference import Predictor
+from napari_segneuron._model import MNet, fetch_weights, load_model, save_checkpoint
+from napari_segneuron.autotune import tuning_for
+from napari_segneuron.inference import DEFAULT_TILING, OFFICIAL_TILING, Predictor, plan_tiles
+from napari_segneuron.precision import cpu_capability, cpu_model, cpu_has_native_bf16, reported_flags
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+OLD_DEFAULT = dict(tile=DEFAULT_TILING.tile, overlap=DEFAULT_TILING.overlap, channels_last=False)
 
 
-def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), stride=(10, 64, 64), sigma=0.5, floor=1e-3):
-    """The official tiling loop (x and y kept in their places)."""
+def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), stride=(10, 64, 64), sigma=0.5,
+                           floor=1e-3, max_tiles: int | None = None):
+    """The official tiling loop (x and y kept in their places). Returns ``(aff, fg, seconds, tiles)``;
+    with ``max_tiles`` only that many tiles run and ``seconds`` is extrapolated to all of them."""
     shape = volume.shape
     counts = [(s - c) // st + 2 for s, c, st in zip(shape, crop, stride)]
     pads = [((n - 1) * st + c - s) // 2 for n, st, c, s in zip(counts, stride, crop, shape)]
     pads = [max(p, 0) for p in pads]
+    t0 = time.perf_counter()
     padded = np.pad(volume, [(p, p) for p in pads], mode="reflect").astype(np.float32) / 255.0
     grids = np.meshgrid(*[np.linspace(-1, 1, c, dtype=np.float32) for c in crop], indexing="ij")
     dist2 = sum(g * g for g in grids)
     weight = np.maximum(np.exp(-dist2 / (2 * sigma**2)), floor)
     out = np.zeros((4,) + padded.shape, np.float32)
     wsum = np.zeros(padded.shape, np.float32)
+    total = int(np.prod(counts))
+    done = 0
     for iz in range(counts[0]):
         for iy in range(counts[1]):
             for ix in range(counts[2]):
+                if max_tiles is not None and done >= max_tiles:
+                    continue
                 start = []
                 for i, n in zip((iz, iy, ix), range(3)):
                     s0 = i * stride[n]
@@ -53,60 +82,117 @@ def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), strid
                     aff, fg = model(x)
                 out[(slice(None),) + sl] += torch.cat([aff, fg], 1)[0].numpy() * weight
                 wsum[sl] += weight
-    out /= wsum
+                done += 1
+    out /= np.maximum(wsum, 1e-12)
+    seconds = (time.perf_counter() - t0) * total / max(done, 1)
     inner = tuple(slice(p, p + s) for p, s in zip(pads, shape))
-    return out[(slice(None),) + inner][:3], out[(slice(None),) + inner][3]
+    return out[(slice(None),) + inner][:3], out[(slice(None),) + inner][3], seconds, total
+
+
+def cli_seconds(weights: str, stack: Path, out_dir: Path, extra: list[str]) -> float:
+    exe = Path(sys.executable).with_name("napari-segneuron")
+    cmd = [str(exe) if exe.exists() else "napari-segneuron", "predict", str(stack), "-o",
+           str(out_dir / f"pred_{time.monotonic_ns()}.zarr"), "--weights", weights, "--overwrite"] + extra
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="default")
     ap.add_argument("--volume", default=str(DATA / "fib25_unlabeled_raw.tif"))
-    ap.add_argument("--crop", default="64,250,250", help="Z,Y,X extent taken from the volume's corner")
-    ap.add_argument("--gt-raw", default=str(DATA / "fib25_b_raw.tif"), help="image with ground truth for the VI check")
-    ap.add_argument("--gt", default=str(DATA / "fib25_b_labels.tif"), help="its ground-truth labels")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stacks", default="40x256x256,250x250x250", help="Z x Y x X crops from the volume's corner")
+    ap.add_argument("--models", default="default,kn16", help="'default' (bundled weights) and/or 'kn16' "
+                    "(random kn=(16,32,48,64,128), the issue's architecture)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--official-tiles", type=int, default=None,
+                    help="time only this many official-style tiles and extrapolate (for slow machines; says so)")
+    ap.add_argument("--no-cli", action="store_true", help="skip the whole-process CLI rows")
+    ap.add_argument("--vi", action="store_true", help="also compare segmentations on fib25_b (default model)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    crop = tuple(int(c) for c in args.crop.split(","))
-    volume = tifffile.imread(args.volume)[: crop[0], : crop[1], : crop[2]]
-    model = load_model(fetch_weights(args.weights), device="cpu")
-    print(f"volume {volume.shape} from {Path(args.volume).name}; {model.describe()}; {torch.get_num_threads()} threads")
 
-    # warm up both paths once (oneDNN kernels are built on first use)
-    Predictor(model, tile=(8, 64, 64), overlap=(0, 0, 0)).predict(volume[:8, :64, :64])
+    cache = tempfile.mkdtemp(prefix="segneuron_bench_")
+    os.environ["NAPARI_SEGNEURON_CACHE"] = cache  # the CLI subprocesses see this probe result
+    os.environ.pop("NAPARI_SEGNEURON_AUTOTUNE", None)
+    print(f"CPU: {cpu_model()}; PyTorch {torch.__version__} vector unit {cpu_capability()}; "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(f"flags: {' '.join(reported_flags()) or '(none read)'}; native bf16: {cpu_has_native_bf16()}")
+    print("timings: medians over interleaved repeats; the machine may be shared, so absolute times are noisy, "
+          "the side-by-side ratios less so\n")
+    volume = tifffile.imread(args.volume)
+    work = Path(cache)
+    models = {}
+    for name in args.models.split(","):
+        if name == "default":
+            models[name] = (load_model(fetch_weights("default"), device="cpu"), "default")
+        elif name == "kn16":
+            torch.manual_seed(0)
+            path = save_checkpoint(MNet(kn=(16, 32, 48, 64, 128)), work / "kn16.pt", metadata={"name": "kn16"})
+            models[name] = (load_model(path, device="cpu"), str(path))
+        else:
+            raise SystemExit(f"unknown model {name!r}")
 
-    t0 = time.perf_counter()
-    ref_aff, ref_fg = official_style_predict(model, volume)
-    t_official = time.perf_counter() - t0
-    rows = [("official-style (20x128x128, stride 10x64x64, fp32, batch 1)", t_official, ref_aff, ref_fg)]
-    for label, kwargs in [("ours default (fp32)", {}), ("ours default + --half (bf16)", {"half": True})]:
-        t0 = time.perf_counter()
-        aff, fg = Predictor(model, device="cpu", **kwargs).predict(volume)
-        rows.append((label, time.perf_counter() - t0, aff, fg))
+    for name, (model, weights) in models.items():
+        print(f"=== model {name}: {model.describe()}")
+        tuning = tuning_for(model, torch.device("cpu"), force=True, quiet=True)
+        print(f"autotune probe ({tuning.seconds:.1f} s): {tuning.summary()}")
+        for m in tuning.measurements:
+            print(f"    {m['config']:<40} tile {'x'.join(map(str, m['tile'])):<12} {m['us_per_voxel']:7.2f} µs/voxel")
+        for spec in args.stacks.split(","):
+            crop = tuple(int(c) for c in spec.lower().split("x"))
+            stack = np.ascontiguousarray(volume[: crop[0], : crop[1], : crop[2]])
+            path = work / f"stack_{spec}.tif"
+            tifffile.imwrite(path, stack)
+            tuned = Predictor(model, device="cpu", tune=tuning)
+            plan = tuned.plan(stack.shape)
+            old = Predictor(model, device="cpu", **OLD_DEFAULT)
+            old_plan = old.plan(stack.shape)
+            official_plan = plan_tiles(stack.shape, OFFICIAL_TILING, fit=False)
+            print(f"\n--- stack {stack.shape}: tuned plan {plan.n_tiles} tiles of {plan.tile} "
+                  f"(voxels computed per output voxel {plan.overcompute:.2f}); fixed {old_plan.n_tiles} x "
+                  f"{old_plan.tile} ({old_plan.overcompute:.2f}); official ~{official_plan.overcompute:.2f}")
+            old.predict(stack[: min(8, crop[0]), :64, :64])  # warm up oneDNN kernels once
+            rows = {"official-style loop (in process)": [], "ours, fixed settings (previous default)": [],
+                    "ours, tuned (in process)": []}
+            if not args.no_cli:
+                rows["CLI predict, whole process (tuned)"] = []
+            extrapolated = False
+            for r in range(args.repeats):
+                secs = official_style_predict(model, stack, max_tiles=args.official_tiles)[2]
+                extrapolated = args.official_tiles is not None
+                rows["official-style loop (in process)"].append(secs)
+                t0 = time.perf_counter()
+                old.predict(stack)
+                rows["ours, fixed settings (previous default)"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                tuned.predict(stack)
+                rows["ours, tuned (in process)"].append(time.perf_counter() - t0)
+                if not args.no_cli:
+                    rows["CLI predict, whole process (tuned)"].append(cli_seconds(weights, path, work, []))
+                print(f"  repeat {r + 1}: " + ", ".join(f"{v[-1]:.1f}" for v in rows.values()), flush=True)
+            ref = statistics.median(rows["official-style loop (in process)"])
+            print(f"\n  {'row':<44} {'median s':>9} {'µs/out voxel':>13} {'speed-up':>9}")
+            for label, times in rows.items():
+                med = statistics.median(times)
+                note = " (extrapolated from sampled tiles)" if extrapolated and label.startswith("official") else ""
+                print(f"  {label:<44} {med:9.1f} {med / stack.size * 1e6:13.2f} {ref / med:8.2f}x{note}")
+            print()
 
-    print(f"\n{'predictor':<62} {'time s':>8} {'speed-up':>9} {'max|d|':>8} {'mean|d|':>9}")
-    for label, t, aff, fg in rows:
-        both = np.concatenate([aff, fg[None]])
-        ref = np.concatenate([ref_aff, ref_fg[None]])
-        d = np.abs(both - ref)
-        print(f"{label:<62} {t:8.1f} {t_official / t:8.2f}x {d.max():8.4f} {d.mean():9.5f}")
+    if args.vi:
+        from napari_segneuron.segmentation import segment_and_score
 
-    try:
-        from napari_segneuron.segmentation import compare_predictions
-    except ImportError:
-        return 0
-    # segmentation agreement, on the validation crop with its ground truth
-    raw = tifffile.imread(args.gt_raw)
-    gt = tifffile.imread(args.gt)
-    ref = official_style_predict(model, raw)
-    print(f"\nsegmentations on {Path(args.gt_raw).name} {raw.shape} vs its ground truth (GT label 0 ignored):")
-    for label, kwargs in [("ours default (fp32)", {}), ("ours default + --half (bf16)", {"half": True})]:
-        ours = Predictor(model, device="cpu", **kwargs).predict(raw)
-        r = compare_predictions(ours, ref, gt)
-        print(f"  {label:<32} VI to GT {r['vi_a']:.4f} vs official-style {r['vi_b']:.4f}: difference "
-              f"{r['vi_difference']:.4f} (target <= 0.02); VI between the two segmentations {r['vi_between']:.4f}")
+        model = models.get("default", (load_model(fetch_weights("default"), device="cpu"),))[0]
+        raw = tifffile.imread(DATA / "fib25_b_raw.tif")
+        gt = tifffile.imread(DATA / "fib25_b_labels.tif")
+        aff, fg, _, _ = official_style_predict(model, raw)
+        ref = segment_and_score(aff, fg, gt)
+        print(f"fib25_b {raw.shape}, default model, default threshold {ref['threshold']}: official-style VI "
+              f"{ref['vi']:.4f}")
+        tuning = tuning_for(model, torch.device("cpu"), quiet=True)
+        for label, kw in [("ours, fixed settings", OLD_DEFAULT), ("ours, tuned", {"tune": tuning})]:
+            a, f = Predictor(model, device="cpu", **kw).predict(raw)
+            r = segment_and_score(a, f, gt)
+            print(f"  {label:<22} VI {r['vi']:.4f} (difference {r['vi'] - ref['vi']:+.4f}, target |d| <= 0.02)")
     return 0
 
 

@@ -42,7 +42,7 @@ CACHE_NAME = "autotune.json"
 #: bump when the probe changes meaning (older cache entries are then measured again)
 PROBE_VERSION = 1
 #: tile candidates (z, y, x), smallest first; rounded up to the network's tile multiple
-TILE_CANDIDATES: tuple[Triple, ...] = ((16, 96, 96), (24, 128, 128), (32, 160, 160), (32, 224, 224))
+TILE_CANDIDATES: tuple[Triple, ...] = ((16, 64, 64), (24, 128, 128), (24, 192, 192), (24, 256, 256))
 #: the probe stops measuring larger tiles once it has run this long (seconds)
 DEFAULT_BUDGET_S = 10.0
 #: a larger tile is no longer tried once its cost per voxel is this much above the best so far
@@ -249,7 +249,7 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
     start = timer()
     log: list[dict] = []
 
-    def cost(cfg: Config, tile: Triple, repeats: int = 2) -> float:
+    def cost(cfg: Config, tile: Triple, repeats: int = 1) -> float:
         us = measure(cfg, tile, repeats) / float(np.prod(tile)) * 1e6
         log.append({"config": cfg.label, "tile": list(tile), "us_per_voxel": round(us, 4)})
         return us
@@ -273,8 +273,8 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
         half = reduced if us < best_us else "fp32"
     curve = [[int(np.prod(small)), best_us]]
     lowest = best_us
-    for tile in tiles[1:]:
-        if timer() - start > budget_s:
+    for k, tile in enumerate(tiles[1:]):
+        if k > 0 and timer() - start > budget_s:  # at least two sizes, then within the budget
             break
         us = cost(best, tile, repeats=1)
         curve.append([int(np.prod(tile)), us])
@@ -316,11 +316,14 @@ def predicted_seconds(plan, tuning: Tuning) -> float:
     return plan.n_tiles * voxels * tuning.us_per_voxel(voxels) * 1e-6
 
 
-def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 24, 32, 48, 64),
-                    xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320)) -> list[Triple]:
-    """Tile sizes the planner may use: any z / square xy from the options whose voxel count is at
-    most the largest probed tile's (no extrapolation to sizes never measured)."""
-    limit = tuning.largest_tile_voxels * 1.05
+def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 20, 24, 28, 31, 48),
+                    xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320),
+                    z_range: Optional[Sequence[int]] = None) -> list[Triple]:
+    """Tile sizes the planner may use: z (within ``z_range``) / square xy from the options whose voxel
+    count is at most 1.5x the largest probed tile's (little extrapolation beyond what was measured)."""
+    limit = tuning.largest_tile_voxels * 1.5
+    if z_range is not None:
+        z_options = [z for z in z_options if z_range[0] <= z <= z_range[1]] or [z_range[1]]
     out = []
     for z in z_options:
         for xy in xy_options:
@@ -331,11 +334,11 @@ def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence
 
 
 def choose_tile(shape: Sequence[int], tuning: Tuning, overlap: Sequence[int], multiple: Sequence[int],
-                plan_fn: Callable) -> tuple:
+                plan_fn: Callable, z_range: Optional[Sequence[int]] = None) -> tuple:
     """The (max) tile whose fitted plan on ``shape`` has the lowest predicted time; returns
     ``(tile, plan, seconds)``. ``plan_fn(shape, tile, overlap)`` builds a ``TilePlan``."""
     best = None
-    for tile in candidate_tiles(tuning, multiple):
+    for tile in candidate_tiles(tuning, multiple, z_range=z_range):
         ov = tuple(min(o, t - m) for o, t, m in zip(overlap, tile, multiple))
         plan = plan_fn(shape, tile, ov)
         secs = predicted_seconds(plan, tuning)
