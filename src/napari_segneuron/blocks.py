@@ -15,7 +15,6 @@ chunk and has exactly one writer.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -161,16 +160,16 @@ class TileGrid:
         starts = tuple(tuple(tile_starts(p, tt, st)) for p, tt, st in zip(padded, t, strides))
         return cls(shape_t, t, starts)  # type: ignore[arg-type]
 
+    blend = "gaussian"
+    sigma = 0.5
+    floor = 1e-3
+
+    def box(self, index: Sequence[int]) -> tuple[slice, slice, slice]:
+        """The part of a tile that is written (tile coordinates): all of it, blended."""
+        return (slice(None),) * 3  # type: ignore[return-value]
+
     def tiles_for(self, core: Sequence[slice]) -> tuple[list[list[int]], tuple[slice, slice, slice]]:
-        """Tile starts per axis that touch ``core``, and the region (in padded coordinates)
-        those tiles cover: the block's prediction halo."""
-        per_axis = []
-        region = []
-        for c, starts, t in zip(core, self.starts, self.tile):
-            hit = [s for s in starts if s < c.stop and s + t > c.start]
-            per_axis.append(hit)
-            region.append(slice(hit[0], hit[-1] + t))
-        return per_axis, tuple(region)  # type: ignore[return-value]
+        return tiles_touching(self, core)
 
     def halo(self) -> Triple:
         """The largest context (voxels beyond a block's core, either side) a block can need."""
@@ -180,21 +179,57 @@ class TileGrid:
         return int(np.prod([len(s) for s in self.starts]))
 
     def tiles_run(self, grid: BlockGrid) -> int:
-        """Tiles run in total when each block of ``grid`` runs every tile touching it
-        (tiles on block faces run once per block they touch)."""
-        total = 0
-        for idx in itertools.product(*[range(g) for g in grid.grid_shape]):
-            counts = []
-            for axis, i in enumerate(idx):
-                lo = i * grid.block[axis]
-                hi = min(lo + grid.block[axis], grid.shape[axis])
-                counts.append(sum(1 for s in self.starts[axis] if s < hi and s + self.tile[axis] > lo))
-            total += int(np.prod(counts))
-        return total
+        return tiles_run(self, grid)
 
 
-def predictor_tile_grid(predictor, shape: Sequence[int]) -> TileGrid:
-    """The ``TileGrid`` a ``Predictor`` uses for a volume of ``shape``."""
+def _axis_box(plan, axis: int, i: int) -> tuple[int, int]:
+    """Tile ``i``'s written part along ``axis`` in volume coordinates."""
+    index = [0, 0, 0]
+    index[axis] = i
+    b = plan.box(tuple(index))[axis]
+    t = plan.tile[axis]
+    s = plan.starts[axis][i]
+    lo, hi, _ = b.indices(t)
+    return s + lo, s + hi
+
+
+def tiles_touching(plan, core: Sequence[slice]) -> tuple[list[list[int]], tuple[slice, slice, slice]]:
+    """For a tile plan (``inference.TilePlan`` or ``TileGrid``: ``tile``, ``starts``, ``box``):
+    the tile indices per axis whose written part meets ``core``, and the region (padded
+    coordinates) those tiles read: the block's prediction halo."""
+    per_axis = []
+    region = []
+    for axis, c in enumerate(core):
+        hit = []
+        for i in range(len(plan.starts[axis])):
+            lo, hi = _axis_box(plan, axis, i)
+            if lo < c.stop and hi > c.start:
+                hit.append(i)
+        per_axis.append(hit)
+        region.append(slice(plan.starts[axis][hit[0]], plan.starts[axis][hit[-1]] + plan.tile[axis]))
+    return per_axis, tuple(region)  # type: ignore[return-value]
+
+
+def tiles_run(plan, grid: BlockGrid) -> int:
+    """Tiles run in total when each block of ``grid`` runs every tile whose written part meets
+    it (tiles across block faces run once per block they serve)."""
+    counts = []
+    for axis in range(3):
+        per_block = []
+        for g in range(grid.grid_shape[axis]):
+            lo = g * grid.block[axis]
+            hi = min(lo + grid.block[axis], grid.shape[axis])
+            per_block.append(sum(1 for i in range(len(plan.starts[axis]))
+                                 if _axis_box(plan, axis, i)[0] < hi and _axis_box(plan, axis, i)[1] > lo))
+        counts.append(per_block)
+    return int(np.prod([sum(c) for c in counts]))
+
+
+def predictor_plan(predictor, shape: Sequence[int]):
+    """Where a ``Predictor`` puts its tiles on a volume of ``shape`` (its own ``plan`` when it
+    has one, else the fitted tile grid of the classic predictor)."""
+    if hasattr(predictor, "plan"):
+        return predictor.plan(tuple(int(s) for s in shape))
     tiling = predictor.tiling
     multiple = tuple(getattr(predictor, "multiple", (1, 16, 16)))
     return TileGrid.for_volume(shape, tiling.tile, tiling.overlap, multiple, fit=bool(predictor.fit_tiles))

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .blocks import BlockGrid, as_triple, grid_for, normalise_region, predictor_tile_grid
+from .blocks import BlockGrid, as_triple, grid_for, normalise_region, predictor_plan, tiles_touching
 from .cancel import CancelToken, Cancelled, check
 from .io import InputError
 
@@ -309,9 +309,10 @@ def _cached_predictor(settings: dict):
         if settings.get("threads"):
             torch.set_num_threads(int(settings["threads"]))
         model = load_named(settings["weights"], settings.get("device"))
+        extra = {"blend": settings["blend"]} if settings.get("blend") else {}
         pred = Predictor(model, tile=settings["tile"], overlap=settings["overlap"], batch_size=settings.get("batch_size"),
                          device=settings.get("device"), half=settings.get("half", False), tta=settings.get("tta", False),
-                         model_voxel_size=settings.get("model_voxel_size"))
+                         model_voxel_size=settings.get("model_voxel_size"), **extra)
         _PREDICTORS.clear()  # one model per worker
         _PREDICTORS[key] = pred
     return pred
@@ -337,38 +338,49 @@ def _predict_block(block_id: int, job: _PredictJob) -> Optional[dict]:
     t0 = time.perf_counter()
     predictor = _cached_predictor(job.settings)
     block = job.grid[block_id]
-    tiles = predictor_tile_grid(predictor, job.grid.shape)
-    starts, region = tiles.tiles_for(block.core)
+    plan = predictor_plan(predictor, job.grid.shape)
+    index, region = tiles_touching(plan, block.core)
     data = normalise_region(job.volume, region, job.grid.shape, job.offset, job.scale)
     from .inference import gaussian_weight
 
-    tz, ty, tx = tiles.tile
-    weight = gaussian_weight(tiles.tile, predictor.tiling.sigma, predictor.tiling.floor)
+    tz, ty, tx = plan.tile
+    blend = getattr(plan, "blend", "gaussian")
+    weight = gaussian_weight(plan.tile, plan.sigma, plan.floor) if blend == "gaussian" else None
+    r0 = tuple(r.start for r in region)
     # accumulate only the core: a tile's part outside the block is another block's business
-    core = tuple(slice(c.start - r, c.stop - r) for c, r in zip(block.core, (r.start for r in region)))
+    core = tuple(slice(c.start - r, c.stop - r) for c, r in zip(block.core, r0))
     acc: Optional[np.ndarray] = None
     wsum = np.zeros(block.shape, np.float32)
-    positions = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
+    positions = [(iz, iy, ix) for iz in index[0] for iy in index[1] for ix in index[2]]
     bs = predictor.batch_size or 1
-    r0 = tuple(r.start for r in region)
     for i in range(0, len(positions), bs):
         chunk = positions[i : i + bs]
-        batch = np.stack([data[z - r0[0] : z - r0[0] + tz, y - r0[1] : y - r0[1] + ty, x - r0[2] : x - r0[2] + tx]
-                          for z, y, x in chunk])[:, None]
+        starts = [tuple(plan.starts[a][j] - r0[a] for a, j in enumerate(idx)) for idx in chunk]
+        batch = np.stack([data[z : z + tz, y : y + ty, x : x + tx] for z, y, x in starts])[:, None]
         result = predictor._forward_with_backoff(torch.from_numpy(batch).to(predictor.device)).cpu().numpy()
         if acc is None:
             if result.shape[1] != 4:
                 raise InputError(f"blockwise prediction needs a network with 4 output channels, got {result.shape[1]}")
             acc = np.zeros((result.shape[1],) + block.shape, np.float32)
-        for start, pred in zip(chunk, result):
-            # the tile's overlap with the core, in tile and in core coordinates
-            lo = [max(s - r, c.start) for s, r, c in zip(start, r0, core)]
-            hi = [min(s - r + t, c.stop) for s, r, t, c in zip(start, r0, tiles.tile, core)]
-            in_tile = tuple(slice(a - (s - r), b - (s - r)) for a, b, s, r in zip(lo, hi, start, r0))
-            in_core = tuple(slice(a - c.start, b - c.start) for a, b, c in zip(lo, hi, core))
-            w = weight[in_tile]
-            acc[(slice(None),) + in_core] += pred[(slice(None),) + in_tile] * w
-            wsum[in_core] += w
+        for idx, start, pred in zip(chunk, starts, result):
+            box = plan.box(idx)
+            # the tile's written part that lies in the core, in tile and in core coordinates
+            lo, hi = [], []
+            for a in range(3):
+                b0, b1, _ = box[a].indices(plan.tile[a])
+                lo.append(max(start[a] + b0, core[a].start))
+                hi.append(min(start[a] + b1, core[a].stop))
+            if any(h <= l for l, h in zip(lo, hi)):
+                continue
+            in_tile = tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))
+            in_core = tuple(slice(l - c.start, h - c.start) for l, h, c in zip(lo, hi, core))
+            if weight is None:
+                acc[(slice(None),) + in_core] += pred[(slice(None),) + in_tile]
+                wsum[in_core] += 1.0
+            else:
+                w = weight[in_tile]
+                acc[(slice(None),) + in_core] += pred[(slice(None),) + in_tile] * w
+                wsum[in_core] += w
     del data
     pred = acc / wsum[None]
     root["affinities"][(slice(None),) + block.core] = pred[:3]
@@ -391,6 +403,7 @@ def predict_blockwise(
     half: bool = False,
     tta: bool = False,
     model_voxel_size: Optional[Sequence[float]] = None,
+    blend: Optional[str] = None,
     threads: Optional[int] = None,
     dtype: Any = np.float32,
     metadata: Optional[dict] = None,
@@ -419,7 +432,7 @@ def predict_blockwise(
     overlap_t = tuple(int(o) for o in overlap) if overlap is not None else (
         DEFAULT_TILING.overlap if tile is None else tuple(t // 4 for t in tile_t))
     settings = dict(weights=str(weights), tile=tuple(tile_t), overlap=tuple(overlap_t), batch_size=batch_size,
-                    device=device, half=bool(half), tta=bool(tta), threads=threads,
+                    device=device, half=bool(half), tta=bool(tta), threads=threads, blend=blend,
                     model_voxel_size=tuple(model_voxel_size) if model_voxel_size else None)
     grid = grid_for(shape, block)
     offset, scale = intensity_scale(volume)
