@@ -144,3 +144,23 @@ def test_real_timing_runs(tmp_path):
     secs = autotune.time_forward(torch.nn.Conv3d(1, 2, 3, padding=1), torch.device("cpu"),
                                  Config(1, True, "fp32"), (4, 16, 16))
     assert secs > 0
+
+
+def test_half_uses_the_cached_measurement_without_tuning(tmp_path, monkeypatch, capsys):
+    """Library callers (the dock) that ask for half precision get fp32 where bf16 measured slower."""
+    from napari_segneuron import precision
+    from napari_segneuron.autotune import machine_key, model_key, store
+
+    monkeypatch.setenv("NAPARI_SEGNEURON_CACHE", str(tmp_path))
+    monkeypatch.setenv("NAPARI_SEGNEURON_AUTOTUNE", "on")
+    monkeypatch.setattr(precision, "_NOTED", set())
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    net = torch.nn.Conv3d(1, 2, 1)
+    slower = Tuning(machine=machine_key(torch.device("cpu")), model=model_key(net), threads=1, channels_last=False,
+                    precision="fp32", reduced_speedup=0.8, curve=[[4096, 1.0], [8192, 1.0]])
+    store(slower)
+    p = Predictor(net, half=True)
+    assert not p.half and p.tuning is None and "measured slower" in capsys.readouterr().err
+    slower.precision, slower.reduced_speedup = "bfloat16", 1.4
+    store(slower)
+    assert Predictor(net, half=True).half

@@ -336,9 +336,18 @@ class Predictor:
         self.model = self.model.to(memory_format=torch.channels_last_3d if self.channels_last else torch.contiguous_format)
         self.half_requested = bool(half)
         self.precision = choose_precision(self.device, self.half_requested)
-        if self.precision.dtype is not None and self.tuning is not None and self.tuning.precision == "fp32":
+        timing = self.tuning
+        if self.precision.dtype is not None and timing is None and self.device.type == "cpu":
+            # native bf16 is still not always faster (MNet: slower on some AVX-512 BF16 CPUs): use this
+            # machine's measurement (cached; probed once) so that half precision never slows a run
+            from .autotune import auto_disabled, tuning_for
+
+            if not auto_disabled():
+                timing = tuning_for(self.model, self.device, self.multiple)
+                self.model.to(memory_format=torch.channels_last_3d if self.channels_last else torch.contiguous_format)
+        if self.precision.dtype is not None and timing is not None and timing.precision == "fp32":
             self.precision = Precision(None, f"--half: {self.precision.name} measured slower than fp32 on this "
-                                             f"machine ({self.tuning.reduced_speedup:.2f}x), so fp32 is used")
+                                             f"machine ({timing.reduced_speedup:.2f}x), so fp32 is used")
         note_once(self.precision.note)
         self.half = self.precision.dtype is not None
         self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
