@@ -167,14 +167,14 @@ def training_settings():
     from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox, TupleEdit
 
     form = Container(widgets=[
-        SpinBox(name="iterations", value=500, min=1, max=1_000_000, step=100,
+        SpinBox(name="iterations", label="Iterations", value=500, min=1, max=1_000_000, step=100,
                 tooltip="Training steps; a few hundred already adapt a model to new data"),
-        TupleEdit(name="crop", value=(16, 96, 96), options={"min": 1, "max": 512},
+        TupleEdit(name="crop", label="Crop (z, y, x)", value=(16, 96, 96), options={"min": 1, "max": 512},
                   tooltip="Size of the random training crops (z, y, x); y and x multiples of 16"),
         SpinBox(name="batch_size", label="Batch", value=2, min=1, max=64, tooltip="Crops per step"),
         FloatSpinBox(name="lr", label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4,
                      tooltip="Adam learning rate (decays to 1e-5 with a cosine schedule)"),
-        ComboBox(name="device", choices=_available_devices(), tooltip="Where training runs ('auto': a GPU if any)"),
+        ComboBox(name="device", label="Device", choices=_available_devices(), tooltip="Where training runs ('auto': a GPU if any)"),
         FileEdit(name="save_to", label="Save to", mode="w", filter="Checkpoints (*.pt)", value="",
                  tooltip="Where checkpoints are saved (atomically, every 100 iterations and at the end); "
                          "an existing file is never replaced. Empty: ~/napari-segneuron/training/<mode>-<time>.pt"),
