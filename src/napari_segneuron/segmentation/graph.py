@@ -25,6 +25,7 @@ waterz alone, given the same fragments renumbered, differs from itself by VI 0.0
 from __future__ import annotations
 
 import heapq
+import struct
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -178,11 +179,16 @@ def discretize(values: np.ndarray, bins: int = BINS) -> np.ndarray:
     return np.where(v >= 1, bins - 1, out).astype(np.int64)
 
 
-def _median_score(hist: np.ndarray) -> float:
-    total = int(hist.sum())
-    pivot = 50 * total // 100 + 1
-    b = int(np.searchsorted(np.cumsum(hist), pivot))
-    return float(np.float32(1.0 - np.float32((b + 0.5) / BINS)))
+_MASK48 = (1 << 48) - 1
+
+
+_F32 = struct.Struct("<f")
+_U32 = struct.Struct("<I")
+
+
+def _bits(score: float) -> int:
+    """float32 bit pattern of a score >= 0 (rounded to float32): integers compare like the scores."""
+    return _U32.unpack(_F32.pack(score))[0]
 
 
 def merge_graph(
@@ -192,57 +198,71 @@ def merge_graph(
     cancel: Optional[CancelToken] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """waterz's iterative region merging over ``graph``; returns ``(kept, absorbed, score)``
-    per merge, in merge order (scores float32, as waterz records them)."""
+    per merge, in merge order (scores float32, as waterz records them).
+
+    Queue entries are single integers ``score bits << 96 | first << 48 | edge`` (fast to
+    compare; an entry is current only while it equals the edge's latest entry). A median
+    edge's histogram is kept as the sorted list of its bins (one per initial edge, waterz's
+    ``InitWithMax``): the quantile bin is the list's element at waterz's pivot."""
     if scoring not in SCORINGS:
         raise InputError(f"blockwise agglomeration supports scoring {SCORINGS}, not {scoring!r}")
     median = scoring == "median"
     n_e = graph.n_edges
+    if n_e and (int(graph.first.max()) > _MASK48 or n_e > _MASK48):
+        raise InputError("the region graph is too large for one merge (more than 2**48 edges or voxels)")
     u = graph.u.tolist()
     v = graph.v.tolist()
+    # scores of the 256 median bins: 1 - (bin + 0.5) / 256 in float32, and their bit patterns
+    bin_score = (np.float32(1.0) - (np.arange(BINS, dtype=np.float32) + np.float32(0.5)) / np.float32(BINS))
+    bin_bits = bin_score.view(np.uint32).astype(np.int64).tolist()
     if median:
-        bins = discretize(graph.max)
-        init = (np.float32(1.0) - ((bins.astype(np.float32) + np.float32(0.5)) / np.float32(BINS))).astype(np.float32)
-        hists: dict[int, np.ndarray] = {}
-        bins_l = bins.tolist()
+        bins = discretize(graph.max).tolist()
+        hist: list = [[b] for b in bins]  # sorted bins per edge
+        init_bits = [bin_bits[b] for b in bins]
     else:
-        sums = graph.sum.astype(np.float64).copy()
-        counts = graph.count.astype(np.int64).copy()
-        init = (1.0 - sums / np.maximum(counts, 1)).astype(np.float32)
-    score = init.astype(np.float64).tolist()
+        sums = graph.sum.astype(np.float64).tolist()
+        counts = graph.count.astype(np.int64).tolist()
+        init = (1.0 - graph.sum / np.maximum(graph.count, 1)).astype(np.float32)
+        init_bits = init.view(np.uint32).astype(np.int64).tolist()
     first = graph.first.tolist()
+    entry = [(sb << 96) | (f << 48) | e for e, (sb, f) in enumerate(zip(init_bits, first))]
     adj: list[dict[int, int]] = [dict() for _ in range(graph.n_nodes)]
     for e in range(n_e):
         adj[u[e]][v[e]] = e
         adj[v[e]][u[e]] = e
     alive = [True] * n_e
-    heap = list(zip(score, first, range(n_e)))
+    heap = list(entry)
     heapq.heapify(heap)
     kept_l: list[int] = []
     gone_l: list[int] = []
-    score_l: list[float] = []
-    top = float(np.float32(max_threshold))
+    bits_l: list[int] = []
+    top = _bits(max_threshold) if max_threshold < 1.0 else _bits(1.0)
+    heappop, heappush = heapq.heappop, heapq.heappush
     steps = 0
     while heap:
-        s, f, e = heap[0]
-        if s >= top:
+        x = heap[0]
+        sb = x >> 96
+        if sb >= top:
             break
-        heapq.heappop(heap)
-        if not alive[e] or s != score[e] or f != first[e]:
-            continue  # deleted, or an older score of an edge rescored since
+        heappop(heap)
+        e = x & _MASK48
+        if not alive[e] or x != entry[e]:
+            continue  # deleted, or an older entry of an edge rescored since
         a, b = u[e], v[e]
         if len(adj[a]) < len(adj[b]):  # keep the region with more neighbours: fewer edges move
             a, b = b, a
         alive[e] = False
         kept_l.append(a)
         gone_l.append(b)
-        score_l.append(s)
-        del adj[a][b]
+        bits_l.append(sb)
+        na = adj[a]
+        del na[b]
         nb = adj[b]
         adj[b] = {}
         del nb[a]
-        na = adj[a]
         for n, eb in nb.items():
-            del adj[n][b]
+            an = adj[n]
+            del an[b]
             ea = na.get(n)
             if ea is None:  # the edge moves to a
                 if u[eb] == b:
@@ -250,32 +270,29 @@ def merge_graph(
                 else:
                     v[eb] = a
                 na[n] = eb
-                adj[n][a] = eb
+                an[a] = eb
                 continue
-            # parallel edges a-n and b-n: one keeps the merged statistics, the other goes
+            # parallel edges a-n and b-n: a-n keeps the merged statistics, b-n goes
             alive[eb] = False
             if median:
-                ha = hists.get(ea)
-                if ha is None:
-                    ha = np.zeros(BINS, np.int64)
-                    ha[bins_l[ea]] = 1
-                    hists[ea] = ha
-                hb = hists.pop(eb, None)
-                if hb is None:
-                    ha[bins_l[eb]] += 1
-                else:
-                    ha += hb
-                new = _median_score(ha)
+                h = hist[ea]
+                hb = hist[eb]
+                h = sorted(h + hb) if len(hb) > 1 else (h + hb if hb[0] >= h[-1] else sorted(h + hb))
+                hist[ea] = h
+                hist[eb] = None
+                nbits = bin_bits[h[(50 * len(h)) // 100]]  # waterz's pivot 50 * n / 100 + 1, 1-based
             else:
                 sums[ea] += sums[eb]
                 counts[ea] += counts[eb]
-                new = float(np.float32(1.0 - sums[ea] / counts[ea]))
+                nbits = _bits(1.0 - sums[ea] / counts[ea])
             nf = min(first[ea], first[eb])
-            if new != score[ea] or nf != first[ea]:
-                score[ea] = new
-                first[ea] = nf
-                heapq.heappush(heap, (new, nf, ea))
+            first[ea] = nf
+            new = (nbits << 96) | (nf << 48) | ea
+            if new != entry[ea]:
+                entry[ea] = new
+                heappush(heap, new)
         steps += 1
         if cancel is not None and steps % 4096 == 0:
             check(cancel)
-    return (np.asarray(kept_l, np.int64), np.asarray(gone_l, np.int64), np.asarray(score_l, np.float32))
+    scores = np.asarray(bits_l, np.int64).astype(np.uint32).view(np.float32) if bits_l else np.zeros(0, np.float32)
+    return np.asarray(kept_l, np.int64), np.asarray(gone_l, np.int64), scores
