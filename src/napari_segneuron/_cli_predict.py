@@ -30,6 +30,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="IN", help="EM stack: .tif/.tiff or .zarr (array, or group with 'raw')")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .zarr or .tif")
     add_model_arguments(p)
+    from ._cli_blockwise import add_blockwise_arguments
+
+    add_blockwise_arguments(p)
     p.add_argument("--float16", action="store_true", help="store outputs as float16 (half the disk space)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
@@ -53,6 +56,10 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import _cli_blockwise
+
+    if _cli_blockwise.wants_blockwise(args):  # --block / --scheduler
+        return _cli_blockwise.run_predict(args)
     from .atomic import atomic_output
     from .inference import zarr_output
     from .io import as_volume, read_volume, write_prediction

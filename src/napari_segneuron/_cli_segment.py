@@ -71,6 +71,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--save-prediction", metavar="PRED", default=None,
                    help="also write the network's prediction (.zarr or .tif) when IN is an EM stack")
     add_model_arguments(p)
+    from ._cli_blockwise import add_blockwise_arguments
+
+    add_blockwise_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace LABELS (and PRED) if they exist")
     p.set_defaults(func=run_segment)
 
@@ -133,6 +136,10 @@ def _is_prediction(path: str) -> bool:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from . import _cli_blockwise
+
+    if _cli_blockwise.wants_blockwise(args):  # --block / --scheduler
+        return _cli_blockwise.run_segment(args)
     from . import __version__
     from .io import as_volume, read_prediction, read_volume, write_labels, write_prediction
     from .segmentation import agglomerate
