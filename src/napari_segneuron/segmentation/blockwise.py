@@ -7,16 +7,19 @@ Three steps, the first two one task per block (``distributed.run_blocks``: here,
    voxels on every side), restricts them to the foreground exactly as ``agglomerate`` does,
    runs waterz's watershed on block + context and keeps the core, numbered 1..n. Seeds and
    basins near a block face are therefore those of the whole-volume watershed (the context
-   holds the same affinities), except where a basin reaches further than the context. A
-   fragment that crosses a face is cut in two there; its halves touch across the face
-   through high affinities (they were one basin), so the global agglomeration joins them
-   first, and with them their edge statistics: the result is the whole-volume one.
+   holds the same affinities), except where a basin reaches further than the context. For
+   each face the block also records, voxel by voxel, whether its watershed put the two
+   voxels across the face into one basin.
 2. **graph**: block ids become global by adding the running count of the blocks before it;
    each block reads its core plus one voxel plane below it on each axis and reports every
    voxel face whose *upper* voxel is in its core: so every face, including those across
    block faces, is owned by exactly one block. It returns the region-graph statistics
    (``graph.edge_table``), the contact areas and fragment sizes after the foreground mask,
-   and writes the final fragments (global ids, background 0) chunk by chunk.
+   and writes the final fragments (global ids, background 0) chunk by chunk. A fragment
+   cut by a face is *stitched*: when both blocks' watersheds saw one basin across the face,
+   the two pieces are joined before any merge (recorded first in the history, at score 0),
+   and their region-graph edges are combined as waterz would have built them for the whole
+   basin (max, sum and count over the union of the contacts).
 3. **merge**: one ``graph.merge_graph`` over the whole graph (small next to the voxels), whose
    merge history becomes an ``Agglomeration`` over the zarr fragments: ``labels(t)`` is the
    same replay as for a whole-volume run (a lookup over the global fragments; use
@@ -24,8 +27,11 @@ Three steps, the first two one task per block (``distributed.run_blocks``: here,
    per chunk), and small-segment merging uses the global contact table.
 
 The zarr group written to ``output``: ``fragments`` (Z,Y,X uint32, chunked by block),
-``fragments_local`` (scratch), ``merges``, ``merge_scores``, ``sizes``, ``contacts`` and
-the settings in its attributes; ``load_agglomeration`` reopens it.
+``merges``, ``merge_scores``, ``sizes``, ``contacts`` and the settings in its attributes
+(``fragments_local`` and ``face_same`` are scratch, removed at the end);
+``load_agglomeration`` reopens it. On the default model's prediction of fib25_b, 8 blocks
+and the whole volume as one block give the same segmentation (VI 0.0000 without
+small-segment merging, <= 0.003 with it; ``tests/test_distributed.py``).
 """
 from __future__ import annotations
 
@@ -108,9 +114,6 @@ def watershed_fragments(aff: np.ndarray, low: float = 0.0001, high: float = 0.99
     return seg
 
 
-_last_ws: dict = {}
-
-
 def _fragments_block(block_id: int, job: _SegJob) -> int:
     import fastremap
     import zarr
@@ -118,7 +121,6 @@ def _fragments_block(block_id: int, job: _SegJob) -> int:
     block = job.grid[block_id]
     aff, _ = _prepared(job, block.outer)
     ws = watershed_fragments(aff, job.low, job.high)
-    _last_ws["ws"] = ws
     seg = ws[block.core_in_outer]
     seg, _ = fastremap.renumber(np.ascontiguousarray(seg), preserve_zero=True)
     n = int(seg.max(initial=0))
@@ -130,7 +132,6 @@ def _fragments_block(block_id: int, job: _SegJob) -> int:
     # channel d: the core's first plane along d with the plane below it; 3 + d: the core's
     # last plane with the plane above it (both written into this block's own chunk)
     same = np.zeros((6,) + block.shape, np.uint8)
-    ws = _last_ws.pop("ws")
     cio = block.core_in_outer
     for d in range(3):
         c = cio[d]
