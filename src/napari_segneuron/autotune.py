@@ -316,14 +316,11 @@ def predicted_seconds(plan, tuning: Tuning) -> float:
     return plan.n_tiles * voxels * tuning.us_per_voxel(voxels) * 1e-6
 
 
-def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 20, 24, 28, 31, 48),
-                    xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320),
-                    z_range: Optional[Sequence[int]] = None) -> list[Triple]:
-    """Tile sizes the planner may use: z (within ``z_range``) / square xy from the options whose voxel
-    count is at most 1.5x the largest probed tile's (little extrapolation beyond what was measured)."""
+def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 24, 32, 48, 64),
+                    xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320)) -> list[Triple]:
+    """Tile sizes the planner may use: z / square xy from the options whose voxel count is at most
+    1.5x the largest probed tile's (little extrapolation beyond what was measured)."""
     limit = tuning.largest_tile_voxels * 1.5
-    if z_range is not None:
-        z_options = [z for z in z_options if z_range[0] <= z <= z_range[1]] or [z_range[1]]
     out = []
     for z in z_options:
         for xy in xy_options:
@@ -334,11 +331,11 @@ def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence
 
 
 def choose_tile(shape: Sequence[int], tuning: Tuning, overlap: Sequence[int], multiple: Sequence[int],
-                plan_fn: Callable, z_range: Optional[Sequence[int]] = None) -> tuple:
+                plan_fn: Callable) -> tuple:
     """The (max) tile whose fitted plan on ``shape`` has the lowest predicted time; returns
     ``(tile, plan, seconds)``. ``plan_fn(shape, tile, overlap)`` builds a ``TilePlan``."""
     best = None
-    for tile in candidate_tiles(tuning, multiple, z_range=z_range):
+    for tile in candidate_tiles(tuning, multiple):
         ov = tuple(min(o, t - m) for o, t, m in zip(overlap, tile, multiple))
         plan = plan_fn(shape, tile, ov)
         secs = predicted_seconds(plan, tuning)

@@ -34,20 +34,6 @@ from ._model.weights import resolve_device
 Triple = tuple[int, int, int]
 #: MNet pools 4 times in y and x (z is interpolated back to any size)
 MNET_TILE_MULTIPLE: Triple = (1, 16, 16)
-#: tile depths at which MNet pools z exactly twice, as in training (16-20 slice crops) and the
-#: official 20-slice tiles: z is pooled while >= 8 slices, so a 32+ slice tile gets a third z
-#: pooling the network never saw (fib25_b VI 1.67 with one 50-slice tile vs 0.48 with 29) and a
-#: tile under 16 slices only one. Tiles chosen automatically stay in this range.
-MNET_Z_RANGE = (16, 31)
-
-
-def tile_z_range(model: Any) -> Optional[tuple[int, int]]:
-    """Tile depths (min, max) the network is meant to see: ``model.tile_z_range``, MNet's
-    ``MNET_Z_RANGE``, or None (any)."""
-    r = getattr(model, "tile_z_range", None)
-    if r is None and type(model).__name__ == "MNet":
-        r = MNET_Z_RANGE
-    return None if r is None else (int(r[0]), int(r[1]))
 
 
 def tile_multiple(model: Any) -> Triple:
@@ -95,7 +81,7 @@ class Tiling:
 #: the official SegNeuron inference setting: each voxel is predicted ~8 times
 OFFICIAL_TILING = Tiling(tile=(20, 128, 128), overlap=(10, 64, 64))
 #: our default: larger tiles, less redundant overlap (each voxel ~1.6 times)
-DEFAULT_TILING = Tiling(tile=(31, 192, 192), overlap=(8, 32, 32))
+DEFAULT_TILING = Tiling(tile=(32, 192, 192), overlap=(8, 32, 32), blend="crop")
 #: default on a GPU when the user names no tile: halved in xy on out-of-memory
 GPU_TILING = Tiling(tile=(48, 256, 256), overlap=(8, 32, 32))
 
@@ -125,22 +111,22 @@ def fit_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
     return int(min(tile, max(fitted, overlap + multiple)))
 
 
-def plan_axis(size: int, tile: int, overlap: int, multiple: int = 1, min_tile: int = 1) -> tuple[int, list[int]]:
+def plan_axis(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
     """Tile length and start offsets along one axis, computing each voxel as few times as possible.
 
     The fewest tiles of at most ``tile`` voxels that overlap by at least ``overlap``; their length
     shrunk to the smallest multiple of ``multiple`` that still covers ``size``; starts spread
     evenly so the first tile starts at 0 and the last ends flush at ``size`` (every overlap about
     equal). An axis shorter than one tile gets one tile rounded up to ``multiple`` (mirror
-    padding under one multiple: no tile is mostly padding), at least ``min_tile`` long.
+    padding under one multiple: no tile is mostly padding).
     """
     if size <= tile:
-        t = max(-(-size // multiple) * multiple, min_tile)
+        t = -(-size // multiple) * multiple
         return t, [0]
     overlap = min(overlap, tile - multiple)
     n = -(-(size - overlap) // (tile - overlap))
     t = -(-(size + (n - 1) * overlap) // n)
-    t = max(min(tile, -(-t // multiple) * multiple), min(min_tile, tile))
+    t = min(tile, -(-t // multiple) * multiple)
     span = size - t
     return t, [int(round(i * span / (n - 1))) for i in range(n)]
 
@@ -187,13 +173,12 @@ class TilePlan:
 
 
 def plan_tiles(shape: Sequence[int], tiling: Tiling, multiple: Sequence[int] = MNET_TILE_MULTIPLE,
-               fit: bool = True, min_tile: Sequence[int] = (1, 1, 1)) -> TilePlan:
+               fit: bool = True) -> TilePlan:
     """The ``TilePlan`` for a volume: fitted (``plan_axis``) or, with ``fit=False``, the fixed
     tiling and stride of ``tiling`` with the last tile flush (the official placement)."""
     shape_t = tuple(int(s) for s in shape)
     if fit:
-        axes = [plan_axis(n, t, o, m, lo) for n, t, o, m, lo in zip(shape_t, tiling.tile, tiling.overlap, multiple,
-                                                                     min_tile)]
+        axes = [plan_axis(n, t, o, m) for n, t, o, m in zip(shape_t, tiling.tile, tiling.overlap, multiple)]
         tile = tuple(a[0] for a in axes)
         starts = tuple(tuple(a[1]) for a in axes)
     else:
@@ -310,7 +295,6 @@ class Predictor:
         if overlap_t is None:
             overlap_t = base.overlap if tile is None else tuple(t // 4 for t in tile_t)  # type: ignore[assignment]
         self.multiple = tile_multiple(model)
-        self.z_range = tile_z_range(model)
         if tile is None and tiling is None:  # presets rounded up to the network's multiple
             tile_t = tuple(-(-t // m) * m for t, m in zip(tile_t, self.multiple))  # type: ignore[assignment]
             overlap_t = tuple(min(o, t - 1) for o, t in zip(overlap_t, tile_t))  # type: ignore[assignment]
@@ -540,18 +524,10 @@ class Predictor:
             from .autotune import choose_tile
 
             def plan_fn(shp, tile, overlap):
-                return plan_tiles(shp, replace(self.tiling, tile=tile, overlap=overlap), self.multiple,
-                                  min_tile=self._min_tile())
+                return plan_tiles(shp, replace(self.tiling, tile=tile, overlap=overlap), self.multiple)
 
-            return choose_tile(shape, self.tuning, self.tiling.overlap, self.multiple, plan_fn,
-                               z_range=self.z_range)[1]
-        return plan_tiles(shape, self.tiling, self.multiple, fit=self.fit_tiles, min_tile=self._min_tile())
-
-    def _min_tile(self) -> Triple:
-        """Automatically sized tiles are at least the network's minimum depth (``tile_z_range``)."""
-        if self.tile_given or self.z_range is None:
-            return (1, 1, 1)
-        return (self.z_range[0], 1, 1)
+            return choose_tile(shape, self.tuning, self.tiling.overlap, self.multiple, plan_fn)[1]
+        return plan_tiles(shape, self.tiling, self.multiple, fit=self.fit_tiles)
 
     def settings(self) -> dict:
         """What this predictor runs with (for provenance and benchmarks)."""
