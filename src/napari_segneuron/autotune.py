@@ -40,13 +40,17 @@ from .precision import choose_precision, cpu_capability, cpu_model, reported_fla
 Triple = tuple[int, int, int]
 CACHE_NAME = "autotune.json"
 #: bump when the probe changes meaning (older cache entries are then measured again)
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 #: tile candidates (z, y, x), smallest first; rounded up to the network's tile multiple
 TILE_CANDIDATES: tuple[Triple, ...] = ((16, 64, 64), (24, 128, 128), (24, 192, 192), (24, 256, 256))
 #: the probe stops measuring larger tiles once it has run this long (seconds)
 DEFAULT_BUDGET_S = 10.0
 #: a larger tile is no longer tried once its cost per voxel is this much above the best so far
 WORSE_STOP = 1.3
+#: largest tile (voxels) for a network whose first layer has 16 channels; scaled by 16 / width
+#: (MNet's first feature maps dominate memory: a 4 M-voxel tile of the default kn=(8, ...) model
+#: needs about 1 GiB)
+MAX_TILE_VOXELS_AT_16 = 2**22
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Tuning:
     seconds: float = 0.0
     created: str = ""
     version: int = PROBE_VERSION
+    #: largest tile the planner may use (memory: fewer voxels for wider networks)
+    max_tile_voxels: int = 0
 
     @property
     def config(self) -> Config:
@@ -89,13 +95,20 @@ class Tuning:
 
     @property
     def largest_tile_voxels(self) -> int:
-        return int(max(v for v, _ in self.curve))
+        """The planner's limit: ``max_tile_voxels``, else 4x the largest size measured."""
+        return int(self.max_tile_voxels or 4 * max(v for v, _ in self.curve))
 
     def us_per_voxel(self, voxels: float) -> float:
-        """Predicted µs per voxel for a tile of ``voxels``: interpolated in log(size), flat outside."""
+        """Predicted µs per voxel for a tile of ``voxels``: interpolated in log(size); beyond the
+        largest measured size the last rise continues (a fall is not extrapolated)."""
         pts = sorted((float(v), float(u)) for v, u in self.curve)
         xs = np.log([v for v, _ in pts])
-        return float(np.interp(math.log(max(voxels, 1.0)), xs, [u for _, u in pts]))
+        us = [u for _, u in pts]
+        x = math.log(max(voxels, 1.0))
+        if len(pts) > 1 and x > xs[-1]:
+            slope = max(0.0, (us[-1] - us[-2]) / (xs[-1] - xs[-2]))
+            return float(us[-1] + slope * (x - xs[-1]))
+        return float(np.interp(x, xs, us))
 
     def summary(self) -> str:
         sizes = ", ".join(f"{int(round(v ** (1 / 3)))}^3-ish {u:.2f}" for v, u in self.curve)
@@ -281,7 +294,10 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
         lowest = min(lowest, us)
         if us > WORSE_STOP * lowest:
             break
+    width = int(getattr(model, "kn", (16,))[0])
+    max_voxels = int(min(MAX_TILE_VOXELS_AT_16, MAX_TILE_VOXELS_AT_16 * 16 // max(width, 1)))
     return Tuning(machine=machine_key(device), model=model_key(model), threads=best.threads,
+                  max_tile_voxels=max_voxels,
                   channels_last=best.channels_last, precision=half, reduced_speedup=speedup, curve=curve,
                   measurements=log, seconds=timer() - start,
                   created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -318,9 +334,8 @@ def predicted_seconds(plan, tuning: Tuning) -> float:
 
 def candidate_tiles(tuning: Tuning, multiple: Sequence[int], z_options: Sequence[int] = (8, 16, 24, 32, 48, 64),
                     xy_options: Sequence[int] = (64, 96, 128, 160, 192, 224, 256, 320)) -> list[Triple]:
-    """Tile sizes the planner may use: z / square xy from the options whose voxel count is at most
-    1.5x the largest probed tile's (little extrapolation beyond what was measured)."""
-    limit = tuning.largest_tile_voxels * 1.5
+    """Tile sizes the planner may use: z / square xy from the options within the tuning's limit."""
+    limit = tuning.largest_tile_voxels
     out = []
     for z in z_options:
         for xy in xy_options:
