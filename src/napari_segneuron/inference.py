@@ -104,18 +104,6 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def fit_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
-    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers ``size``
-    with as many tiles as ``tile`` itself would need. Avoids a last tile that mostly
-    repeats its neighbour (e.g. 250 voxels with 192-voxel tiles becomes 2 tiles of 144)."""
-    if size <= tile:
-        return min(tile, -(-size // multiple) * multiple)
-    n = -(-(size - overlap) // (tile - overlap))
-    fitted = -(-(size + (n - 1) * overlap) // n)
-    fitted = -(-fitted // multiple) * multiple
-    return int(min(tile, max(fitted, overlap + multiple)))
-
-
 def plan_axis(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
     """Tile length and start offsets along one axis, computing each voxel as few times as possible.
 
