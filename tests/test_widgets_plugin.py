@@ -301,6 +301,9 @@ def test_preview_is_a_thin_slab_with_one_fitted_tile(plugin_docks, qtbot, notifi
     assert all(0 <= t - n < 16 for t, n in zip(tile[1:], size[1:]))
     settings = seg._preview_settings(region)
     assert settings["tile"] == tile and settings["overlap"] == [0, 0, 0]
+    # a region too big for one tile keeps the tiling of the advanced settings
+    big = (slice(0, 40), slice(0, 250), slice(0, 250))
+    assert seg._preview_settings(big)["tile"] == list(seg.tile.value())
     seg.preview()
     wait_idle(qtbot, seg)
     prov = seg.segmentation.provenance

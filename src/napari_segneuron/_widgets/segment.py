@@ -60,6 +60,9 @@ PREVIEW_DEPTH = 4  # preview: slices above and below the current one (9 slices)
 #: previews up to this many voxels agglomerate in-process: starting the worker process
 #: costs seconds, more than waterz needs for a 9x256x256 region (see benchmarks/bench_preview.py)
 PREVIEW_IN_PROCESS_VOXELS = 4_000_000
+#: a preview region up to this many voxels is predicted as one tile (about twice the default
+#: 32x192x192 tile); larger regions use the tile/overlap of the advanced settings
+PREVIEW_ONE_TILE_VOXELS = 2_500_000
 
 
 def _segmentation():
@@ -568,11 +571,13 @@ class SegNeuronWidget(QWidget):
 
     def _preview_settings(self, region) -> dict:
         """Predict settings of a preview: one tile fitted to the region (y, x rounded up to the
-        network's multiple of 16), no overlap; at most the region's size in any axis."""
+        network's multiple of 16), no overlap; a region too large for one tile keeps the
+        advanced settings' tiling."""
         s = self._predict_settings()
         size = [sl.stop - sl.start for sl in region]
-        s["tile"] = [size[0], -(-size[1] // 16) * 16, -(-size[2] // 16) * 16]
-        s["overlap"] = [0, 0, 0]
+        tile = [size[0], -(-size[1] // 16) * 16, -(-size[2] // 16) * 16]
+        if int(np.prod(tile)) <= PREVIEW_ONE_TILE_VOXELS:
+            s["tile"], s["overlap"] = tile, [0, 0, 0]
         return s
 
     def _agglomerate(self, affinities, foreground, seg_settings, progress=None, cancel=None, model_grid=None,
