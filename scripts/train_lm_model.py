@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=20, help="steps per arm per round")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--crop", default="20,112,112")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n-train", type=int, default=32)
     p.add_argument("--n-val", type=int, default=6)
     p.add_argument("--swc-dir", type=Path, default=None, help="real SWC morphologies (local only)")

@@ -254,6 +254,10 @@ class ViT3DSeg(nn.Module):
             nn.ConvTranspose3d(2 * cv, cv, (pz, py // 2, px // 2), stride=(pz, py // 2, px // 2)),
             nn.LeakyReLU(0.1, inplace=True),
         )
+        # the token path starts silent (zero weights) so the convolutional path learns the
+        # local tube signal first and the transformer's context is blended in as it trains
+        nn.init.zeros_(self.vit_up[2].weight)
+        nn.init.zeros_(self.vit_up[2].bias)
         self.up0 = nn.ConvTranspose3d(c1, c1, (1, 2, 2), stride=(1, 2, 2))
         self.dec1 = _conv(cv + c1, c1)
         # full resolution stays cheap on CPUs: one 3x3x3 conv from the input, then 1x1x1

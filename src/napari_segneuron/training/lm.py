@@ -115,15 +115,21 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 3.0)
 class LMTrainer:
     """One model, its optimiser and its sampling RNG, saved and restored together."""
 
-    def __init__(self, model: torch.nn.Module, lr: float = 3e-4, seed: int = 0, weight_decay: float = 1e-4):
+    def __init__(self, model: torch.nn.Module, lr: float = 1e-3, seed: int = 0, weight_decay: float = 1e-4,
+                 encoder_lr_scale: float = 0.3):
         self.model = model
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        enc = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if enc:  # the transformer (pretrained or not) learns more slowly than the conv decoder
+            groups.append({"params": enc, "lr_scale": encoder_lr_scale})
+        self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.rng = np.random.default_rng(seed)
         self.step = 0
         self.losses: list[float] = []
 
     def train(self, source: CropSource, steps: int, batch_size: int = 2, total_steps: Optional[int] = None,
-              warmup: int = 20, lr: float = 3e-4) -> float:
+              warmup: int = 20, lr: float = 1e-3) -> float:
         """``steps`` optimiser steps (cosine schedule over ``total_steps``); returns the mean loss."""
         self.model.train()
         total = total_steps or (self.step + steps)
@@ -132,7 +138,7 @@ class LMTrainer:
             frac = min(1.0, self.step / max(1, total))
             scale = min(1.0, (self.step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
             for g in self.opt.param_groups:
-                g["lr"] = lr * scale
+                g["lr"] = lr * scale * g.get("lr_scale", 1.0)
             x, y = source.batch(self.rng, batch_size)
             loss = loss_fn(self.model.forward_logits(x), y)
             self.opt.zero_grad(set_to_none=True)
