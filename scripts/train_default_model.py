@@ -106,8 +106,9 @@ def main(argv=None) -> int:
                    help="sampling weight of fib25_c (training_data/, gather_training_data.py); 0 = not used")
     p.add_argument("--augment", choices=["default", "robust"], default="default",
                    help="robust: zoom 0.5-2x, wide contrast/gamma, histogram remapping, more amplitude mixing")
-    p.add_argument("--voxel-size", type=float, default=10.0,
-                   help="voxel size (nm, isotropic) declared in the checkpoint: the FIB crops' true one")
+    p.add_argument("--voxel-size", type=float, default=20.0,
+                   help="voxel size (nm, isotropic) declared in the checkpoint: the FIB crops' true one, ~2x the "
+                        "10 nm unlabeled cube (benchmarks/measure_voxel_size.py)")
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=100)
     p.add_argument("--average-last", type=int, default=4,
