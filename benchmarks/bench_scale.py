@@ -31,6 +31,21 @@ def predict_run(volume, block, scheduler, tmp: Path, name: str) -> dict:
                 workers=len(run.peak_rss), blocks=len(run.done))
 
 
+def print_prediction(rows: dict, small, large, block) -> None:
+    print(f"\nprediction, default model, CPU, block {block} (volume voxels per second; peak RSS per worker)")
+    print(f"{'run':<28} {'volume':>14} {'blocks':>6} {'seconds':>8} {'vox/s':>9} {'peak RSS MiB':>12}")
+    for name, r in rows.items():
+        vol = large if "large" in name else small
+        vps = vol.size / r["seconds"]
+        print(f"{name:<28} {str(vol.shape):>14} {r.get('blocks', '-'):>6} {r['seconds']:8.1f} {vps:9.0f} "
+              f"{r.get('rss_mib', float('nan')):12.0f}")
+    one, two = rows["large, 1 worker"], rows["large, 2 workers"]
+    print(f"throughput 2 workers / 1 worker: {one['seconds'] / two['seconds']:.2f}x; "
+          f"blockwise (1 worker) / in-memory time: {one['seconds'] / rows['in-memory Predictor, large']['seconds']:.2f}x")
+    print(f"peak RSS per worker, large / small volume ({large.size / small.size:.0f}x the voxels): "
+          f"{two['rss_mib'] / rows['small, 2 workers']['rss_mib']:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller volumes")
@@ -47,6 +62,8 @@ def main() -> None:
     block = (32, 128, 128)
     small = raw[:32, :128, :128]
     large = raw[:64, :256, :256] if not args.quick else raw[:32, :256, :256]
+    if args.quick:
+        block = (32, 128, 128)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rows = {}
     t0 = time.perf_counter()
@@ -55,6 +72,7 @@ def main() -> None:
     rows["large, 1 worker"] = predict_run(large, block, "local:1", tmp, "l1")
     rows["large, 2 workers"] = predict_run(large, block, "local:2", tmp, "l2")
     rows["small, 2 workers"] = predict_run(small, block, "local:2", tmp, "s2")
+    print_prediction(rows, small, large, block)
 
     # segmentation: the default model's prediction of fib25_b, 8 blocks on 2 workers vs one block
     from napari_segneuron.distributed import client
@@ -72,19 +90,6 @@ def main() -> None:
     waterz = agglomerate(aff, fg, fragments=np.asarray(whole.fragments[...]), worker=False)
     t = DEFAULT_THRESHOLD
     lw, lb, lz = whole.labels(t), blocks.labels(t), waterz.labels(t)
-
-    print(f"\nprediction, default model, CPU, block {block} (volume voxels per second; peak RSS per worker)")
-    print(f"{'run':<28} {'volume':>14} {'blocks':>6} {'seconds':>8} {'vox/s':>9} {'peak RSS MiB':>12}")
-    for name, r in rows.items():
-        vol = large if "large" in name else small
-        vps = vol.size / r["seconds"]
-        print(f"{name:<28} {str(vol.shape):>14} {r.get('blocks', '-'):>6} {r['seconds']:8.1f} {vps:9.0f} "
-              f"{r.get('rss_mib', float('nan')):12.0f}")
-    one, two = rows["large, 1 worker"], rows["large, 2 workers"]
-    print(f"throughput 2 workers / 1 worker: {one['seconds'] / two['seconds']:.2f}x; "
-          f"blockwise (1 worker) / in-memory time: {one['seconds'] / rows['in-memory Predictor, large']['seconds']:.2f}x")
-    print(f"peak RSS per worker, large / small volume ({large.size / small.size:.0f}x the voxels): "
-          f"{two['rss_mib'] / rows['small, 2 workers']['rss_mib']:.2f}x")
 
     print(f"\nsegmentation of fib25_b {fg.shape} (default model's prediction), threshold {t}")
     print(f"{'run':<34} {'seconds':>8} {'fragments':>9} {'VI vs whole':>11} {'VI vs gt':>8}")
