@@ -36,7 +36,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
-THRESHOLDS = np.round(np.arange(0.04, 1.0, 0.04), 3)
+THRESHOLDS = np.round(np.arange(0.08, 1.0, 0.08), 3)
 
 
 def region(text: str | None) -> tuple:
@@ -49,9 +49,9 @@ def region(text: str | None) -> tuple:
 def per_section(seg: np.ndarray) -> np.ndarray:
     """Ids made unique per z section (a 3D segment becomes one segment per section)."""
     from napari_segneuron.metrics import fill_background
-    seg = fill_background(np.asarray(seg))
-    z = np.broadcast_to(np.arange(seg.shape[0])[:, None, None], seg.shape)
-    _, inv = np.unique(np.stack([z.ravel(), seg.ravel().astype(np.int64)]), axis=1, return_inverse=True)
+    seg = fill_background(np.asarray(seg)).astype(np.int64)
+    keyed = seg + np.arange(seg.shape[0], dtype=np.int64)[:, None, None] * (int(seg.max()) + 1)
+    _, inv = np.unique(keyed.ravel(), return_inverse=True)
     return (inv.reshape(seg.shape) + 1).astype(np.uint32)
 
 
@@ -74,7 +74,14 @@ def rows_for(ag, gt, two_d: bool, fixed: float) -> dict:
     return out
 
 
-def segment_model(model, raw, voxel, model_voxel=None):
+def _cut_z(aff):
+    """Section-by-section agglomeration: no z affinity (diagnostic for 2D ground truth)."""
+    aff = np.array(aff, dtype=np.float32, copy=True)
+    aff[0] = 0.0
+    return aff
+
+
+def segment_model(model, raw, voxel, model_voxel=None, sections=False):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid."""
     from napari_segneuron.inference import Predictor
@@ -83,18 +90,20 @@ def segment_model(model, raw, voxel, model_voxel=None):
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
     if mg.get("affinities") is not None:
-        ag = agglomerate(np.ascontiguousarray(mg["affinities"], np.float32),
+        ag = agglomerate(_cut_z(mg["affinities"]) if sections else np.ascontiguousarray(mg["affinities"], np.float32),
                          np.ascontiguousarray(mg["foreground"], np.float32), worker=False)
         return ag.on_grid(raw.shape)
-    return agglomerate(np.ascontiguousarray(aff, np.float32), np.ascontiguousarray(fg, np.float32), worker=False)
+    return agglomerate(_cut_z(aff) if sections else np.ascontiguousarray(aff, np.float32),
+                       np.ascontiguousarray(fg, np.float32), worker=False)
 
 
-def classical_ag(raw, sigma: float = 0.5):
+def classical_ag(raw, sigma: float = 0.5, sections=False):
     from napari_segneuron.segmentation import agglomerate
     img = raw.astype(np.float32)
     lo, hi = np.percentile(img, (1, 99))
     sm = np.clip((ndimage.gaussian_filter(img, sigma) - lo) / (hi - lo), 0, 1)
-    return agglomerate(np.stack([sm] * 3), None, worker=False, min_size=0)
+    aff = np.stack([sm] * 3)
+    return agglomerate(_cut_z(aff) if sections else aff, None, worker=False, min_size=0)
 
 
 def main(argv=None) -> int:
@@ -111,6 +120,8 @@ def main(argv=None) -> int:
                         "y 0:120, x 0:120")
     p.add_argument("--fib-region", default="", help="scored region of fib25_b (default all)")
     p.add_argument("--no-classical", action="store_true")
+    p.add_argument("--sections", action="store_true",
+                   help="diagnostic: agglomerate each z section on its own (z affinities 0) for the 2D-labelled VNC")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
@@ -136,7 +147,9 @@ def main(argv=None) -> int:
         b_gt = tifffile.imread(str(DATA / "fib25_b_labels.tif"))
         t_cl = rows_for(classical_ag(b_raw), b_gt, False, 0.5)["best"]["threshold"]
         for vname, (raw, gt, voxel, two_d) in vols.items():
-            r = dict(rows_for(classical_ag(raw), gt, two_d, t_cl), model="classical (sigma 0.5, waterz)", volume=vname)
+            r = dict(rows_for(classical_ag(raw, sections=a.sections and two_d), gt, two_d, t_cl),
+                     model="classical (sigma 0.5, waterz)" + (", per section" if a.sections and two_d else ""),
+                     volume=vname)
             rows.append(r)
             print(json.dumps(r), flush=True)
     overrides = {k: float(v) for k, v in (spec.split("=", 1) for spec in a.model_voxel)}
@@ -148,8 +161,9 @@ def main(argv=None) -> int:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
-            ag = segment_model(model, raw, voxel, vs)
-            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD), model=name, volume=vname,
+            ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d)
+            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD),
+                     model=name + (", per section" if a.sections and two_d else ""), volume=vname,
                      model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
             rows.append(r)
             print(json.dumps(r), flush=True)
