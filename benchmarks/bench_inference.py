@@ -113,9 +113,15 @@ def main() -> int:
     ap.add_argument("--official-tiles", type=int, default=None,
                     help="time only this many official-style tiles and extrapolate (for slow machines; says so)")
     ap.add_argument("--no-cli", action="store_true", help="skip the whole-process CLI rows")
+    ap.add_argument("--skip-fixed", action="store_true", help="skip the fixed-settings rows")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the official-style loop and the fixed rows (default: PyTorch's); on a "
+                         "loaded shared machine 1 keeps oversubscription from dominating the comparison")
     ap.add_argument("--vi", action="store_true", help="also compare segmentations on fib25_b (default model)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cache = tempfile.mkdtemp(prefix="segneuron_bench_")
     os.environ["NAPARI_SEGNEURON_CACHE"] = cache  # the CLI subprocesses see this probe result
     os.environ.pop("NAPARI_SEGNEURON_AUTOTUNE", None)
@@ -159,6 +165,8 @@ def main() -> int:
             old.predict(stack[: min(8, crop[0]), :64, :64])  # warm up oneDNN kernels once
             rows = {"official-style loop (in process)": [], "ours, fixed 32x192x192 tiles (no probe)": [],
                     "ours, tuned (in process)": []}
+            if args.skip_fixed:
+                del rows["ours, fixed 32x192x192 tiles (no probe)"]
             if not args.no_cli:
                 rows["CLI predict, whole process (tuned)"] = []
             extrapolated = False
@@ -166,9 +174,10 @@ def main() -> int:
                 secs = official_style_predict(model, stack, max_tiles=args.official_tiles)[2]
                 extrapolated = args.official_tiles is not None
                 rows["official-style loop (in process)"].append(secs)
-                t0 = time.perf_counter()
-                old.predict(stack)
-                rows["ours, fixed 32x192x192 tiles (no probe)"].append(time.perf_counter() - t0)
+                if not args.skip_fixed:
+                    t0 = time.perf_counter()
+                    old.predict(stack)
+                    rows["ours, fixed 32x192x192 tiles (no probe)"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 tuned.predict(stack)
                 rows["ours, tuned (in process)"].append(time.perf_counter() - t0)
