@@ -63,24 +63,27 @@ def direct_waterz(aff: np.ndarray, thresholds: list[float], scoring: str, fragme
         _restore_stdout(saved)
 
 
+@pytest.mark.parametrize("fragments", ["waterz", "distance"])
 @pytest.mark.parametrize("scoring", ["mean", "median"])
 @pytest.mark.parametrize("restricted", [False, True])
-def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool) -> None:
+def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool, fragments: str) -> None:
     fg = snemi["fg"] if restricted else None
     agg = agglomerate(snemi["aff"], fg, fg_threshold=0.4, scoring=scoring, background_mode="exclude", min_size=0,
-                      worker=False)
+                      fragments=fragments, worker=False)
+    assert agg.info["fragments"] == fragments
     prepared = snemi["aff"]
     if restricted:
         prepared = np.empty_like(prepared)
         restrict_to_foreground(snemi["aff"], fg, 0.4, out=prepared)
-    direct = direct_waterz(prepared, THRESHOLDS, scoring)
+    # a fresh waterz run from the same fragments (its own watershed, or the distance fragments)
+    direct = direct_waterz(prepared, THRESHOLDS, scoring, None if fragments == "waterz" else agg.fragments)
     counts = []
     for t, ref in zip(THRESHOLDS, direct):
         lab = agg.labels(t)
         assert lab.dtype == np.uint32
         assert same_partition(lab, ref), f"threshold {t}"
         counts.append(agg.n_segments(t))
-    assert counts[0] > 3 * counts[-2] > 0  # the thresholds really change the result
+    assert counts[0] > 2 * counts[-2] > 0  # the thresholds really change the result
     cp = agg.change_points()
     inner = cp[(cp > 0.3) & (cp < 0.9)]
     a, b = float(inner[len(inner) // 2]), float(inner[len(inner) // 2 + 1])
@@ -213,7 +216,7 @@ def test_cancel_terminates_the_worker(snemi: dict) -> None:
 
     t0 = time.perf_counter()
     with pytest.raises(Cancelled):
-        agglomerate(big, None, worker=True, progress=progress, cancel=token)
+        agglomerate(big, None, fragments="waterz", worker=True, progress=progress, cancel=token)
     assert time.perf_counter() - t0 < 8
     assert any("waterz" in s for s in stages)
     assert not mp.active_children()
@@ -234,7 +237,7 @@ def test_killed_worker_is_reported_as_killed(snemi: dict) -> None:
                     os.kill(child.pid, signal.SIGKILL)
 
     with pytest.raises(RuntimeError) as err:
-        agglomerate(big, None, worker=True, progress=progress)
+        agglomerate(big, None, fragments="waterz", worker=True, progress=progress)
     msg = str(err.value)
     assert "killed by signal 9 (SIGKILL)" in msg and "out of memory" in msg
     assert "__main__" not in msg
@@ -331,7 +334,8 @@ def test_bad_input(snemi: dict) -> None:
 @pytest.mark.parametrize("mode", ["mask", "cut"])
 def test_mask_modes_are_waterz_then_foreground_mask(snemi: dict, mode: str) -> None:
     aff, fg = snemi["aff"], snemi["fg"]
-    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, min_size=0, worker=False)
+    agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, min_size=0, fragments="waterz",
+                      worker=False)
     prepared = np.empty_like(aff)
     bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False, cut_background=mode == "cut")
     restricted = np.minimum(aff, fg[None])
@@ -362,7 +366,11 @@ def test_cli_segment_and_evaluate(snemi: dict, tmp_path: Path, capsys: pytest.Ca
     labels = tifffile.imread(out)
     ref = agglomerate(snemi["aff"], snemi["fg"], fg_threshold=0.5, worker=False).labels(0.3)
     assert same_partition(labels, ref)
-    capsys.readouterr()
+    # every stage after predict is reported on stderr, in order, with its time
+    err = capsys.readouterr().err
+    pos = [err.find(f"  {stage}: ") for stage in ("fragments", "agglomeration", "small-segment merging", "writing")]
+    assert -1 not in pos and pos == sorted(pos), err
+    assert "segment: " in err and "4/4 stages" in err
     assert main(["evaluate", str(out), str(gt), "--background", "segment"]) == 0
     text = capsys.readouterr().out
     s = evaluate(labels, snemi["gt"], background="segment")
@@ -429,3 +437,50 @@ def test_cli_segments_a_resampled_prediction_on_the_model_grid(tmp_path: Path, t
     coarse = agglomerate(grid["affinities"], grid["foreground"], fg_threshold=0.0, min_size=0, worker=False).labels(0.5)
     assert coarse.shape == (16, 32, 32)
     assert same_partition(labels, resize_labels(coarse, raw.shape))
+
+
+def test_distance_fragments_cover_the_foreground_in_connected_pieces(snemi: dict) -> None:
+    from scipy import ndimage
+
+    from napari_segneuron.segmentation import distance_fragments
+
+    prepared = np.empty_like(snemi["aff"])
+    restrict_to_foreground(snemi["aff"], snemi["fg"], 0.5, out=prepared, exclude_background=False,
+                           cut_background=True)
+    mask = snemi["fg"] >= 0.5
+    frag = distance_fragments(prepared, mask)
+    assert frag.dtype == np.uint64
+    assert np.array_equal(frag != 0, mask)  # every foreground voxel, nothing else
+    ids = np.unique(frag[frag > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    # each fragment is one connected piece (seeds are grown, never scattered)
+    for i in ids[:: max(1, len(ids) // 40)]:
+        assert ndimage.label(frag == i)[1] == 1
+    # per-slice fragments never cross a slice
+    flat = distance_fragments(prepared, mask, per_slice=True)
+    assert np.array_equal(flat != 0, mask)
+    per_id_slices = {int(i): len(np.unique(np.nonzero(flat == i)[0])) for i in np.unique(flat[flat > 0])[:50]}
+    assert set(per_id_slices.values()) == {1}
+    # default: distance fragments; the replay starts from them
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0)
+    assert agg.info["fragments"] == "distance" and agg.n_fragments == len(ids)
+    assert same_partition(agg.labels(0.0), frag.astype(np.uint32))
+
+
+def test_memory_estimate_refuses_a_run_that_would_not_fit(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_segneuron.segmentation import agglomeration as agg_mod
+    from napari_segneuron.segmentation.memory import estimate_bytes
+
+    nvox = int(np.prod(snemi["fg"].shape))
+    # room for mean scoring, not for median's per-edge histograms
+    room = estimate_bytes(nvox, 0, "mean") + 2 * (estimate_bytes(nvox, 10_000, "mean") - estimate_bytes(nvox, 0, "mean"))
+    monkeypatch.setattr(agg_mod, "available_bytes", lambda: room)
+    with pytest.raises(InputError, match=r"needs about .* GiB, but only .* available; use scoring='mean'"):
+        agglomerate(snemi["aff"], snemi["fg"], scoring="median", worker=False)
+    with pytest.raises(InputError, match="needs about"):  # checked before the worker process starts
+        agglomerate(snemi["aff"], snemi["fg"], scoring="median", worker=True)
+    assert not mp.active_children()
+    agglomerate(snemi["aff"], snemi["fg"], scoring="mean", worker=False)  # fits
+    monkeypatch.setattr(agg_mod, "available_bytes", lambda: 1)
+    with pytest.warns(ResourceWarning, match="fragments='distance' needs far less"):
+        agglomerate(snemi["aff"][:, :4], snemi["fg"][:4], fragments="waterz", worker=False)

@@ -135,6 +135,55 @@ def _is_prediction(path: str) -> bool:
     raise InputError(f"Unsupported file type {p.suffix!r}: use .tif/.tiff or .zarr")
 
 
+class StageProgress:
+    """Progress of segment's stages after predict, on stderr: a tqdm bar over the stages whose
+    label names the current one (fed by ``agglomerate``'s progress callback for fragments and
+    agglomeration), and one line per finished stage with its time."""
+
+    STAGES = ("fragments", "agglomeration", "small-segment merging", "writing")
+    #: agglomerate's progress messages -> stage
+    _FROM_MESSAGE = (("fragments", "fragments"), ("waterz", "agglomeration"), ("preparing", "fragments"))
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(self.STAGES), desc="segment", unit="stage", file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}")
+        self.current: str | None = None
+        self.started = 0.0
+        self.times: dict[str, float] = {}
+
+    def stage(self, name: str) -> None:
+        """Start stage ``name`` (ends the current one)."""
+        if name == self.current:
+            return
+        self.end()
+        self.current, self.started = name, time.perf_counter()
+        self.bar.set_description(f"segment: {name}")
+
+    def end(self) -> None:
+        if self.current is None:
+            return
+        took = time.perf_counter() - self.started
+        self.times[self.current] = took
+        self.bar.write(f"  {self.current}: {took:.1f} s", file=sys.stderr)
+        self.bar.update(1)
+        self.current = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        """``agglomerate``'s progress callback."""
+        if "done" in message:
+            return
+        for needle, name in self._FROM_MESSAGE:
+            if needle in message:
+                self.stage(name)
+                return
+
+    def close(self) -> None:
+        self.end()
+        self.bar.close()
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from . import _cli_blockwise
 
@@ -182,22 +231,31 @@ def run_segment(args: argparse.Namespace) -> int:
     # one-shot: waterz only needs to run up to the requested threshold. A resampled
     # prediction is agglomerated on the model's grid and the fragments carried back.
     seg_aff, seg_fg = (grid["affinities"], grid["foreground"]) if grid else (aff, fg)
-    agg = agglomerate(
-        seg_aff, None if args.no_foreground else seg_fg,
-        fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small,
-        max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode, worker=False,
-        output_shape=aff.shape[1:] if grid else None,
-    )
-    if grid:
-        meta["segmented_on_model_grid"] = list(grid["voxel_size"])
-    labels = agg.labels(args.threshold)
-    t2 = time.perf_counter()
-    meta.update(
-        threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
-        min_size=args.min_size, small=args.small, scoring=args.scoring,
-        background_mode=None if args.no_foreground else args.background_mode, command=" ".join(["napari-segneuron"] + sys.argv[1:]),
-    )
-    write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
+    stages = StageProgress()
+    try:
+        stages.stage("fragments")
+        agg = agglomerate(
+            seg_aff, None if args.no_foreground else seg_fg,
+            fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small,
+            max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode, worker=False,
+            output_shape=aff.shape[1:] if grid else None, progress=stages,
+        )
+        if grid:
+            meta["segmented_on_model_grid"] = list(grid["voxel_size"])
+        stages.stage("small-segment merging")
+        labels = agg.labels(args.threshold)
+        t2 = time.perf_counter()
+        meta.update(
+            threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
+            min_size=args.min_size, small=args.small, scoring=args.scoring,
+            background_mode=None if args.no_foreground else args.background_mode,
+            fragments=agg.info.get("fragments"), n_fragments=agg.n_fragments,
+            command=" ".join(["napari-segneuron"] + sys.argv[1:]),
+        )
+        stages.stage("writing")
+        write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
+    finally:
+        stages.close()
     n = int(labels.max()) if labels.size else 0
     print(
         f"wrote {args.output}: {n} segments, {100.0 * float((labels == 0).mean()):.1f}% background "

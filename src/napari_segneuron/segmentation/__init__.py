@@ -2,7 +2,7 @@
 instant threshold, small-segment merging and scoring against ground truth.
 
 Modules: ``defaults`` (chosen defaults and scoring functions), ``inputs`` (checking and
-foreground restriction), ``fragments`` (initial regions), ``worker`` (the waterz run, in
+foreground restriction), ``fragments`` (initial regions), ``memory`` (estimate before a run), ``worker`` (the waterz run, in
 this process or a spawned one), ``history`` (merge history -> replay tables),
 ``agglomeration`` (``agglomerate``, ``Agglomeration``), ``small`` (small-segment merging),
 ``sweep`` (threshold sweeps and benchmarks).  Every public name is re-exported here.
@@ -23,6 +23,7 @@ from .defaults import (
     SCORING_FUNCTIONS,
     SMALL_SEGMENTS,
 )
+from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, distance_fragments
 from .inputs import affinities_from_boundaries, restrict_to_foreground
 from .sweep import SweepResult, compare_predictions, segment_and_score, threshold_sweep
 from .worker import _restore_stdout, _silence_stdout  # noqa: F401  (used by benchmarks)
@@ -38,6 +39,9 @@ __all__ = [
     "BACKGROUND_MODES_AGG",
     "SMALL_SEGMENTS",
     "SCORING_FUNCTIONS",
+    "DEFAULT_FRAGMENTS",
+    "FRAGMENT_METHODS",
+    "distance_fragments",
     "Agglomeration",
     "SweepResult",
     "Scores",

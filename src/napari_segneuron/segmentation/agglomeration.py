@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -38,7 +39,8 @@ from .defaults import (
     BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MAX_THRESHOLD, DEFAULT_MIN_SIZE,
     DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS, ProgressFn, _check_threshold,
 )
-from .fragments import _renumber
+from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, _renumber, distance_fragments
+from .memory import EDGES_PER_FRAGMENT, WATERZ_SEED_VOXELS_PER_FRAGMENT, available_bytes, estimate_bytes, gib
 from .inputs import _as_affinities, _check_unit_range, restrict_to_foreground
 from .small import contact_table, merge_small
 from .worker import _TOTAL_STEPS, _restore_stdout, _run_in_worker, _silence_stdout, _waterz_job
@@ -220,6 +222,7 @@ def agglomerate(
     *,
     fg_threshold: float = DEFAULT_FG_THRESHOLD,
     fragments: Any = None,
+    fragment_options: Optional[dict] = None,
     min_size: int = DEFAULT_MIN_SIZE,
     small: str = DEFAULT_SMALL,
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
@@ -246,8 +249,14 @@ def agglomerate(
       fewer fragments, a much cheaper run, a wider range of good thresholds); "exclude" takes background voxels out of waterz's graph
       (every edge touching them is 0, the watershed leaves them unlabelled, regions only
       touch through foreground), which shifts the useful thresholds down.
-    fragments: (Z,Y,X) non-negative integer initial regions (0 = background) instead of
-      waterz's watershed.
+    fragments: the regions waterz starts from.  None: ``DEFAULT_FRAGMENTS``; "distance":
+      3-D watershed of the distance to the nearest boundary, seeds at its maxima
+      (``fragments.distance_fragments``, options in ``fragment_options``, e.g.
+      ``per_slice=True`` for anisotropic stacks); "waterz": waterz's own watershed (tiny fragments on real
+      predictions: slow, memory-hungry); or a (Z,Y,X) array of non-negative integer
+      labels (0 = background).  ``labels(t)`` replays waterz exactly for any of them.
+      Before waterz starts, its memory is estimated from the fragments' contacts and the
+      scoring; a run that would not fit raises ``InputError`` with what to change.
     min_size, small: segments smaller than ``min_size`` voxels are, by ``labels``, either
       merged into the touching segment they share the most voxel faces with ("merge",
       repeated while pieces stay small; pieces touching nothing become 0) or removed
@@ -294,18 +303,25 @@ def agglomerate(
                 f"(highest is {float(fg.max()):.3f}); lower fg_threshold"
             )
     frag_in = None
-    if fragments is not None:
+    method = DEFAULT_FRAGMENTS if fragments is None else None
+    if isinstance(fragments, str):
+        if fragments not in FRAGMENT_METHODS:
+            raise InputError(f"fragments must be an array or one of {FRAGMENT_METHODS}, not {fragments!r}")
+        method = fragments
+    elif fragments is not None:
         frag_in = np.asarray(fragments)
         if frag_in.shape != shape:
             raise InputError(f"The fragments {frag_in.shape} must have the shape of the affinities' volume {shape}")
         if frag_in.dtype.kind not in "biu" or (frag_in.dtype.kind == "i" and frag_in.min() < 0):
             raise InputError("Fragments must be non-negative integer labels")
         frag_in = _renumber(frag_in)
+    fragment_options = dict(fragment_options or {})
 
     if progress is not None:
         progress(0, _TOTAL_STEPS, "preparing affinities")
 
     exclude = background_mode == "exclude"
+    contacts: list = []  # the fragments' contact table, when they are made here (reused for small segments)
 
     def write_affinities(out: np.ndarray) -> Optional[np.ndarray]:
         if fg is None:
@@ -318,22 +334,60 @@ def agglomerate(
             np.clip(out, 0.0, 1.0, out=out)
         return bg if exclude else None
 
+    def prepare(out: np.ndarray) -> Optional[np.ndarray]:
+        """Write the affinities waterz sees into ``out``; return the fragments it starts from
+        (None: waterz's own watershed), after checking that the run fits in memory."""
+        bg = write_affinities(out)
+        nvox = int(np.prod(shape))
+        if method == "waterz":
+            need = estimate_bytes(nvox, nvox / WATERZ_SEED_VOXELS_PER_FRAGMENT * EDGES_PER_FRAGMENT, scoring)
+            if need > available_bytes():
+                warnings.warn(
+                    f"waterz's own fragments on {nvox / 1e6:.1f} Mvoxel may need about {gib(need)} with {scoring} "
+                    f"scoring, more than the {gib(available_bytes())} available; fragments='distance' needs far "
+                    "less", ResourceWarning, stacklevel=3,
+                )
+            return None
+        if method is not None:
+            check(cancel)
+            if progress is not None:
+                progress(0, _TOTAL_STEPS, "computing fragments")
+            mask = None if fg is None else fg >= np.float32(fg_threshold)
+            given = distance_fragments(out, mask, **fragment_options)
+            contacts.append(contact_table(given))
+            check(cancel)
+        else:
+            given = frag_in.copy()
+            if bg is not None:
+                given[bg] = 0
+            contacts.append(contact_table(given))
+        n_edges = len(contacts[-1][0])
+        need, room = estimate_bytes(nvox, n_edges, scoring), available_bytes()
+        if need > room:
+            cheaper = estimate_bytes(nvox, n_edges, "mean")
+            hint = f"scoring='mean' (about {gib(cheaper)}), " if scoring != "mean" and cheaper < room else ""
+            raise InputError(
+                f"Agglomerating {nvox / 1e6:.1f} Mvoxel with {int(given.max())} fragments ({n_edges} touching pairs) "
+                f"and {scoring} scoring needs about {gib(need)}, but only {gib(room)} of memory are available; "
+                f"use {hint}a smaller region, or larger fragments (fragment_options min_seed_distance)"
+            )
+        if bg is not None:
+            contacts.clear()  # the foreground mask may still change the fragments afterwards
+        return given
+
     opts = dict(
         scoring=scoring, queue=int(discretize_queue), max_threshold=max_threshold,
         low=float(aff_threshold_low), high=float(aff_threshold_high),
     )
     t0 = time.perf_counter()
     if worker:
-        frags, result = _run_in_worker(write_affinities, shape, frag_in, opts, progress, cancel)
+        frags, result = _run_in_worker(prepare, shape, opts, progress, cancel)
     else:
         prepared = np.empty((3,) + shape, np.float32)
-        bg = write_affinities(prepared)
+        given = prepare(prepared)
+        if progress is not None:
+            progress(1, _TOTAL_STEPS, "waterz: agglomerating")
         frag_out = np.empty(shape, np.uint32)
-        given = None
-        if frag_in is not None:
-            given = frag_in.copy()
-            if bg is not None:
-                given[bg] = 0
         saved = _silence_stdout(None)
         try:
             result = _waterz_job(prepared, given, frag_out, scoring, opts["queue"], max_threshold,
@@ -346,7 +400,9 @@ def agglomerate(
     if fg is not None and not exclude:
         # "mask": waterz saw every voxel; background is cut out of the fragments afterwards
         bg = fg < np.float32(fg_threshold)
-        frags[bg] = 0
+        if frags[bg].any():
+            frags[bg] = 0
+            contacts.clear()
         del bg
         result["sizes"] = np.bincount(frags.reshape(-1), minlength=len(result["sizes"])).astype(np.int64)
     if len(result["order"]) == 0:
@@ -363,9 +419,11 @@ def agglomerate(
         _order=result["order"],
         _join=result["join"],
         _sizes=result["sizes"],
+        _contacts=contacts[0] if contacts else None,
         info=dict(
             seconds=time.perf_counter() - t0, scoring=scoring, fg_threshold=fg_threshold if fg is not None else None,
             restricted=fg is not None, discretize_queue=int(discretize_queue), background_mode=background_mode,
+            fragments=method or "given",
         ),
     )
     if progress is not None:

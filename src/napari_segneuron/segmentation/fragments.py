@@ -1,7 +1,43 @@
-"""Initial fragments (waterz's regions before any merge)."""
+"""Initial fragments: the regions waterz starts agglomerating from.
+
+waterz's own watershed seeds a fragment at every plateau of the affinities above 0.9999;
+on real predictions that gives fragments of a few voxels (2.09 M fragments for a 250^3
+FIB-25 cube, 7.5 voxels each), a region graph of tens of millions of edges (with median
+scoring a 256-bin histogram each: the 17.8 GB kill) and minutes of agglomeration.
+
+``distance_fragments`` builds fewer, larger fragments in lsd's spirit: voxels whose mean
+(foreground-restricted) affinity is above ``boundary_threshold`` (0.995) are "inside"; seeds
+sit at the local maxima of their distance to the nearest boundary (3x3x3 window), and a
+watershed of the boundary map (1 - mean affinity) grows them over the foreground.  waterz
+then only agglomerates these fragments; the replay is exact for them as for any given
+fragments.  Chosen on fib25_b with the default model's prediction (median scoring, min size
+100; benchmarks/bench_fragments.py), best VI over thresholds / fragments:
+
+  waterz's own seeds (affinity 0.9999)                     0.449   120 k
+  waterz seeds at 0.995 / 0.99                             0.528 / 0.726   41 k / 16 k
+  inside = mean affinity > 0.5, relief = -distance         0.59-0.90   0.2-0.7 k (cells merged)
+  inside > 0.995, seeds at distance maxima, relief = boundary   0.443   11 k (0.456 on 0.44-0.52)
+  the same, boundary in 256 levels                         0.515   11 k (20% faster)
+  the same, distance smoothed (sigma 0.5)                  0.451    4 k
+  the same, slice by slice (2-D)                           > 1     16-23 k
+
+On the unlabelled 250^3 cube's first 100 slices: 46 k fragments instead of 888 k.
+"""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
+
+from ..io import InputError
+
+#: how ``agglomerate`` makes fragments when none are given
+FRAGMENT_METHODS = ("distance", "waterz")
+DEFAULT_FRAGMENTS = "distance"
+DEFAULT_BOUNDARY_THRESHOLD = 0.995
+DEFAULT_SEED_DISTANCE = 1
+DEFAULT_SMOOTHING = 0.0
+
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
     """Consecutive ids 1..N (0 stays 0) as uint64, the form waterz wants for fragments."""
@@ -16,3 +52,82 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.uint64, copy=False)
 
 
+def _watershed_from_distance(inside: np.ndarray, relief: np.ndarray, region: Optional[np.ndarray],
+                             min_seed_distance: int, smoothing: float) -> tuple[np.ndarray, int]:
+    """Fragments (uint32) of one 2-D or 3-D block and their count: seeds at the maxima of the
+    distance to the boundary, grown over ``region`` along the boundary map ``relief``."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    if not inside.any():
+        if region is not None and region.any():  # no interior at all: one fragment per connected piece
+            lab, n = ndimage.label(region)
+            return lab.astype(np.uint32), int(n)
+        return np.zeros(inside.shape, np.uint32), 0
+    dist = ndimage.distance_transform_edt(inside).astype(np.float32)
+    if smoothing > 0:
+        dist = ndimage.gaussian_filter(dist, smoothing)
+        dist[~inside] = 0
+    size = 2 * int(min_seed_distance) + 1
+    peaks = ndimage.maximum_filter(dist, size=size) == dist
+    peaks &= inside
+    del dist
+    seeds, n = ndimage.label(peaks)
+    del peaks
+    labels = watershed(relief, seeds, mask=region).astype(np.uint32, copy=False)
+    del seeds
+    if region is not None:  # foreground pieces no seed can reach (no interior): fragments of their own
+        left = region & (labels == 0)
+        if left.any():
+            extra, m = ndimage.label(left)
+            labels[left] = extra[left].astype(np.uint32) + np.uint32(n)
+            n += int(m)
+    return labels, int(n)
+
+
+def distance_fragments(
+    affinities: np.ndarray,
+    foreground_mask: Optional[np.ndarray] = None,
+    *,
+    boundary_threshold: float = DEFAULT_BOUNDARY_THRESHOLD,
+    min_seed_distance: int = DEFAULT_SEED_DISTANCE,
+    smoothing: float = DEFAULT_SMOOTHING,
+    per_slice: bool = False,
+) -> np.ndarray:
+    """Fragments (Z,Y,X) uint64, 0 outside ``foreground_mask``, from a watershed of the distance
+    to the nearest boundary.
+
+    affinities: (3,Z,Y,X) float32 in [0, 1], already restricted to the foreground (then
+      background voxels are boundary too).
+    foreground_mask: voxels to cover (default: all); fragments never reach outside it.
+    boundary_threshold: voxels with mean affinity below it are boundary.
+    min_seed_distance: seeds are local maxima within a (2r+1)-wide window.
+    smoothing: Gaussian sigma (voxels) applied to the distance (0: none).
+    per_slice: 2-D fragments, slice by slice (ids made unique over the volume).
+    """
+    aff = np.asarray(affinities)
+    if aff.ndim != 4 or aff.shape[0] != 3:
+        raise InputError(f"Affinities must have the shape (3, Z, Y, X), not {aff.shape}")
+    if min_seed_distance < 1:
+        raise InputError(f"min_seed_distance must be >= 1, not {min_seed_distance}")
+    mean = np.add(aff[0], aff[1], dtype=np.float32)
+    mean += aff[2]
+    mean /= np.float32(3)
+    inside = mean > np.float32(boundary_threshold)
+    if foreground_mask is not None:
+        inside &= foreground_mask
+    # the boundary map (1 - mean affinity) is the watershed's relief (kept in float32: 256
+    # levels cost 0.06 VI on fib25_b for 20% less time)
+    relief = np.subtract(np.float32(1), mean, out=mean)
+    if not per_slice:
+        frag, _ = _watershed_from_distance(inside, relief, foreground_mask, min_seed_distance, smoothing)
+        return frag.astype(np.uint64)
+    out = np.zeros(inside.shape, np.uint64)
+    offset = 0
+    for z in range(inside.shape[0]):
+        region = None if foreground_mask is None else foreground_mask[z]
+        lab, n = _watershed_from_distance(inside[z], relief[z], region, min_seed_distance, smoothing)
+        nz = lab != 0
+        out[z][nz] = lab[nz].astype(np.uint64) + np.uint64(offset)
+        offset += n
+    return _renumber(out)

@@ -201,9 +201,8 @@ def _failure_message(exitcode: Optional[int], spec: dict) -> str:
 
 
 def _run_in_worker(
-    aff_writer: Callable[[np.ndarray], np.ndarray],
+    prepare: Callable[[np.ndarray], Optional[np.ndarray]],
     shape: tuple[int, int, int],
-    fragments: Optional[np.ndarray],
     opts: dict,
     progress: ProgressFn,
     cancel: Optional[CancelToken],
@@ -215,16 +214,15 @@ def _run_in_worker(
         aff_path, frag_path = os.path.join(tmp, "affinities.f32"), os.path.join(tmp, "fragments.u32")
         aff_view = np.memmap(aff_path, np.float32, mode="w+", shape=(3,) + shape)
         frag_view = np.memmap(frag_path, np.uint32, mode="w+", shape=shape)
-        bg = aff_writer(aff_view)
+        fragments = prepare(aff_view)  # writes the affinities, returns the fragments to start from
         if fragments is not None:
             np.copyto(frag_view, fragments, casting="unsafe")
-            if bg is not None:
-                frag_view[bg] = 0
         aff_view.flush()
         frag_view.flush()
-        del aff_view, bg
+        given = fragments is not None
+        del aff_view, fragments
         spec = dict(
-            opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=fragments is not None,
+            opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=given,
             log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
             error=os.path.join(tmp, "error.txt"), started=os.path.join(tmp, "started"),
         )
