@@ -728,21 +728,83 @@ class SegNeuronWidget(QWidget):
 
         self.runner.start("Predict", work, done)
 
-    def _show_prediction(self, p: Prediction) -> None:
+    def _show_prediction(self, p: Prediction, suffix: str = "") -> None:
         aff, fg = p.affinities, p.foreground
         if p.squeeze:
             aff, fg = aff[:, 0], fg[0]
         prov = json_safe(p.provenance)
         # affinities as one RGB layer (z, y, x channels -> R, G, B): dark = boundary
         self._upsert_layer(
-            f"{p.image_name} affinities", np.moveaxis(aff, 0, -1), "image", prov, p.scale, p.translate,
-            rgb=True, opacity=0.6, visible=True,
+            self._new_layer_name(f"{p.image_name} affinities", suffix), np.moveaxis(aff, 0, -1), "image", prov,
+            p.scale, p.translate, rgb=True, opacity=0.6, visible=True,
         )
         self._upsert_layer(
-            f"{p.image_name} foreground", fg, "image", prov, p.scale, p.translate,
+            self._new_layer_name(f"{p.image_name} foreground", suffix), fg, "image", prov, p.scale, p.translate,
             colormap="magma", contrast_limits=(0.0, 1.0), visible=False,
         )
         self.segment_label.setText("Prediction ready: press Segment.")
+
+    def _new_layer_name(self, base: str, suffix: str) -> str:
+        """``base`` unchanged without a suffix; else ``base (suffix)``, numbered so no layer is replaced."""
+        if not suffix:
+            return base
+        name = f"{base} ({suffix})"
+        i = 2
+        while name in self.viewer.layers:
+            name = f"{base} ({suffix} {i})"
+            i += 1
+        return name
+
+    def resegment(self, layer=None, suffix: str = "adapted") -> bool:
+        """Predict + segment ``layer`` (default: the chosen image) in one step with the loaded model.
+
+        The outputs go to new layers named ``<image> affinities/foreground/segmentation (<suffix>)``
+        (numbered when taken): earlier results and the user's layers are never replaced.
+        Returns False (with a message) when it cannot start.
+        """
+        if layer is not None:
+            self.image_combo.set_value(layer)
+        try:
+            self._require_model()
+            layer, volume = self._image_volume()
+            predictor = self._predictor()
+            volume = self._checked_volume(layer, volume)
+        except Exception as exc:  # noqa: BLE001
+            self.runner.show_error(error_message(exc, "Re-segment"))
+            return False
+        squeeze = layer.ndim == 2
+        scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
+        seg_settings = self._segment_settings()
+        provenance = self._base_provenance(layer, "predict")
+        voxel = self._voxel_size(layer, predictor)
+        if voxel is not None:
+            provenance["voxel_size_nm"] = list(voxel)
+
+        def work(progress, cancel):
+            def p_pred(done, total, msg=""):
+                progress(done, 2 * total, f"predict {msg}")
+
+            grid: dict = {}
+            aff, fg = predictor.predict(volume, progress=p_pred, cancel=cancel, voxel_size=voxel, model_grid=grid)
+
+            def p_seg(done, total, msg=""):
+                progress(total + done, 2 * total, f"segment {msg}")
+
+            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid)
+            return aff, fg, grid, agg, agg.labels(seg_settings["threshold"])
+
+        def done(result):
+            aff, fg, grid, agg, labels = result
+            self._invalidate_segmentation("a new prediction was made")
+            self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance, grid)
+            self._show_prediction(self.prediction, suffix)
+            seg_prov = dict(provenance, step="segment", segment=seg_settings)
+            name = self._new_layer_name(f"{layer.name} segmentation", suffix)
+            self._install_segmentation(agg, labels, name, seg_prov, scale, translate, squeeze)
+            self.segment_label.setText(f"Segmented '{layer.name}' into '{name}'. Move the merge slider: it updates live.")
+
+        self.runner.start("Re-segment", work, done)
+        return True
 
     def _invalidate_segmentation(self, why: str) -> None:
         if self.segmentation is not None:

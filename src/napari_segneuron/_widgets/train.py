@@ -1,8 +1,11 @@
 """The SegNeuron training dock: finetune on your labels, or pretrain on unlabelled stacks.
 
 Finetune: an image layer + a labels layer of the same shape (0 = membrane/background,
-other ids = neurons) and, optionally, a mask layer (non-zero = annotated voxels; the
-rest is ignored). Starts from the model loaded in the SegNeuron dock (or fresh weights);
+other ids = neurons). The mask (voxels the loss sees) is by default the painted box, the
+bounding box of the labels' non-zero voxels: paint the neurons of one block of the stack
+and only that block trains; or the whole volume, or a Labels layer's non-zero voxels.
+Training runs for a wall-clock budget (Minutes) with the learning rate decaying over it;
+then "Re-segment with the adapted model" predicts + segments the image again into new layers. Starts from the model loaded in the SegNeuron dock (or fresh weights);
 the trained model becomes the loaded model there, and its Weights box shows the new
 checkpoint. "fresh weights" builds the compact architecture of the bundled default.
 Pretrain: masked image + HOG reconstruction on one or more image layers; the checkpoint
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from qtpy.QtCore import QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -43,6 +46,62 @@ PRETRAIN = "Pretrain (unlabelled images)"
 START_LOADED = "loaded model"
 START_FRESH = "fresh weights"
 START_PRETRAINED = "last pretrained checkpoint"
+MASK_BOX = "painted box (auto)"
+MASK_ALL = "whole volume annotated"
+ADAPTED_SUFFIX = "adapted"
+NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training
+
+
+def painted_box(labels: np.ndarray) -> Optional[tuple[tuple[int, int], ...]]:
+    """Per axis (start, stop) of the bounding box of the non-zero voxels; None if nothing is painted."""
+    labels = np.asarray(labels)
+    box = []
+    for axis in range(labels.ndim):
+        other = tuple(a for a in range(labels.ndim) if a != axis)
+        hit = np.flatnonzero(np.any(labels != 0, axis=other) if other else labels != 0)
+        if hit.size == 0:
+            return None
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def describe_box(box) -> str:
+    """'40×120×120 at z 10, y 30, x 60' for a (z, y, x) box of (start, stop) pairs."""
+    size = "×".join(str(b - a) for a, b in box)
+    where = ", ".join(f"{ax} {a}" for ax, (a, _) in zip("zyx"[-len(box):], box))
+    return f"{size} at {where}"
+
+
+def check_box_fits(box, crop) -> None:
+    """Raise InputError when the painted box is smaller than a training crop on some axis."""
+    from ..io import InputError
+
+    size = [b - a for a, b in box]
+    if all(s >= c for s, c in zip(size, crop)):
+        return
+    fit = (min(size[0], crop[0]), min(crop[1], size[1] // 16 * 16), min(crop[2], size[2] // 16 * 16))
+    crop_txt, size_txt = "×".join(map(str, crop)), "×".join(map(str, size))
+    if min(fit) < 1:
+        raise InputError(f"The painted box is only {size_txt} voxels: paint a block at least 16×16 pixels in y and x "
+                         f"(better {crop_txt}, the training crop) over several slices")
+    raise InputError(f"The painted box ({size_txt}) is smaller than a training crop ({crop_txt}): paint a larger "
+                     f"block, or set Crop in Settings to at most {fit[0]}, {fit[1]}, {fit[2]}")
+
+
+class MaskCombo(LayerCombo):
+    """Mask choices: the painted box, the whole volume, or a Labels layer's non-zero voxels."""
+
+    def refresh(self, event=None) -> None:
+        current = self.currentText()
+        items = [MASK_BOX, MASK_ALL] + [lay.name for lay in self.layers()]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(items)
+        if current in items:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
 
 
 class LossPlot(QWidget):
@@ -162,13 +221,18 @@ def unique_path(path: Path) -> Path:
 def training_settings():
     """The Settings form, declared with magicgui (labels, layout and the file picker come with it).
 
-    Fields: iterations, crop (z, y, x), batch_size, lr, device, save_to (empty = automatic).
+    Fields: minutes, iterations (0 = no cap), crop (z, y, x), batch_size, lr, device, save_to
+    (empty = automatic).
     """
     from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox, TupleEdit
 
     form = Container(widgets=[
-        SpinBox(name="iterations", label="Iterations", value=500, min=1, max=1_000_000, step=100,
-                tooltip="Training steps; a few hundred already adapt a model to new data"),
+        FloatSpinBox(name="minutes", label="Minutes", value=15.0, min=0.0, max=100_000.0, step=5.0,
+                     tooltip="Wall-clock budget: training stops after this many minutes, the learning rate "
+                             "decaying over them (15 minutes on a laptop CPU adapt the model to a new stack). "
+                             "0 = no time limit (then set Iterations)"),
+        SpinBox(name="iterations", label="Iterations", value=0, min=0, max=1_000_000, step=100,
+                tooltip="Optional cap on the training steps (0 = as many as fit in the Minutes)"),
         TupleEdit(name="crop", label="Crop (z, y, x)", value=(16, 96, 96), options={"min": 1, "max": 512},
                   tooltip="Size of the random training crops (z, y, x); y and x multiples of 16"),
         SpinBox(name="batch_size", label="Batch", value=2, min=1, max=64, tooltip="Crops per step"),
@@ -180,6 +244,9 @@ def training_settings():
                          "an existing file is never replaced. Empty: ~/napari-segneuron/training/<mode>-<time>.pt"),
     ])
     form.lr.native.setDecimals(6)
+    form.minutes.native.setDecimals(2)
+    form.minutes.native.setSpecialValueText("no limit")
+    form.iterations.native.setSpecialValueText("no cap")
     form.save_to.line_edit.native.setPlaceholderText("automatic: ~/napari-segneuron/training/<mode>-<time>.pt")
     form.margins = (0, 0, 0, 0)
     return form
@@ -200,6 +267,7 @@ class TrainingWidget(QWidget):
         self.model = None  # the last trained MNet (also handed to the SegNeuron dock)
         self.pretrained_checkpoint: Optional[Path] = None
         self.last_result = None
+        self._trained_image = None  # the image layer of the last finetune (re-segmented afterwards)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
 
@@ -223,9 +291,15 @@ class TrainingWidget(QWidget):
         self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
         self.labels_combo.setToolTip("Neuron ids of the same shape as the image; 0 = membrane/background")
         ff.addRow("Labels", self.labels_combo)
-        self.mask_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(whole volume annotated)", allow_none=True)
-        self.mask_combo.setToolTip("Optional: non-zero where the labels are complete; other voxels are ignored")
+        self.mask_combo = MaskCombo(self.viewer, (napari.layers.Labels,))
+        self.mask_combo.setToolTip(
+            "Which voxels train. Painted box: the bounding box of the painted (non-zero) labels; paint every "
+            "neuron in one block of the stack, membranes stay 0, the rest of the stack is ignored.\n"
+            "Whole volume: every voxel is annotated. A Labels layer: its non-zero voxels."
+        )
         ff.addRow("Mask", self.mask_combo)
+        self.mask_note = wrap_label("")
+        ff.addRow(self.mask_note)
         self.start_combo = QComboBox()
         self.start_combo.addItems([START_LOADED, START_FRESH, START_PRETRAINED])
         self.start_combo.setToolTip(
@@ -257,6 +331,14 @@ class TrainingWidget(QWidget):
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
         outer.addWidget(self.train_button)
+        self.resegment_button = QPushButton("Re-segment with the adapted model")
+        self.resegment_button.setToolTip(
+            "Predict + segment the training image again with the model just trained (in the SegNeuron dock); "
+            "the results go to new layers '… (adapted)', nothing existing is replaced"
+        )
+        self.resegment_button.setEnabled(False)
+        self.resegment_button.clicked.connect(self.resegment)
+        outer.addWidget(self.resegment_button)
         self.loss_plot = LossPlot()
         outer.addWidget(self.loss_plot)
         row = QWidget()
@@ -277,6 +359,15 @@ class TrainingWidget(QWidget):
         self._loss_bridge = _LossBridge()
         self._loss_bridge.loss.connect(self.loss_plot.add)
 
+        self._mask_timer = QTimer(self)
+        self._mask_timer.setSingleShot(True)
+        self._mask_timer.setInterval(250)  # painting fires many events: describe the mask once it settles
+        self._mask_timer.timeout.connect(self.update_mask_note)
+        self._watched_labels = None
+        self.labels_combo.currentTextChanged.connect(lambda _t: self._watch_labels())
+        self.mask_combo.currentTextChanged.connect(lambda _t: self._mask_timer.start())
+        self.image_combo.currentTextChanged.connect(lambda _t: self._mask_timer.start())
+        self._watch_labels()
         self.mode.currentIndexChanged.connect(self.pages.setCurrentIndex)
         self.mode.currentIndexChanged.connect(lambda _i: self._refresh_pretrain_list())
         ev = self.viewer.layers.events
@@ -312,14 +403,117 @@ class TrainingWidget(QWidget):
         return unique_path(path)
 
     def _settings(self) -> dict:
+        """Keyword arguments of finetune/pretrain: Minutes becomes ``time_limit_s`` (iterations uncapped if 0)."""
+        from ..io import InputError
+
         v = self.settings.asdict()
+        minutes = float(v["minutes"])
+        iterations = int(v["iterations"])
+        if minutes <= 0 and iterations <= 0:
+            raise InputError("Set a training budget: Minutes, or Iterations")
         return {
-            "iterations": int(v["iterations"]),
+            "iterations": iterations if iterations > 0 else NO_CAP,
+            "time_limit_s": 60.0 * minutes if minutes > 0 else None,
             "crop": tuple(int(c) for c in v["crop"]),
             "batch_size": int(v["batch_size"]),
             "lr": float(v["lr"]),
             "device": None if v["device"] == "auto" else v["device"],
         }
+
+    @staticmethod
+    def _budget_progress(progress, settings: dict):
+        """With a time budget and no iteration cap, report elapsed seconds of the budget."""
+        limit = settings.get("time_limit_s")
+        if limit is None or settings["iterations"] < NO_CAP:
+            return progress
+        t0 = time.time()
+
+        def report(done, total, message=""):
+            el = min(time.time() - t0, limit)
+            progress(int(el), int(limit), f"{message} ({el / 60:.1f} of {limit / 60:g} min)")
+
+        return report
+
+    # -- the mask ------------------------------------------------------------------------
+    def _schedule_mask_note(self, event=None) -> None:
+        self._mask_timer.start()
+
+    def _watch_labels(self) -> None:
+        """Follow paint strokes in the chosen labels layer to keep the mask line current."""
+        layer = self.labels_combo.value()
+        if layer is not self._watched_labels:
+            for old in (self._watched_labels,):
+                if old is not None:
+                    for ev in ("paint", "data"):
+                        try:
+                            getattr(old.events, ev).disconnect(self._schedule_mask_note)
+                        except Exception:  # noqa: BLE001 - not connected / no such event
+                            pass
+            if layer is not None:
+                for ev in ("paint", "data"):
+                    emitter = getattr(layer.events, ev, None)
+                    if emitter is not None:
+                        emitter.connect(self._schedule_mask_note)
+            self._watched_labels = layer
+        self._mask_timer.start()
+
+    def mask_region(self, labels: np.ndarray, shape: tuple):
+        """(mask array or None, one-line description) for the chosen mask; raises InputError."""
+        from ..io import InputError
+
+        choice = self.mask_combo.currentText()
+        name = getattr(self.labels_combo.value(), "name", "labels")
+        if choice == MASK_ALL:
+            if not np.any(labels):
+                raise InputError(f"Nothing is painted in '{name}': it holds no neuron ids (all 0)")
+            return None, f"Mask: the whole volume {'×'.join(map(str, shape))} (every 0 is membrane/background)"
+        if choice == MASK_BOX:
+            box = painted_box(labels)
+            if box is None:
+                raise InputError(f"Nothing is painted in '{name}' yet: paint every neuron (ids 1, 2, …) in one "
+                                 "block of the stack, leaving membranes 0; that block becomes the mask")
+            mask = np.zeros(shape, bool)
+            mask[tuple(slice(a, b) for a, b in box)] = True
+            return mask, f"Mask: painted box {describe_box(box)} (only this block trains)"
+        layer = self.mask_combo.value()
+        if layer is None:
+            raise InputError(f"No mask layer '{choice}'")
+        mask = self._volume(layer, "mask")
+        if mask.shape != tuple(shape):
+            raise InputError(f"The mask '{layer.name}' is {'×'.join(map(str, mask.shape))} but the image is "
+                             f"{'×'.join(map(str, shape))}")
+        mask = mask != 0
+        box = painted_box(mask)
+        if box is None:
+            raise InputError(f"The mask '{layer.name}' is empty (all 0)")
+        return mask, f"Mask: non-zero voxels of '{layer.name}' ({int(mask.sum())} voxels in {describe_box(box)})"
+
+    def update_mask_note(self) -> str:
+        """Describe the mask the next Train will use (or why there is none) in the dock."""
+        try:
+            image = self._volume(self.image_combo.value(), "image")
+            labels = self._volume(self.labels_combo.value(), "labels")
+            self._check_labels(image, labels)
+            _, text = self.mask_region(labels, image.shape)
+            colour = ""
+        except Exception as exc:  # noqa: BLE001 - shown in the note, not as an error
+            text, colour = str(exc), "color: #f0a030;"
+        self.mask_note.setText(text)
+        self.mask_note.setStyleSheet(colour)
+        return text
+
+    def _check_labels(self, image: np.ndarray, labels: np.ndarray) -> None:
+        from ..io import InputError
+
+        if image.shape != labels.shape:
+            lname = getattr(self.labels_combo.value(), "name", "labels")
+            iname = getattr(self.image_combo.value(), "name", "image")
+            raise InputError(
+                f"The labels '{lname}' are {'×'.join(map(str, labels.shape))} but the image '{iname}' is "
+                f"{'×'.join(map(str, image.shape))}: paint in a Labels layer of the image's shape (the layer "
+                "list's 'New labels layer' button makes one)")
+        if labels.dtype.kind not in "biu":
+            raise InputError("The labels layer must hold integer neuron ids")
 
     @staticmethod
     def _volume(layer, what: str) -> np.ndarray:
@@ -351,17 +545,13 @@ class TrainingWidget(QWidget):
 
         image = self._volume(self.image_combo.value(), "image")
         labels = self._volume(self.labels_combo.value(), "labels")
-        if image.shape != labels.shape:
-            raise InputError(f"The labels {labels.shape} must have the image's shape {image.shape}")
-        if labels.dtype.kind not in "biu":
-            raise InputError("The labels layer must hold integer neuron ids")
-        mask = None
-        mask_layer = self.mask_combo.value()
-        if mask_layer is not None:
-            mask = self._volume(mask_layer, "mask")
-            if mask.shape != image.shape:
-                raise InputError(f"The mask {mask.shape} must have the image's shape {image.shape}")
-            mask = mask != 0
+        self._check_labels(image, labels)
+        settings = self._settings()
+        mask, note = self.mask_region(labels, image.shape)
+        self.mask_note.setText(note)
+        self.mask_note.setStyleSheet("")
+        if mask is not None:
+            check_box_fits(painted_box(mask), settings["crop"])
         start = self.start_combo.currentText()
         model = None
         if start == START_LOADED:
@@ -374,18 +564,20 @@ class TrainingWidget(QWidget):
             if self.pretrained_checkpoint is None:
                 raise InputError("There is no pretrained checkpoint yet: run Pretrain first")
             model = str(self.pretrained_checkpoint)
-        settings = self._settings()
         if model is None:  # fresh weights: the compact architecture of the bundled default
             settings["kn"], settings["fmu"] = default_architecture()
+        settings["time_schedule"] = settings["time_limit_s"] is not None
         ckpt = self._checkpoint_path("finetune")
         bridge = self._loss_bridge
+        self._trained_image = self.image_combo.value()
 
         def work(progress, cancel):
             from ..training.finetune import TrainingCancelled, finetune
 
             try:
                 return finetune(
-                    model, image, labels, mask=mask, checkpoint=ckpt, progress=progress, cancel=cancel,
+                    model, image, labels, mask=mask, checkpoint=ckpt,
+                    progress=self._budget_progress(progress, settings), cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
                     metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock"}, **settings,
                 )
@@ -401,7 +593,9 @@ class TrainingWidget(QWidget):
         if result.checkpoint is None:
             notify_warning("Training stopped before the first checkpoint; the loaded model is unchanged")
             return
-        model = load_model(result.checkpoint, device=self._settings()["device"], name=Path(result.checkpoint).stem)
+        device = self.settings.device.value
+        model = load_model(result.checkpoint, device=None if device == "auto" else device,
+                           name=Path(result.checkpoint).stem)
         self.model = model
         dock = find_segneuron_dock(self.viewer)
         if dock is None:
@@ -413,7 +607,9 @@ class TrainingWidget(QWidget):
         if dock is not None:
             dock.set_model(model, source=str(result.checkpoint))
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
-                   f"({result.checkpoint}); pick 'default' there and press Load model to go back.")
+                   f"({result.checkpoint}); press 'Re-segment with the adapted model', or pick 'default' "
+                   "there and press Load model to go back.")
+            self.resegment_button.setEnabled(True)
         else:
             msg = f"Training {what}; weights saved to {result.checkpoint} (load them in the SegNeuron dock)"
         self.status_label.setText(msg)
@@ -440,7 +636,7 @@ class TrainingWidget(QWidget):
 
             try:
                 return pretrain(
-                    images, kn=kn, checkpoint=ckpt, progress=progress, cancel=cancel,
+                    images, kn=kn, checkpoint=ckpt, progress=self._budget_progress(progress, settings), cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
                     metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock"}, **settings,
                 )
@@ -463,3 +659,30 @@ class TrainingWidget(QWidget):
                f"{result.checkpoint} is the starting point of the next Finetune")
         self.status_label.setText(msg)
         notify_info(msg)
+
+    # -- re-segment ------------------------------------------------------------------------
+    def resegment(self) -> bool:
+        """Predict + segment the training image again with the adapted model, into new layers."""
+        from ..io import InputError
+
+        try:
+            if self.model is None:
+                raise InputError("Train first: there is no adapted model yet")
+            dock = find_segneuron_dock(self.viewer)
+            if dock is None:
+                raise InputError("Open the SegNeuron dock (Plugins ▸ SegNeuron) to re-segment")
+            if dock.runner.busy:
+                raise InputError("The SegNeuron dock is busy: wait for it or cancel it first")
+        except Exception as exc:  # noqa: BLE001
+            self.runner.show_error(error_message(exc, "Re-segment"))
+            return False
+        if dock.model is not self.model:
+            dock.set_model(self.model, source=str(self.model.info.get("path", "")) or None)
+        image = getattr(self, "_trained_image", None)
+        if image is None or image not in self.viewer.layers:
+            image = self.image_combo.value()
+        started = dock.resegment(image, suffix=ADAPTED_SUFFIX)
+        if started:
+            self.status_label.setText(f"Re-segmenting '{image.name}' with '{self.model.info.get('name')}' in the "
+                                      "SegNeuron dock; the result goes to a new layer '… (adapted)'.")
+        return started
