@@ -173,3 +173,28 @@ def test_half_uses_the_cached_measurement_without_tuning(tmp_path, monkeypatch, 
     slower.precision, slower.reduced_speedup = "bfloat16", 1.4
     store(slower)
     assert Predictor(net, half=True).half
+
+
+def test_cli_autotune_flag_probes_and_records_provenance(tmp_path, monkeypatch, capsys):
+    """``predict --autotune`` measures (small candidates here), prints once, and stores the result
+    in the cache and in the output's provenance (no assertion on the timings themselves)."""
+    import tifffile
+
+    from napari_segneuron._model import MNet, save_checkpoint
+    from napari_segneuron.cli import main
+    from napari_segneuron.io import read_metadata
+
+    monkeypatch.setenv("NAPARI_SEGNEURON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "TILE_CANDIDATES", ((4, 16, 16), (4, 32, 32)))
+    monkeypatch.setattr(autotune, "DEFAULT_BUDGET_S", 2.0)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(MNet(kn=(4, 8, 8, 16, 16)), tmp_path / "tiny.ckpt", metadata={"name": "tiny"})
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 255, (6, 32, 48), dtype=np.uint8))
+    out = tmp_path / "pred.tif"
+    assert main(["predict", str(stack), "-o", str(out), "--weights", str(ckpt), "--autotune"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("autotune (") == 1
+    prov = read_metadata(out)["inference"]
+    assert prov["autotune"]["threads"] >= 1 and prov["tile"] == "chosen per volume"
+    assert (tmp_path / "cache" / "autotune.json").exists()

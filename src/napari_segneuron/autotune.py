@@ -239,7 +239,7 @@ def time_forward(model: torch.nn.Module, device: torch.device, config: Config, t
 
 def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] = (1, 16, 16),
           measure: Optional[Measure] = None, timer: Callable[[], float] = time.perf_counter,
-          budget_s: float = DEFAULT_BUDGET_S, candidates: Sequence[Triple] = TILE_CANDIDATES,
+          budget_s: Optional[float] = None, candidates: Optional[Sequence[Triple]] = None,
           threads: Optional[Sequence[int]] = None, reduced: Optional[str] = "auto") -> Tuning:
     """Time the candidates (see the module docstring) and return the fastest settings.
 
@@ -258,7 +258,8 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
     if reduced == "auto":
         dtype = choose_precision(device, True).dtype
         reduced = None if dtype is None else str(dtype).replace("torch.", "")
-    tiles = [round_tile(t, multiple) for t in candidates]
+    budget_s = DEFAULT_BUDGET_S if budget_s is None else budget_s
+    tiles = [round_tile(t, multiple) for t in (candidates or TILE_CANDIDATES)]
     start = timer()
     log: list[dict] = []
 
