@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", type=int, default=3, help="fresh waterz runs to time (each is slow)")
     ap.add_argument("--fg-threshold", type=float, default=None)
     ap.add_argument("--scoring", default=None, help="mean or median (default: the package default)")
+    ap.add_argument("--fragments", default=None, help="distance (default) or waterz (waterz's own seeds)")
     ap.add_argument("--mode", default=None, help="background_mode: mask, cut or exclude (default: the package default)")
     args = ap.parse_args(argv)
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         # min_size 0: the replay is compared with fresh waterz, which merges no small segments
         # (their cost is measured separately below)
         agg = agglomerate(aff, fg, fg_threshold=fg_thr, max_threshold=1.0, scoring=scoring, background_mode=mode,
-                          min_size=0, worker=True)
+                          min_size=0, worker=True, fragments=args.fragments)
         t_first = time.perf_counter() - t0
     print(f"first agglomeration (worker process, up to threshold 1.0): {t_first:.2f} s, "
           f"{agg.n_fragments} fragments, {len(agg.merge_scores)} merges recorded")
@@ -161,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         saved = _silence_stdout(None)
         t1 = time.perf_counter()
         try:
-            seg = next(iter(waterz.agglomerate(prepared, [t], scoring_function=SCORING_FUNCTIONS[scoring])))
+            # from the same fragments (waterz's own watershed when the agglomeration used it)
+            given = None if agg.info["fragments"] == "waterz" else agg.fragments.astype(np.uint64)
+            seg = next(iter(waterz.agglomerate(prepared, [t], fragments=given,
+                                               scoring_function=SCORING_FUNCTIONS[scoring])))
         finally:
             _restore_stdout(saved)
         fresh_ms[t] = (time.perf_counter() - t1) * 1000

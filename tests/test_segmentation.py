@@ -461,10 +461,17 @@ def test_distance_fragments_cover_the_foreground_in_connected_pieces(snemi: dict
     assert np.array_equal(flat != 0, mask)
     per_id_slices = {int(i): len(np.unique(np.nonzero(flat == i)[0])) for i in np.unique(flat[flat > 0])[:50]}
     assert set(per_id_slices.values()) == {1}
-    # default: distance fragments; the replay starts from them
+    # default: distance fragments over every voxel ("cut"), background cleared afterwards
     agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0)
-    assert agg.info["fragments"] == "distance" and agg.n_fragments == len(ids)
-    assert same_partition(agg.labels(0.0), frag.astype(np.uint32))
+    everywhere = distance_fragments(prepared, None)
+    assert (everywhere > 0).all()
+    assert agg.info["fragments"] == "distance" and agg.n_fragments == int(everywhere.max())
+    assert same_partition(agg.labels(0.0), np.where(mask, everywhere, 0).astype(np.uint32))
+    # "exclude": the foreground only
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0, background_mode="exclude")
+    ex = np.empty_like(prepared)
+    restrict_to_foreground(snemi["aff"], snemi["fg"], 0.5, out=ex)
+    assert same_partition(agg.labels(0.0), distance_fragments(ex, mask).astype(np.uint32))
 
 
 def test_memory_estimate_refuses_a_run_that_would_not_fit(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -352,7 +352,10 @@ def agglomerate(
             check(cancel)
             if progress is not None:
                 progress(0, _TOTAL_STEPS, "computing fragments")
-            mask = None if fg is None else fg >= np.float32(fg_threshold)
+            # "exclude": fragments cover the foreground only; "cut"/"mask": every voxel, as waterz's
+            # own watershed does, so segments can still merge across a thin false-background gap
+            # (background is cleared afterwards; same VI on fib25_b: 0.457 vs 0.456 at 0.48)
+            mask = fg >= np.float32(fg_threshold) if fg is not None and exclude else None
             given = distance_fragments(out, mask, **fragment_options)
             contacts.append(contact_table(given))
             check(cancel)

@@ -50,14 +50,15 @@ from ..io import InputError
 #   z >= 25 half scores 0.534 vs its own best 0.507; picked on z >= 25, z < 25 scores 0.352
 #   vs 0.341).
 # Distance fragments (issue 16; ``fragments.py``, the default since then) instead of waterz's
-# own seeds, same prediction and defaults (median, min size 100; benchmarks/bench_fragments.py):
+# own seeds, same prediction and defaults (median, min size 100, "cut"; bench_fragments.py):
 # 11.3 k instead of 120 k fragments on fib25_b, VI by threshold:
-#   t    0.32  0.40  0.44  0.48  0.52  0.54  0.56  0.60  0.64  0.70
-#   VI   0.472 0.472 0.455 0.456 0.456 0.488 0.488 0.515 0.538 0.592
+#   t    0.30  0.32-0.40  0.42  0.44-0.54  0.56  0.60  0.64  0.70  0.76
+#   VI   0.463 0.446-0.448 0.477 0.457-0.458 0.490 0.496 0.537 0.587 0.716
 # (waterz's seeds: 0.480 at 0.56, best 0.449 at 0.58).  The plateau moved down:
-# - threshold 0.48: the middle of the lowest run 0.44-0.52 (every t 0.32-0.52 within 0.02 of
-#   the best).  Held out: picked on z < 25 (best 0.319 at 0.32-0.40) the z >= 25 half scores
-#   0.450 vs its own best 0.417; picked on z >= 25 (0.44-0.52), z < 25 scores 0.343 vs 0.319.
+# - threshold 0.48: the middle of the 0.44-0.54 run (every t 0.32-0.54 within 0.03 of the
+#   best, ARAND 0.033-0.045).  Held out: picked on z < 25 (best 0.319 at 0.40, plateau
+#   0.32-0.40) the z >= 25 half scores 0.415 at 0.36 vs its own best 0.415; picked on z >= 25
+#   (0.32-0.40 and 0.44-0.54 within 0.01), z < 25 scores 0.343 at 0.48 vs its best 0.319.
 DEFAULT_THRESHOLD = 0.48
 DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 100
