@@ -85,10 +85,9 @@ def predict_part(rows: dict, small, large, block, tmp: Path) -> None:
 
 def segment_part(tmp: Path) -> None:
     from napari_segneuron._model import load_named
-    from napari_segneuron.blocks import BlockGrid
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import DEFAULT_THRESHOLD, agglomerate, evaluate
-    from napari_segneuron.segmentation.blockwise import _prepared, _SegJob, segment_blockwise, watershed_fragments
+    from napari_segneuron.segmentation.blockwise import segment_blockwise
 
     # segmentation: the default model's prediction of fib25_b, 8 blocks on 2 workers vs one block
     from napari_segneuron.distributed import client
@@ -103,10 +102,8 @@ def segment_part(tmp: Path) -> None:
         t0 = time.perf_counter()
         blocks = segment_blockwise(aff, fg, str(tmp / "blocks.zarr"), block=(25, 50, 100), client=c)
         t_blocks = time.perf_counter() - t0
-    # waterz on the whole volume with the same (unmasked) watershed fragments
-    job = _SegJob(aff, fg, "", BlockGrid(fg.shape, fg.shape), 0.5, "cut", 0.0001, 0.9999)
-    frags = watershed_fragments(_prepared(job, tuple(slice(0, s) for s in fg.shape))[0])
-    waterz = agglomerate(aff, fg, fragments=frags, worker=False)
+    # agglomerate (waterz) on the whole volume, with the same (default) fragments
+    waterz = agglomerate(aff, fg, worker=False)
     t = DEFAULT_THRESHOLD
     lw, lb, lz = whole.labels(t), blocks.labels(t), waterz.labels(t)
 
@@ -115,7 +112,7 @@ def segment_part(tmp: Path) -> None:
     print(f"{'one block (whole volume)':<34} {t_whole:8.1f} {whole.n_fragments:9d} {0.0:11.4f} {evaluate(lw, gt).vi:8.4f}")
     print(f"{'8 blocks, 2 workers':<34} {t_blocks:8.1f} {blocks.n_fragments:9d} "
           f"{evaluate(lb, lw, ignore_gt=(), background='segment').vi:11.4f} {evaluate(lb, gt).vi:8.4f}")
-    print(f"{'waterz, same fragments, whole':<34} {waterz.info['seconds']:8.1f} {waterz.n_fragments:9d} "
+    print(f"{'agglomerate (waterz), whole':<34} {waterz.info['seconds']:8.1f} {waterz.n_fragments:9d} "
           f"{evaluate(lz, lw, ignore_gt=(), background='segment').vi:11.4f} {evaluate(lz, gt).vi:8.4f}")
     print(f"merge graph: {blocks.info['n_edges']} edges, global merge {blocks.info['merge_seconds']:.1f} s; "
           f"{blocks.info['n_stitched']} fragments stitched across block faces")

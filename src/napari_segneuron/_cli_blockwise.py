@@ -117,6 +117,8 @@ def run_segment(args: argparse.Namespace) -> int:
                 prediction, None, frag_path, block=block, client=c, fg_threshold=args.fg_threshold,
                 min_size=args.min_size, small=args.small, max_threshold=1.0, scoring=args.scoring,
                 background_mode=args.background_mode, overwrite=True, progress=bar,
+                **({"fragments": args.fragments} if getattr(args, "fragments", None) in ("waterz", "distance", "distance2d")
+                   else {}),
             ) if not args.no_foreground else _no_foreground()
         finally:
             bar.close()

@@ -5,7 +5,8 @@ Three steps, the first two one task per block (``distributed.run_blocks``: here,
 
 1. **fragments**: each block reads its affinities and foreground *with context* (``context``
    voxels on every side), restricts them to the foreground exactly as ``agglomerate`` does,
-   runs waterz's watershed on block + context and keeps the core, numbered 1..n. Seeds and
+   computes the same fragments as ``agglomerate`` (``fragments``: "distance" by default, or
+   waterz's own watershed) on block + context and keeps the core, numbered 1..n. Seeds and
    basins near a block face are therefore those of the whole-volume watershed (the context
    holds the same affinities), except where a basin reaches further than the context. For
    each face the block also records, voxel by voxel, whether its watershed put the two
@@ -30,8 +31,10 @@ The zarr group written to ``output``: ``fragments`` (Z,Y,X uint32, chunked by bl
 ``merges``, ``merge_scores``, ``sizes``, ``contacts`` and the settings in its attributes
 (``fragments_local`` and ``face_same`` are scratch, removed at the end);
 ``load_agglomeration`` reopens it. On the default model's prediction of fib25_b, 8 blocks
-and the whole volume as one block give the same segmentation (VI 0.0000 without
-small-segment merging, <= 0.003 with it; ``tests/test_distributed.py``).
+and the whole volume as one block give the same segmentation (distance fragments: VI 0.0000;
+waterz's: 0.0000 without small-segment merging, <= 0.003 with it), and 8 blocks differ from
+``agglomerate`` on the whole volume by VI 0.0014 at the default threshold (the order of equal
+scores; ``tests/test_distributed.py``, ``benchmarks/bench_scale.py``).
 """
 from __future__ import annotations
 
@@ -55,13 +58,15 @@ from .defaults import (
     DEFAULT_SMALL,
     SMALL_SEGMENTS,
 )
+from .fragments import DEFAULT_FRAGMENTS
 from .graph import RegionGraph, combine_contacts, contact_table, edge_table, merge_graph
 from .history import _chain_history
 from .inputs import restrict_to_foreground
 
 DEFAULT_SEG_BLOCK = (64, 256, 256)
-#: context around each block for the watershed; more than the basins usually reach
-DEFAULT_CONTEXT = (8, 32, 32)
+#: context around each block for the fragments: with it, 8 blocks and one block give the same
+#: segmentation of fib25_b (VI 0.0000; with 8x32x32 the distance fragments differed: 0.0126)
+DEFAULT_CONTEXT = (16, 64, 64)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class _SegJob:
     low: float
     high: float
     offsets: Optional[np.ndarray] = None
+    fragments: str = "waterz"
+    fragment_options: Optional[dict] = None
 
 
 def _prepared(job: _SegJob, region: tuple[slice, slice, slice]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -119,8 +126,14 @@ def _fragments_block(block_id: int, job: _SegJob) -> int:
     import zarr
 
     block = job.grid[block_id]
-    aff, _ = _prepared(job, block.outer)
-    ws = watershed_fragments(aff, job.low, job.high)
+    aff, bg = _prepared(job, block.outer)
+    if job.fragments == "waterz":
+        ws = watershed_fragments(aff, job.low, job.high)
+    else:  # as agglomerate does it: over every voxel, or the foreground only in "exclude" mode
+        from .fragments import distance_fragments
+
+        mask = ~bg if bg is not None and job.background_mode == "exclude" else None
+        ws = distance_fragments(aff, mask, per_slice=job.fragments == "distance2d", **(job.fragment_options or {}))
     seg = ws[block.core_in_outer]
     seg, _ = fastremap.renumber(np.ascontiguousarray(seg), preserve_zero=True)
     n = int(seg.max(initial=0))
@@ -224,6 +237,8 @@ def segment_blockwise(
     background_mode: str = DEFAULT_BACKGROUND_MODE,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
+    fragments: str = DEFAULT_FRAGMENTS,
+    fragment_options: Optional[dict] = None,
     retries: int = 2,
     overwrite: bool = False,
     progress: Any = None,
@@ -268,10 +283,12 @@ def segment_blockwise(
     t0 = time.perf_counter()
     out = _open_output(str(output), grid, overwrite)
     out.attrs["blockwise_segmentation"] = dict(
-        block=list(grid.block), context=list(ctx), fg_threshold=float(fg_threshold), scoring=scoring,
+        block=list(grid.block), context=list(ctx), fg_threshold=float(fg_threshold), scoring=scoring, fragments=fragments,
         background_mode=background_mode, max_threshold=float(max_threshold), min_size=int(min_size), small=small)
+    if fragments not in ("waterz", "distance", "distance2d"):
+        raise InputError(f"fragments must be 'waterz', 'distance' or 'distance2d', not {fragments!r}")
     job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
-                  float(aff_threshold_low), float(aff_threshold_high))
+                  float(aff_threshold_low), float(aff_threshold_high), None, fragments, fragment_options)
     ids = list(range(len(grid)))
 
     def stage(name: str, offset: int):
@@ -290,7 +307,7 @@ def segment_blockwise(
     if total >= 2**32 - 1:
         raise InputError(f"{total} fragments do not fit uint32 ids; use larger fragments")
     job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
-                  float(aff_threshold_low), float(aff_threshold_high), offsets)
+                  float(aff_threshold_low), float(aff_threshold_high), offsets, fragments, fragment_options)
     run2 = run_blocks("graph", _graph_block, ids, (job,), client=client, retries=retries,
                       progress=stage("graph", 1), cancel=cancel)
     run2.raise_for_failures()
