@@ -1,0 +1,143 @@
+"""Adapting the model to the user's stack from napari: paint a box, finetune for a few
+seconds of wall-clock budget, re-segment into new layers (docks opened through the manifest)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_segneuron._widgets.train import MASK_ALL, MASK_BOX, NO_CAP, painted_box
+
+CROP = (slice(0, 16), slice(0, 64), slice(0, 96))
+BOX = (slice(2, 14), slice(8, 56), slice(16, 80))  # the block the "biologist" paints: 12×48×64 at z 2, y 8, x 16
+
+
+def errors(notes):
+    return [m for level, m in notes if level == "error"]
+
+
+def default_model():
+    """The bundled default network (loaded fresh: training must not touch a shared instance)."""
+    from napari_segneuron._model import fetch_weights, load_model
+
+    return load_model(fetch_weights("default"), device="cpu")
+
+
+@pytest.fixture
+def adapt(make_napari_viewer, tmp_path):
+    """SegNeuron + training docks as a user opens them, an EM crop and a labels layer painted in one box."""
+    from napari_segneuron._sample_data import load_labels, load_raw
+
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")
+    _, train = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron training", tabify=True)
+    seg.agglomerate_in_worker = False  # seconds, not a process start per test
+    seg.set_model(default_model())  # the bundled model, as after "Load model"
+    viewer.add_image(load_raw()[CROP], name="em")
+    truth = load_labels()[CROP].astype(np.uint32)
+    painted = np.zeros_like(truth)
+    painted[BOX] = truth[BOX]  # every neuron of the block painted, membranes 0, the rest untouched
+    viewer.add_labels(painted, name="painted")
+    train.image_combo.set_value(viewer.layers["em"])
+    train.labels_combo.set_value(viewer.layers["painted"])
+    train.settings.crop.value = (8, 32, 32)
+    train.settings.batch_size.value = 1
+    train.settings.device.value = "cpu"
+    train.settings.save_to.value = str(tmp_path / "adapted.pt")
+    return viewer, seg, train
+
+
+def wait_idle(qtbot, w, timeout=120_000):
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=timeout)
+
+
+def test_painted_box_is_the_mask(adapt, qtbot):
+    viewer, seg, train = adapt
+    assert train.mask_combo.currentText() == MASK_BOX  # the default: no extra layer to make
+    labels = viewer.layers["painted"].data
+    assert painted_box(labels) == ((2, 14), (8, 56), (16, 80))
+    mask, note = train.mask_region(labels, labels.shape)
+    expected = np.zeros(labels.shape, bool)
+    expected[BOX] = True
+    np.testing.assert_array_equal(mask, expected)  # the whole box, membranes (0) inside included
+    assert note == "Mask: painted box 12×48×64 at z 2, y 8, x 16 (only this block trains)"
+    qtbot.waitUntil(lambda: "12×48×64 at z 2, y 8, x 16" in train.mask_note.text(), timeout=5_000)
+    # painting more (here: new data) moves the box and the line follows
+    grown = labels.copy()
+    grown[14, 60, 90] = 7
+    viewer.layers["painted"].data = grown
+    qtbot.waitUntil(lambda: "13×53×75 at z 2, y 8, x 16" in train.mask_note.text(), timeout=5_000)
+    train.mask_combo.setCurrentText(MASK_ALL)
+    assert train.mask_region(grown, grown.shape)[0] is None
+
+
+def test_minutes_budget_adapts_and_resegments_into_new_layers(adapt, qtbot, tmp_path, notifications):
+    viewer, seg, train = adapt
+    zero_shot = seg.model
+    assert train.settings.minutes.value == 15  # the default budget
+    assert not train.resegment_button.isEnabled()
+    # an earlier segmentation with the old model, which must survive
+    seg.predict()
+    wait_idle(qtbot, seg)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    old = viewer.layers["em segmentation"]
+    old_data = np.array(old.data)
+    painted_before = np.array(viewer.layers["painted"].data)
+
+    train.settings.minutes.value = 0.05  # 3 s of wall clock, no iteration cap
+    assert train.settings.iterations.value == 0
+    s = train._settings()
+    assert s["time_limit_s"] == pytest.approx(3.0) and s["iterations"] == NO_CAP
+    train.train()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    r = train.last_result
+    assert r.checkpoint == tmp_path / "adapted.pt" and r.checkpoint.exists()
+    assert 1 <= r.iterations < NO_CAP and not r.cancelled  # stopped by the clock
+    assert r.wall_time_s < 3.0 + 30.0
+    assert len(train.loss_plot.points) == r.iterations
+    assert seg.model is train.model and seg.model is not zero_shot
+    assert seg.model.info["path"] == str(r.checkpoint)
+    assert "painted box 12×48×64" in train.mask_note.text()
+    assert train.resegment_button.isEnabled()
+
+    train.resegment_button.click()
+    wait_idle(qtbot, seg)
+    assert errors(notifications) == [], notifications
+    new = viewer.layers["em segmentation (adapted)"]
+    assert new is not old and old in viewer.layers
+    np.testing.assert_array_equal(old.data, old_data)  # the earlier result is untouched
+    np.testing.assert_array_equal(viewer.layers["painted"].data, painted_before)  # and the user's labels
+    assert new.data.shape == old_data.shape and new.data.max() > 0
+    assert new.metadata["segneuron"]["weights"]["path"] == str(r.checkpoint)
+    assert "em affinities (adapted)" in viewer.layers and "em affinities" in viewer.layers
+    assert seg.segmentation.layer.name == new.name  # the merge slider now drives the adapted result
+    # again: a second new layer, the first adapted one kept
+    train.resegment()
+    wait_idle(qtbot, seg)
+    assert "em segmentation (adapted 2)" in viewer.layers and new in viewer.layers
+
+
+def test_adapt_input_messages(adapt, qtbot, notifications):
+    viewer, seg, train = adapt
+    # labels of the wrong shape
+    viewer.add_labels(np.zeros((4, 8, 8), np.uint32), name="tiny")
+    train.labels_combo.set_value(viewer.layers["tiny"])
+    train.train()
+    msg = errors(notifications)[-1]
+    assert "'tiny' are 4×8×8 but the image 'em' is 16×64×96" in msg and "New labels layer" in msg
+    # nothing painted yet
+    viewer.add_labels(np.zeros((16, 64, 96), np.uint32), name="empty")
+    train.labels_combo.set_value(viewer.layers["empty"])
+    train.train()
+    assert "Nothing is painted in 'empty'" in errors(notifications)[-1]
+    qtbot.waitUntil(lambda: "Nothing is painted" in train.mask_note.text(), timeout=5_000)
+    # a box smaller than a training crop (8×32×32)
+    small = np.zeros((16, 64, 96), np.uint32)
+    small[5:9, 10:30, 10:60] = 3
+    viewer.layers["empty"].data = small
+    train.train()
+    msg = errors(notifications)[-1]
+    assert "painted box (4×20×50) is smaller than a training crop (8×32×32)" in msg
+    assert "at most 4, 16, 32" in msg
+    assert not train.runner.busy and train.last_result is None
