@@ -491,3 +491,16 @@ def test_memory_estimate_refuses_a_run_that_would_not_fit(snemi: dict, monkeypat
     monkeypatch.setattr(agg_mod, "available_bytes", lambda: 1)
     with pytest.warns(ResourceWarning, match="fragments='distance' needs far less"):
         agglomerate(snemi["aff"][:, :4], snemi["fg"][:4], fragments="waterz", worker=False)
+
+
+def test_distance_fragments_adapt_to_affinities_that_never_reach_the_threshold(snemi: dict) -> None:
+    from napari_segneuron.segmentation import distance_fragments
+
+    weak = snemi["aff"] * np.float32(0.9)  # another model's calibration: nothing above 0.9
+    frag = distance_fragments(weak)
+    strong = distance_fragments(snemi["aff"], boundary_threshold=float(np.quantile(snemi["aff"].mean(0), 0.9)))
+    assert frag.max() > 100 and (frag > 0).all()
+    # about what asking for that level directly gives (the relief is scaled, ties move a little)
+    assert abs(int(frag.max()) - int(strong.max())) < 0.05 * int(strong.max())
+    agg = agglomerate(weak, None, min_size=0)
+    assert agg.n_fragments == int(frag.max()) and agg.n_segments(0.9) < agg.n_fragments
