@@ -116,6 +116,8 @@ def test_cli_segment_on_an_existing_cluster(tmp_path, cluster_client, real_predi
     labels = zarr.open_group(str(out), mode="r")["labels"]
     assert labels.chunks == (16, 32, 64)
     agg = load_agglomeration(str(tmp_path / "labels.fragments.zarr"))
-    np.testing.assert_array_equal(labels[...], agg.labels(0.56))
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD
+
+    np.testing.assert_array_equal(labels[...], agg.labels(DEFAULT_THRESHOLD))  # the CLI's default threshold
     # a bad scheduler spec is refused with a message, not a traceback
     assert main(["segment", path, "-o", str(tmp_path / "x.zarr"), "--block", "16,32,64", "--scheduler", "local:zero"]) == 2
