@@ -53,6 +53,20 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.uint64, copy=False)
 
 
+def _distance(inside: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float32) of every inside voxel to the nearest outside one.
+
+    Uses the optional ``edt`` package when installed (same values, ~6x faster than scipy on a
+    250^3 mask; LGPL, so not a dependency of this MIT package), else scipy."""
+    try:
+        import edt
+    except ImportError:
+        from scipy import ndimage
+
+        return ndimage.distance_transform_edt(inside).astype(np.float32)
+    return np.asarray(edt.edt(np.ascontiguousarray(inside), black_border=False, parallel=1), np.float32)
+
+
 def _watershed_from_distance(inside: np.ndarray, relief: np.ndarray, region: Optional[np.ndarray],
                              min_seed_distance: int, smoothing: float) -> tuple[np.ndarray, int]:
     """Fragments (uint32) of one 2-D or 3-D block and their count: seeds at the maxima of the
@@ -65,7 +79,7 @@ def _watershed_from_distance(inside: np.ndarray, relief: np.ndarray, region: Opt
             lab, n = ndimage.label(region)
             return lab.astype(np.uint32), int(n)
         return np.zeros(inside.shape, np.uint32), 0
-    dist = ndimage.distance_transform_edt(inside).astype(np.float32)
+    dist = _distance(inside)
     if smoothing > 0:
         dist = ndimage.gaussian_filter(dist, smoothing)
         dist[~inside] = 0
