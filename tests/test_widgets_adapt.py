@@ -112,6 +112,7 @@ def test_minutes_budget_adapts_and_resegments_into_new_layers(adapt, qtbot, tmp_
     assert new.metadata["segneuron"]["weights"]["path"] == str(r.checkpoint)
     assert "em affinities (adapted)" in viewer.layers and "em affinities" in viewer.layers
     assert seg.segmentation.layer.name == new.name  # the merge slider now drives the adapted result
+    assert "'em segmentation (adapted)'" in train.status_label.text()
     # again: a second new layer, the first adapted one kept
     train.resegment()
     wait_idle(qtbot, seg)

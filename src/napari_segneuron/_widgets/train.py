@@ -231,7 +231,7 @@ def training_settings():
                      tooltip="Wall-clock budget: training stops after this many minutes, the learning rate "
                              "decaying over them (15 minutes on a laptop CPU adapt the model to a new stack). "
                              "0 = no time limit (then set Iterations)"),
-        SpinBox(name="iterations", label="Iterations", value=0, min=0, max=1_000_000, step=100,
+        SpinBox(name="iterations", label="Iterations (0: no cap)", value=0, min=0, max=1_000_000, step=100,
                 tooltip="Optional cap on the training steps (0 = as many as fit in the Minutes)"),
         TupleEdit(name="crop", label="Crop (z, y, x)", value=(16, 96, 96), options={"min": 1, "max": 512},
                   tooltip="Size of the random training crops (z, y, x); y and x multiples of 16"),
@@ -246,7 +246,6 @@ def training_settings():
     form.lr.native.setDecimals(6)
     form.minutes.native.setDecimals(2)
     form.minutes.native.setSpecialValueText("no limit")
-    form.iterations.native.setSpecialValueText("no cap")
     form.save_to.line_edit.native.setPlaceholderText("automatic: ~/napari-segneuron/training/<mode>-<time>.pt")
     form.margins = (0, 0, 0, 0)
     return form
@@ -603,7 +602,9 @@ class TrainingWidget(QWidget):
                 _, dock = self.viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")
             except Exception:  # pragma: no cover - dock unavailable
                 dock = None
-        what = f"cancelled at iteration {result.iterations}" if result.cancelled else f"finished {result.iterations} iterations"
+        n = result.iterations
+        its = f"{n} iteration{'' if n == 1 else 's'}"
+        what = f"cancelled at iteration {n}" if result.cancelled else f"finished {its} in {result.wall_time_s:.0f} s"
         if dock is not None:
             dock.set_model(model, source=str(result.checkpoint))
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
@@ -682,7 +683,21 @@ class TrainingWidget(QWidget):
         if image is None or image not in self.viewer.layers:
             image = self.image_combo.value()
         started = dock.resegment(image, suffix=ADAPTED_SUFFIX)
-        if started:
-            self.status_label.setText(f"Re-segmenting '{image.name}' with '{self.model.info.get('name')}' in the "
-                                      "SegNeuron dock; the result goes to a new layer '… (adapted)'.")
-        return started
+        if not started:
+            return False
+        self.status_label.setText(f"Re-segmenting '{image.name}' with '{self.model.info.get('name')}' in the "
+                                  "SegNeuron dock; the result goes to a new layer '… (adapted)'.")
+
+        def finished(name: str, status: str) -> None:
+            if name != "Re-segment":
+                return
+            dock.runner.finished.disconnect(finished)
+            if status == "ok" and dock.segmentation is not None:
+                self.status_label.setText(
+                    f"Re-segmented with the adapted model into '{dock.segmentation.layer.name}'; earlier results "
+                    "are kept. Compare them, then tune the merge slider in the SegNeuron dock.")
+            else:
+                self.status_label.setText(f"Re-segment {status}; see the SegNeuron dock.")
+
+        dock.runner.finished.connect(finished)
+        return True
