@@ -1,4 +1,5 @@
-"""npe2 reader hook for the zarr outputs SegNeuron writes (labels and predictions)."""
+"""npe2 reader hook for zarr: SegNeuron's outputs (labels and predictions), any zarr array and
+OME-Zarr multiscale groups, all opened lazily (dask arrays: nothing is read until displayed)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,13 +31,56 @@ def _is_segneuron_zarr(path: Path) -> bool:
     return {"affinities", "foreground"} <= keys
 
 
+def _multiscale_paths(node) -> Optional[list[str]]:
+    """The dataset paths of an OME-Zarr ``multiscales`` group (finest first), else None."""
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or dict(attrs.get("ome") or {}).get("multiscales")
+    if not ms:
+        return None
+    paths = [str(d.get("path")) for d in (ms[0].get("datasets") or []) if isinstance(d, dict) and "path" in d]
+    return paths or None
+
+
+def _is_plain_zarr(path: Path) -> bool:
+    """A zarr array, or an OME-Zarr multiscale group."""
+    if not path.is_dir():
+        return False
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:
+        return False
+    if hasattr(node, "shape") and hasattr(node, "dtype"):
+        return True
+    return _multiscale_paths(node) is not None
+
+
 def get_reader(path: Any) -> Optional[Callable]:
     if isinstance(path, (list, tuple)):
         return None
     p = Path(str(path).rstrip("/"))
-    if not _is_segneuron_zarr(p):
+    if not (_is_segneuron_zarr(p) or _is_plain_zarr(p)):
         return None
     return read_zarr
+
+
+def _lazy(arr):
+    """A zarr array as a dask array chunked like it (nothing read)."""
+    import dask.array as da
+
+    return da.from_zarr(arr) if hasattr(arr, "store") else da.asarray(arr)
+
+
+def _read_multiscale(p: Path, node, paths: list[str], md: dict) -> list:
+    levels = [_lazy(node[k]) for k in paths]
+    kind = "labels" if levels[0].dtype.kind in "iub" else "image"
+    kwargs: dict[str, Any] = {"name": p.stem, "metadata": md, "multiscale": len(levels) > 1}
+    ms = (dict(node.attrs).get("multiscales") or dict(node.attrs.get("ome") or {}).get("multiscales"))[0]
+    for transform in (ms["datasets"][0].get("coordinateTransformations") or []):
+        if transform.get("type") == "scale" and len(transform.get("scale", [])) == levels[0].ndim:
+            kwargs["scale"] = tuple(float(v) for v in transform["scale"])
+    return [(levels if len(levels) > 1 else levels[0], kwargs, kind)]
 
 
 def _geometry(attrs: dict, ndim: int) -> dict:
@@ -53,6 +97,7 @@ def _geometry(attrs: dict, ndim: int) -> dict:
 
 
 def read_zarr(path: Any) -> list:
+    """Layers of a zarr path, backed by dask arrays (lazy: large volumes are never read whole)."""
     from . import io
 
     p = Path(str(path).rstrip("/"))
@@ -63,8 +108,11 @@ def read_zarr(path: Any) -> list:
 
     node = zarr.open(str(p), mode="r")
     keys = set(node.keys()) if hasattr(node, "keys") else set()
+    paths = None if hasattr(node, "shape") else _multiscale_paths(node)
+    if paths and not ({"affinities", "foreground"} <= keys):
+        return _read_multiscale(p, node, paths, md)
     if {"affinities", "foreground"} <= keys:
-        aff, fg = io.read_prediction(p)
+        aff, fg = _lazy(node["affinities"]), _lazy(node["foreground"])
         geo = _geometry(attrs, fg.ndim)
         return [
             (fg, {"name": f"{p.stem} foreground", "metadata": md, "colormap": "magma", **geo}, "image"),
@@ -81,6 +129,7 @@ def read_zarr(path: Any) -> list:
             ),
         ]
     data, voxel_size = io.read_volume(p)
+    data = _lazy(data)
     geo = _geometry(attrs, data.ndim)
     if "scale" not in geo and voxel_size is not None and len(voxel_size) == data.ndim:
         geo["scale"] = tuple(float(v) for v in voxel_size)
