@@ -129,7 +129,7 @@ def test_restriction_beats_plain_waterz_on_snemi(snemi: dict) -> None:
 
 
 def test_min_size_removes_small_segments(snemi: dict) -> None:
-    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, small="remove", worker=False)
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=200, small="remove", fragments="waterz", worker=False)
     t = 0.3
     lab, full = agg.labels(t), agg.labels(t, min_size=0)
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
@@ -320,7 +320,7 @@ def test_bad_input(snemi: dict) -> None:
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
         agglomerate(bad, worker=False)
-    with pytest.raises(InputError, match="no fragments"):
+    with pytest.raises(InputError, match="(?i)no fragments"):
         agglomerate(np.zeros_like(aff), worker=False)
     agg = agglomerate(aff, fg, max_threshold=0.5, worker=False)
     with pytest.raises(InputError, match="highest threshold"):
