@@ -74,7 +74,7 @@ def _lazy(arr):
 
 def _read_multiscale(p: Path, node, paths: list[str], md: dict) -> list:
     levels = [_lazy(node[k]) for k in paths]
-    kind = "labels" if levels[0].dtype.kind in "iub" else "image"
+    kind = _kind(levels[0].dtype, False)
     kwargs: dict[str, Any] = {"name": p.stem, "metadata": md, "multiscale": len(levels) > 1}
     ms = (dict(node.attrs).get("multiscales") or dict(node.attrs.get("ome") or {}).get("multiscales"))[0]
     for transform in (ms["datasets"][0].get("coordinateTransformations") or []):
@@ -134,5 +134,12 @@ def read_zarr(path: Any) -> list:
     if "scale" not in geo and voxel_size is not None and len(voxel_size) == data.ndim:
         geo["scale"] = tuple(float(v) for v in voxel_size)
     name = attrs.get("name") or p.stem
-    kind = "labels" if data.dtype.kind in "iub" else "image"
-    return [(data, {"name": str(name), "metadata": md, **geo}, kind)]
+    return [(data, {"name": str(name), "metadata": md, **geo}, _kind(data.dtype, _is_segneuron_zarr(p)))]
+
+
+def _kind(dtype, ours: bool) -> str:
+    """Our integer arrays are labels; a foreign array is labels only when its integers are 32
+    bits or wider (uint8/uint16 is an EM image)."""
+    if dtype.kind == "b" or (dtype.kind in "iu" and (ours or dtype.itemsize >= 4)):
+        return "labels"
+    return "image"

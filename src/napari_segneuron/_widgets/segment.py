@@ -50,6 +50,7 @@ from ._common import (
     weights_provenance,
     wrap_label,
 )
+from . import _large
 from ._runner import TaskRunner, error_message, notify_info, notify_warning
 
 CHECKPOINT_ITEM = "Checkpoint file…"
@@ -703,6 +704,9 @@ class SegNeuronWidget(QWidget):
             self._require_model()
             layer, volume = self._image_volume()
             predictor = self._predictor()
+            if _large.is_large(volume):  # a lazy volume beyond LARGE_VOXELS: blockwise, lazy layers
+                self._predict_large(layer, volume, predictor)
+                return
             volume = self._checked_volume(layer, volume)
         except Exception as exc:  # noqa: BLE001
             self.runner.show_error(error_message(exc, "Predict"))
@@ -724,6 +728,35 @@ class SegNeuronWidget(QWidget):
             aff, fg, grid = result
             self._invalidate_segmentation("the prediction changed: press Segment again")
             self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance, grid)
+            self._show_prediction(self.prediction)
+
+        self.runner.start("Predict", work, done)
+
+    def _predict_large(self, layer, volume, predictor) -> None:
+        """Blockwise prediction of a large lazy image into a zarr group (``_large``); the
+        layers show it lazily. No resampling: the image must be on the model's voxel size."""
+        from ..io import InputError
+        from ..resample import needs_resampling
+
+        voxel = self.voxel_field.value()
+        model_voxel = predictor.model_voxel_size
+        if voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
+            raise InputError(
+                f"'{layer.name}' is predicted block by block (it is larger than memory allows), which does not "
+                f"resample: resample it to the model's {'×'.join(f'{v:g}' for v in model_voxel)} nm first")
+        settings = self._predict_settings()
+        scale, translate = spatial_geometry(layer, 3)
+        provenance = self._base_provenance(layer, "predict")
+        output = _large.work_dir() / "prediction.zarr"
+        provenance.update(blockwise=True, prediction_zarr=str(output))
+
+        def work(progress, cancel):
+            return _large.predict_large(predictor, settings, volume, output, progress=progress, cancel=cancel)
+
+        def done(result):
+            aff, fg = result
+            self._invalidate_segmentation("the prediction changed: press Segment again")
+            self.prediction = Prediction(aff, fg, layer.name, scale, translate, False, provenance)
             self._show_prediction(self.prediction)
 
         self.runner.start("Predict", work, done)
@@ -957,7 +990,14 @@ class SegNeuronWidget(QWidget):
         provenance["step"] = "segment"
         provenance["segment"] = seg_settings
 
+        large = _large.is_large(p.foreground)
+
         def work(progress, cancel):
+            if large:  # blockwise with one global merge graph; lazy labels
+                agg = _large.segment_large(p.affinities, p.foreground, _large.work_dir() / "segmentation.zarr",
+                                           seg_settings, getattr(_segmentation(), "DEFAULT_MAX_THRESHOLD", 1.0),
+                                           progress=progress, cancel=cancel)
+                return agg, _large.lazy_labels(agg, seg_settings["threshold"])
             agg = self._agglomerate(p.affinities, p.foreground, seg_settings, progress=progress, cancel=cancel,
                                     model_grid=p.model_grid)
             labels = agg.labels(seg_settings["threshold"])
@@ -1023,7 +1063,10 @@ class SegNeuronWidget(QWidget):
         # do it when it is released
         dragging = self.slider.isSliderDown() and seg.agglomeration.min_size > 1
         try:
-            labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
+            if _large.is_lazy(seg.agglomeration.fragments):  # blockwise: a new lazy array, chunks on screen only
+                labels = _large.lazy_labels(seg.agglomeration, t, min_size=0 if dragging else None)
+            else:
+                labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
         except Exception as exc:  # noqa: BLE001
             self.runner.show_error(error_message(exc, "Updating the segmentation"))
             return
