@@ -138,3 +138,15 @@ def test_loading_an_em_checkpoint_as_lm_model_is_refused(tmp_path):
     path = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "em.pt")
     with pytest.raises(WeightsError, match="not a light-microscopy"):
         load_vit3d(path)
+
+
+def test_bundled_lm_model_loads_and_segments_a_render():
+    from napari_segneuron._model.vit3d import load_lm_model
+    from napari_segneuron.lm_render import render_sample
+    from napari_segneuron.training.lm import dice, normalise_lm, predict_whole
+
+    model = load_lm_model()
+    assert model.info["name"] == "lm_default" and model.tile_multiple == (5, 14, 14)
+    r = render_sample(np.random.default_rng(777), shape=(20, 84, 84))
+    prob = predict_whole(model, normalise_lm(r.stack))
+    assert dice(prob > model.info["metadata"]["threshold"], r.mask) > 0.5
