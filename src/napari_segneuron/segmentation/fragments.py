@@ -26,6 +26,10 @@ agglomeration (mean scoring) 29 s instead of 118 s, peak RSS 636 vs 1283 MiB.  T
 (median scoring): 124 k fragments of 126 voxels (waterz's seeds: 2.09 M of 7.5, killed at
 17.8 GB), peak RSS 1.86 GB, 187 s, of which ~150 s are this module (mostly skimage's watershed;
 all timed with the 2-core machine under a load of ~10, so several times slower than idle).
+
+The watershed is ``seeded_watershed``: a numba bucket queue over 65536 equal-count relief
+levels, 2.2x faster than skimage's heap on the cube's first 100 slices (5.9 s vs 13.1 s) with
+99.9% of the voxels labelled alike; fib25_b VI at the default threshold 0.458 either way.
 """
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ DEFAULT_BOUNDARY_THRESHOLD = 0.995
 DEFAULT_SEED_DISTANCE = 1
 DEFAULT_SMOOTHING = 0.0
 INSIDE_AT_LEAST = 0.1
+#: seeded_watershed's backend for distance fragments (benchmarks switch it)
+_BACKEND = "auto"
+#: most queue levels of the bucket watershed
+N_BUCKETS = 1 << 16
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
@@ -71,12 +79,115 @@ def _distance(inside: np.ndarray) -> np.ndarray:
     return np.asarray(edt.edt(np.ascontiguousarray(inside), black_border=False, parallel=1), np.float32)
 
 
+def _bucket_flood(levels, labels, stride_y, stride_z, n_levels):  # pragma: no cover - compiled
+    """Priority flood over flat, padded arrays: ``labels`` > 0 are seeds, 0 free, -1 walls."""
+    n = labels.size
+    head = np.full(n_levels, -1, np.int32)
+    tail = np.full(n_levels, -1, np.int32)
+    nxt = np.full(n, -1, np.int32)
+    current = n_levels
+    for i in range(n):  # seeds enter in raster order, like skimage
+        if labels[i] > 0:
+            lv = levels[i]
+            if tail[lv] < 0:
+                head[lv] = i
+            else:
+                nxt[tail[lv]] = i
+            tail[lv] = i
+            if lv < current:
+                current = lv
+    offsets = np.array((-stride_z, -stride_y, -1, 1, stride_y, stride_z), np.int64)
+    while current < n_levels:
+        i = head[current]
+        if i < 0:
+            current += 1
+            continue
+        head[current] = nxt[i]
+        if head[current] < 0:
+            tail[current] = -1
+        lab = labels[i]
+        for k in range(6):
+            j = i + offsets[k]
+            if labels[j] == 0:
+                labels[j] = lab
+                lv = levels[j]
+                if tail[lv] < 0:
+                    head[lv] = j
+                else:
+                    nxt[tail[lv]] = j
+                tail[lv] = j
+                if lv < current:
+                    current = lv
+
+
+_compiled_flood = None
+
+
+def _numba_flood():
+    """The compiled flood, or None when numba is missing or fails to compile."""
+    global _compiled_flood
+    if _compiled_flood is None:
+        try:
+            import numba
+
+            _compiled_flood = numba.njit(cache=True, nogil=True)(_bucket_flood)
+        except Exception:  # pragma: no cover - numba missing or unusable
+            _compiled_flood = False
+    return _compiled_flood or None
+
+
+def seeded_watershed(relief: np.ndarray, seeds: np.ndarray, mask: Optional[np.ndarray] = None,
+                     backend: str = "auto") -> np.ndarray:
+    """Seeded watershed of ``relief`` (6-/4-connected), labels (int32) 0 outside ``mask``.
+
+    backend "skimage": ``skimage.segmentation.watershed``; "bucket": the same priority flood
+    (lowest relief first, ties first come first served) with a bucket queue over the ranks of
+    the relief values (at most ``N_BUCKETS`` equal-count levels), compiled by numba: O(N)
+    instead of a heap's O(N log N); the same labels as skimage on a relief without ties and at
+    most N_BUCKETS distinct values, otherwise ties / merged levels may settle differently
+    (99.9% of the voxels agree on a real 100-slice map); "auto": bucket when numba imports,
+    else skimage."""
+    flood = _numba_flood() if backend in ("auto", "bucket") else None
+    if flood is None:
+        if backend == "bucket":
+            raise InputError("the bucket watershed needs numba (pip install numba)")
+        from skimage.segmentation import watershed
+
+        return watershed(relief, seeds, mask=mask).astype(np.int32, copy=False)
+    shape = relief.shape
+    r3 = relief.reshape((1,) * (3 - relief.ndim) + shape)
+    # buckets: the distinct relief values in order, merged into at most N_BUCKETS
+    # equal-count groups (few buckets keep the queue's heads in cache: 5x faster than one
+    # bucket per distinct value on a real map, whose 15 M voxels have 2.5 M distinct values)
+    values, rank, counts = np.unique(r3, return_inverse=True, return_counts=True)
+    n_levels = len(values)
+    if n_levels > N_BUCKETS:
+        before = np.cumsum(counts) - counts
+        group = (before * N_BUCKETS // max(1, rank.size)).astype(np.int32)
+        rank = group[rank]
+        n_levels = int(group[-1]) + 1
+    del values, counts
+    levels = np.zeros(tuple(d + 2 for d in r3.shape), np.int32)
+    levels[1:-1, 1:-1, 1:-1] = rank.reshape(r3.shape)
+    del rank
+    labels = np.full(levels.shape, -1, np.int32)  # the one-voxel border is a wall
+    inner = labels[1:-1, 1:-1, 1:-1]
+    inner[...] = seeds.reshape(r3.shape)
+    if mask is not None:
+        inner[~mask.reshape(r3.shape)] = -1
+    sy, sz = levels.shape[2], levels.shape[1] * levels.shape[2]
+    flat = labels.reshape(-1)
+    flood(levels.reshape(-1), flat, sy, sz, n_levels)
+    out = np.ascontiguousarray(inner).reshape(shape)
+    out[out < 0] = 0
+    return out
+
+
 def _watershed_from_distance(inside: np.ndarray, relief: np.ndarray, region: Optional[np.ndarray],
                              min_seed_distance: int, smoothing: float) -> tuple[np.ndarray, int]:
     """Fragments (uint32) of one 2-D or 3-D block and their count: seeds at the maxima of the
     distance to the boundary, grown over ``region`` along the boundary map ``relief``."""
     from scipy import ndimage
-    from skimage.segmentation import watershed
 
     if not inside.any():
         if region is not None and region.any():  # no interior at all: one fragment per connected piece
@@ -93,7 +204,7 @@ def _watershed_from_distance(inside: np.ndarray, relief: np.ndarray, region: Opt
     del dist
     seeds, n = ndimage.label(peaks)
     del peaks
-    labels = watershed(relief, seeds, mask=region).astype(np.uint32, copy=False)
+    labels = seeded_watershed(relief, seeds, region, backend=_BACKEND).astype(np.uint32, copy=False)
     del seeds
     if region is not None:  # foreground pieces no seed can reach (no interior): fragments of their own
         left = region & (labels == 0)
