@@ -133,3 +133,17 @@ def test_dock_large_zarr_goes_blockwise(make_napari_viewer, qtbot, tmp_path, sam
     assert len(np.unique(moved)) < len(np.unique(labels))
     # and the lazy relabelling is the agglomeration's own replay at that threshold
     np.testing.assert_array_equal(moved, w.segmentation.agglomeration.labels(0.9))
+
+    # the saved prediction opened lazily (File > Open) segments blockwise too; Cancel stops between blocks
+    path = w.prediction.provenance["prediction_zarr"]
+    opened = viewer.open(path, plugin="napari-segneuron")
+    assert all(isinstance(lay.data, da.Array) for lay in opened)
+    w.prediction = None
+    viewer.layers.selection.active = opened[0]
+    seen = len(messages)
+    w.runner._bridge.progressed.connect(lambda d, t, msg: w.runner.cancel() if msg == "fragments: block 2/8" else None)
+    _run(qtbot, w, "segment")
+    assert isinstance(w.prediction.foreground, da.Array)  # not read into memory
+    assert "fragments: block 2/8" in messages[seen:] and "graph: block 8/8" not in messages[seen:]
+    assert "prediction segmentation" not in viewer.layers  # cancelled: nothing changed
+    assert w.segmentation.layer.name == "big segmentation"

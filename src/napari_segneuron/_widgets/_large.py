@@ -107,3 +107,15 @@ def lazy_labels(agglomeration: Any, threshold: float, min_size: Optional[int] = 
     arr = da.from_zarr(frag) if hasattr(frag, "store") else da.asarray(frag)
     lut = agglomeration.lookup_table(threshold, min_size=min_size)
     return arr.map_blocks(lambda f: lut[f], dtype=np.uint32)
+
+
+def open_prediction(path: str):
+    """A prediction zarr group's (affinities, foreground) as dask arrays (nothing read)."""
+    import zarr
+
+    from ..io import InputError
+
+    root = zarr.open_group(str(path), mode="r")
+    if "affinities" not in root or "foreground" not in root:
+        raise InputError(f"{path} has no 'affinities' and 'foreground' arrays; is it a prediction?")
+    return _lazy(root["affinities"]), _lazy(root["foreground"])

@@ -961,11 +961,13 @@ class SegNeuronWidget(QWidget):
             path = md.get("source_path")
             if not path:
                 continue
+            large = _large.is_large(getattr(layer, "data", None))  # opened lazily and large: stay lazy
             try:
-                aff, fg = io.read_prediction(path)
+                aff, fg = _large.open_prediction(path) if large else io.read_prediction(path)
             except Exception:  # noqa: BLE001 - not a prediction: keep looking
                 continue
-            aff, fg = np.asarray(aff, dtype=np.float32), np.asarray(fg, dtype=np.float32)
+            if not large:
+                aff, fg = np.asarray(aff, dtype=np.float32), np.asarray(fg, dtype=np.float32)
             scale, translate = spatial_geometry(layer, 3)
             prov = dict(md.get("segneuron") or {})
             prov.setdefault("prediction", str(path))
