@@ -10,7 +10,11 @@ Prints, side by side in one run: on the unlabelled 250^3 FIB-25 cube (or its fir
 run in a fresh process) and the slider's update time; on the validation crop fib25_b
 VI and ARAND at the default threshold and at the best one.
 
-    python benchmarks/bench_fragments.py [--slices 100] [--scoring median] [--skip-old]
+It first times the distance fragments' watershed alone, skimage's heap (old) vs the numba
+bucket queue (new), on the cube and on fib25_b (with fib25_b's VI at the default threshold
+for each); ``--watershed-only`` stops there.
+
+    python benchmarks/bench_fragments.py [--slices 100] [--scoring median] [--skip-old] [--watershed-only]
 """
 from __future__ import annotations
 
@@ -82,6 +86,47 @@ def quality(pred: Path, gt_path: Path, method: str, scoring: str) -> dict:
                 best_arand=float(sweep.arand[b]), curve=[(float(t), float(v)) for t, v in zip(sweep.thresholds, sweep.vi)])
 
 
+def watershed_step(cube: Path, validation: Path, slices, scoring: str) -> None:
+    """agglomerate's fragment step (distance fragments) with skimage's watershed vs the bucket
+    queue, side by side in this process, and fib25_b's VI from each."""
+    import tifffile
+
+    from napari_segneuron.io import read_prediction
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD, agglomerate, evaluate
+    from napari_segneuron.segmentation import fragments as F
+
+    if F._numba_flood() is None:
+        print("numba unavailable: only skimage's watershed")
+        return
+    F.seeded_watershed(np.random.rand(4, 5, 6).astype(np.float32), np.ones((4, 5, 6), np.int32))  # compile
+    print(f"{'':34} {'skimage (old)':>14} {'bucket (new)':>14} {'new/old':>8}")
+    for name, path in (("cube", cube), ("fib25_b", validation)):
+        aff, fg = read_prediction(path)
+        z = slices if name == "cube" else None
+        aff = np.ascontiguousarray(aff[:, :z], dtype=np.float32)
+        fg = np.ascontiguousarray(fg[:z], dtype=np.float32)
+        res = {}
+        for be in ("skimage", "auto"):
+            F._BACKEND = be
+            marks: list = []
+            agg = agglomerate(aff, fg, fragments="distance", scoring=scoring,
+                              progress=lambda d, n, m="": marks.append((time.perf_counter(), m)))
+            start = next(i for i, (_, m) in enumerate(marks) if m == "computing fragments")
+            secs = marks[start + 1][0] - marks[start][0]
+            res[be] = (secs, agg.n_fragments, agg.labels(DEFAULT_THRESHOLD))
+            del agg
+        F._BACKEND = "auto"
+        (so, no, lo), (sn, nn, ln) = res["skimage"], res["auto"]
+        label = f"{name} {tuple(fg.shape)}"
+        print(f"{label + ' fragments s':34} {so:14.2f} {sn:14.2f} {sn / so:8.2f}")
+        print(f"{name + ' fragments':34} {no:14d} {nn:14d}")
+        if name == "fib25_b":
+            gt = tifffile.imread(DATA / "fib25_b_labels.tif")
+            vo, vn = evaluate(lo, gt).vi, evaluate(ln, gt).vi
+            print(f"{'fib25_b VI @ ' + str(DEFAULT_THRESHOLD):34} {vo:14.3f} {vn:14.3f}")
+        del aff, fg, res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prediction", type=Path, default=Path("/tmp/unlab_pred.zarr"))
@@ -89,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=None, help="only the first N slices of the cube")
     ap.add_argument("--scoring", default="median")
     ap.add_argument("--skip-old", action="store_true", help="do not run waterz's own seeds on the cube (minutes)")
+    ap.add_argument("--watershed-only", action="store_true", help="only time the watershed, old vs new")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -100,6 +146,10 @@ def main(argv=None) -> int:
         if not p.exists():
             print(f"missing {p}: make it with `napari-segneuron predict ... -o {p}` (see the docstring)")
             return 2
+    print(f"== distance fragments' watershed ({args.prediction}{', first %d slices' % args.slices if args.slices else ''}) ==")
+    watershed_step(args.prediction, args.validation, args.slices, args.scoring)
+    if args.watershed_only:
+        return 0
     methods = ["distance"] if args.skip_old else ["waterz", "distance"]
     print(f"scoring {args.scoring}, default threshold {DEFAULT_THRESHOLD}")
     print(f"\n== validation fib25_b ({args.validation}) ==")
