@@ -1,5 +1,7 @@
 """Every ```python block of README.md runs exactly as written: saved as a script file (no
-``if __name__ == "__main__"`` guard) and piped to ``python -``, in a fresh interpreter."""
+``if __name__ == "__main__"`` guard) and piped to ``python -``, in a fresh interpreter.
+Blocks fenced as ```python cluster need a real cluster (SLURM, dask-gateway): they are
+compiled, and the napari_segneuron names they use must exist."""
 from __future__ import annotations
 
 import os
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+TEXT = README.read_text(encoding="utf-8")
+BLOCKS = re.findall(r"^```python\n(.*?)^```", TEXT, flags=re.S | re.M)
+CLUSTER_BLOCKS = re.findall(r"^```python cluster\n(.*?)^```", TEXT, flags=re.S | re.M)
 
 
 def run_example(code: str, how: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -52,3 +56,15 @@ def test_readme_example_runs_as_written(index, how, tmp_path):
         assert n >= 5 and vi < 2.0 and arand < 0.6, out
     if "model grid" in out:
         assert re.search(r"model grid \(32, 48, 48\) -> labels \(32, 96, 96\)", out), out
+
+
+@pytest.mark.parametrize("index", range(len(CLUSTER_BLOCKS)))
+def test_cluster_examples_compile_and_name_real_functions(index):
+    import importlib
+
+    code = CLUSTER_BLOCKS[index]
+    compile(code, f"README cluster block {index}", "exec")
+    for module, names in re.findall(r"^from (napari_segneuron[\w.]*) import (.+)$", code, flags=re.M):
+        mod = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(mod, name), f"{module}.{name} named in README does not exist"
