@@ -4,7 +4,7 @@ A volume is cut into a grid of disjoint *blocks* (the "core" each task owns and 
 a task reads its block plus a *halo* of context around it. Two halos are used:
 
 - prediction: the halo is whatever the *global* tile grid of the in-memory predictor needs
-  (``TileGrid.tiles_for``): every tile that touches the block is run and blended exactly as
+  (``tiles_touching`` over ``Predictor.plan``): every tile that touches the block is run and blended exactly as
   ``Predictor.predict`` blends it over the whole volume, so the cropped block equals the
   whole-volume prediction up to float rounding, whatever the network's receptive field;
 - segmentation: a fixed margin of context voxels (``Block.outer``), clipped at the volume.
@@ -113,75 +113,6 @@ def grid_for(shape: Sequence[int], block: Sequence[int] | int, halo: Sequence[in
 # the predictor's global tile grid
 
 
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Start offsets along one axis; the last tile ends exactly at ``size`` (``size >= tile``)."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
-
-
-def fit_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
-    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers ``size``
-    with as many tiles as ``tile`` itself would need."""
-    if size <= tile:
-        return min(tile, -(-size // multiple) * multiple)
-    n = -(-(size - overlap) // (tile - overlap))
-    fitted = -(-(size + (n - 1) * overlap) // n)
-    fitted = -(-fitted // multiple) * multiple
-    return int(min(tile, max(fitted, overlap + multiple)))
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """Where the in-memory predictor puts its tiles on a volume of ``shape``: the tile size,
-    the start offsets per axis, and the padded extent (axes smaller than a tile are
-    mirror-padded to one tile)."""
-
-    shape: Triple
-    tile: Triple
-    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-    @property
-    def padded(self) -> Triple:
-        return tuple(max(s, t) for s, t in zip(self.shape, self.tile))  # type: ignore[return-value]
-
-    @classmethod
-    def for_volume(cls, shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int],
-                   multiple: Sequence[int] = (1, 16, 16), fit: bool = True) -> "TileGrid":
-        shape_t = as_triple(tuple(shape), "volume shape")
-        if fit:
-            t = tuple(fit_tile(n, tt, o, m) for n, tt, o, m in zip(shape_t, tile, overlap, multiple))
-        else:
-            t = tuple(min(tt, -(-n // m) * m) for n, tt, m in zip(shape_t, tile, multiple))
-        padded = tuple(max(s, tt) for s, tt in zip(shape_t, t))
-        strides = tuple(tt - min(o, tt - 1) for tt, o in zip(t, overlap))
-        starts = tuple(tuple(tile_starts(p, tt, st)) for p, tt, st in zip(padded, t, strides))
-        return cls(shape_t, t, starts)  # type: ignore[arg-type]
-
-    blend = "gaussian"
-    sigma = 0.5
-    floor = 1e-3
-
-    def box(self, index: Sequence[int]) -> tuple[slice, slice, slice]:
-        """The part of a tile that is written (tile coordinates): all of it, blended."""
-        return (slice(None),) * 3  # type: ignore[return-value]
-
-    def tiles_for(self, core: Sequence[slice]) -> tuple[list[list[int]], tuple[slice, slice, slice]]:
-        return tiles_touching(self, core)
-
-    def halo(self) -> Triple:
-        """The largest context (voxels beyond a block's core, either side) a block can need."""
-        return tuple(t - 1 for t in self.tile)  # type: ignore[return-value]
-
-    def n_tiles(self) -> int:
-        return int(np.prod([len(s) for s in self.starts]))
-
-    def tiles_run(self, grid: BlockGrid) -> int:
-        return tiles_run(self, grid)
-
-
 def _axis_box(plan, axis: int, i: int) -> tuple[int, int]:
     """Tile ``i``'s written part along ``axis`` in volume coordinates."""
     index = [0, 0, 0]
@@ -194,7 +125,7 @@ def _axis_box(plan, axis: int, i: int) -> tuple[int, int]:
 
 
 def tiles_touching(plan, core: Sequence[slice]) -> tuple[list[list[int]], tuple[slice, slice, slice]]:
-    """For a tile plan (``inference.TilePlan`` or ``TileGrid``: ``tile``, ``starts``, ``box``):
+    """For a tile plan (``inference.TilePlan``: ``tile``, ``starts``, ``box``):
     the tile indices per axis whose written part meets ``core``, and the region (padded
     coordinates) those tiles read: the block's prediction halo."""
     per_axis = []
@@ -226,13 +157,8 @@ def tiles_run(plan, grid: BlockGrid) -> int:
 
 
 def predictor_plan(predictor, shape: Sequence[int]):
-    """Where a ``Predictor`` puts its tiles on a volume of ``shape`` (its own ``plan`` when it
-    has one, else the fitted tile grid of the classic predictor)."""
-    if hasattr(predictor, "plan"):
-        return predictor.plan(tuple(int(s) for s in shape))
-    tiling = predictor.tiling
-    multiple = tuple(getattr(predictor, "multiple", (1, 16, 16)))
-    return TileGrid.for_volume(shape, tiling.tile, tiling.overlap, multiple, fit=bool(predictor.fit_tiles))
+    """Where a ``Predictor`` puts its tiles on a volume of ``shape`` (``Predictor.plan``)."""
+    return predictor.plan(tuple(int(s) for s in shape))
 
 
 def normalise_region(volume, region: Sequence[slice], shape: Triple, offset: float, scale: float) -> np.ndarray:
