@@ -1,6 +1,6 @@
 """napari sample data: a real FIB-SEM crop of Drosophila medulla (FIB-25) and its ground truth.
 
-50 x 100 x 200 voxels, about 10 nm isotropic; 87 neuron ids, 0 = membrane.
+50 x 100 x 200 voxels, about 20 nm isotropic by measurement (the default model declares 20 nm; see its model card); 87 neuron ids, 0 = membrane.
 Source: test data of janelia-flyem/gala (Janelia Farm BSD-style licence, HHMI;
 Nunez-Iglesias et al. 2014) and janelia-flyem/neuroproof_examples (CC-BY; Takemura et al. 2015).
 This crop is the one the bundled default model was finetuned on: it shows the workflow,
