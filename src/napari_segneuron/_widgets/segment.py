@@ -788,6 +788,21 @@ class SegNeuronWidget(QWidget):
             i += 1
         return name
 
+    def _predict_and_segment(self, predictor, volume, voxel, seg_settings, progress, cancel,
+                             worker: Optional[bool] = None):
+        """Predict then agglomerate in one task (Preview, Re-segment): the bar's first half is
+        the prediction, the second the segmentation. Returns (aff, fg, model grid, agg, labels)."""
+        def p_pred(done, total, msg=""):
+            progress(done, 2 * total, f"predict {msg}")
+
+        def p_seg(done, total, msg=""):
+            progress(total + done, 2 * total, f"segment {msg}")
+
+        grid: dict = {}
+        aff, fg = predictor.predict(volume, progress=p_pred, cancel=cancel, voxel_size=voxel, model_grid=grid)
+        agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid, worker=worker)
+        return aff, fg, grid, agg, agg.labels(seg_settings["threshold"])
+
     def resegment(self, layer=None, suffix: str = "adapted") -> bool:
         """Predict + segment ``layer`` (default: the chosen image) in one step with the loaded model.
 
@@ -814,17 +829,7 @@ class SegNeuronWidget(QWidget):
             provenance["voxel_size_nm"] = list(voxel)
 
         def work(progress, cancel):
-            def p_pred(done, total, msg=""):
-                progress(done, 2 * total, f"predict {msg}")
-
-            grid: dict = {}
-            aff, fg = predictor.predict(volume, progress=p_pred, cancel=cancel, voxel_size=voxel, model_grid=grid)
-
-            def p_seg(done, total, msg=""):
-                progress(total + done, 2 * total, f"segment {msg}")
-
-            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid)
-            return aff, fg, grid, agg, agg.labels(seg_settings["threshold"])
+            return self._predict_and_segment(predictor, volume, voxel, seg_settings, progress, cancel)
 
         def done(result):
             aff, fg, grid, agg, labels = result
@@ -918,20 +923,9 @@ class SegNeuronWidget(QWidget):
             provenance["voxel_size_nm"] = list(voxel)
 
         def work(progress, cancel):
-            crop = np.asarray(volume[region])
-
-            def p_pred(done, total, msg=""):
-                progress(done, 2 * total, f"predict {msg}")
-
-            grid: dict = {}
-            aff, fg = predictor.predict(crop, progress=p_pred, cancel=cancel, voxel_size=voxel, model_grid=grid)
-
-            def p_seg(done, total, msg=""):
-                progress(total + done, 2 * total, f"segment {msg}")
-
-            agg = self._agglomerate(aff, fg, seg_settings, progress=p_seg, cancel=cancel, model_grid=grid,
-                                    worker=False if small else None)
-            labels = agg.labels(seg_settings["threshold"])
+            _, _, _, agg, labels = self._predict_and_segment(
+                predictor, np.asarray(volume[region]), voxel, seg_settings, progress, cancel,
+                worker=False if small else None)
             return agg, labels
 
         def done(result):
