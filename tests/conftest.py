@@ -221,3 +221,25 @@ def notifications(monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+#: the sample corner the training-dock tests train on
+TRAINING_CROP = (slice(0, 16), slice(0, 64), slice(0, 96))
+
+
+@pytest.fixture
+def small_training_setup():
+    """A function that puts the sample corner (image 'em', labels 'truth') in a viewer and
+    points a training dock at it with a small, fast CPU configuration."""
+    def setup(viewer, train):
+        from napari_segneuron._sample_data import load_labels, load_raw
+
+        viewer.add_image(load_raw()[TRAINING_CROP], name="em")
+        viewer.add_labels(load_labels()[TRAINING_CROP].astype(np.uint32), name="truth")
+        train.image_combo.set_value(viewer.layers["em"])
+        train.labels_combo.set_value(viewer.layers["truth"])
+        train.settings.crop.value = (8, 32, 32)
+        train.settings.batch_size.value = 1
+        train.settings.device.value = "cpu"
+
+    return setup

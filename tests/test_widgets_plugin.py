@@ -32,21 +32,9 @@ def plugin_docks(make_napari_viewer):
     return viewer, seg, train
 
 
-def small_training_setup(viewer, train):
-    from napari_segneuron._sample_data import load_labels, load_raw
-
-    viewer.add_image(load_raw()[CROP], name="em")
-    viewer.add_labels(load_labels()[CROP].astype(np.uint32), name="truth")
-    train.image_combo.set_value(viewer.layers["em"])
-    train.labels_combo.set_value(viewer.layers["truth"])
-    train.settings.crop.value = (8, 32, 32)
-    train.settings.batch_size.value = 1
-    train.settings.device.value = "cpu"
-
-
 # -- training dock ------------------------------------------------------------------------
 def test_training_dock_finds_the_model_loaded_in_the_segneuron_dock(plugin_docks, qtbot, tmp_path, notifications,
-                                                                    tiny_checkpoint):
+                                                                    tiny_checkpoint, small_training_setup):
     viewer, seg, train = plugin_docks
     # napari hands each plugin dock its own proxy: an identity test on the viewer fails
     assert train.viewer is not seg.viewer
@@ -79,7 +67,8 @@ def test_training_dock_finds_the_model_loaded_in_the_segneuron_dock(plugin_docks
     assert str(ckpt) in train.status_label.text()
 
 
-def test_fresh_weights_build_the_compact_default_architecture(plugin_docks, qtbot, tmp_path, notifications):
+def test_fresh_weights_build_the_compact_default_architecture(plugin_docks, qtbot, tmp_path, notifications,
+                                                              small_training_setup):
     from napari_segneuron._model import fetch_weights, load_model
 
     viewer, seg, train = plugin_docks
@@ -99,7 +88,7 @@ def test_fresh_weights_build_the_compact_default_architecture(plugin_docks, qtbo
 
 
 def test_cancel_stops_within_an_iteration_and_the_bar_says_cancelled(plugin_docks, qtbot, tmp_path, notifications,
-                                                                     tiny_model_cpu):
+                                                                     tiny_model_cpu, small_training_setup):
     viewer, seg, train = plugin_docks
     seg.set_model(tiny_model_cpu)
     small_training_setup(viewer, train)

@@ -11,22 +11,14 @@ CROP = (slice(0, 16), slice(0, 64), slice(0, 96))
 
 
 @pytest.fixture
-def docks(make_napari_viewer, tiny_model_cpu):
-    from napari_segneuron._sample_data import load_labels, load_raw
-
+def docks(make_napari_viewer, tiny_model_cpu, small_training_setup):
     viewer = make_napari_viewer()
     seg = SegNeuronWidget(viewer)
     viewer.window.add_dock_widget(seg, name="SegNeuron")
     seg.set_model(tiny_model_cpu)
     train = TrainingWidget(viewer)
     viewer.window.add_dock_widget(train, name="SegNeuron training")
-    viewer.add_image(load_raw()[CROP], name="em")
-    viewer.add_labels(load_labels()[CROP].astype(np.uint32), name="truth")
-    train.image_combo.set_value(viewer.layers["em"])
-    train.labels_combo.set_value(viewer.layers["truth"])
-    train.settings.crop.value = (8, 32, 32)
-    train.settings.batch_size.value = 1
-    train.settings.device.value = "cpu"
+    small_training_setup(viewer, train)
     return viewer, seg, train
 
 
