@@ -105,7 +105,7 @@ class CropSource:
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 3.0) -> torch.Tensor:
     """Weighted BCE + soft Dice (the foreground is a few % of a crop)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight))
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(pos_weight, device=logits.device))
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     soft_dice = 1 - (2 * inter + 1) / (p.sum() + target.sum() + 1)
@@ -137,18 +137,26 @@ class LMTrainer:
         for _ in range(steps):
             frac = min(1.0, self.step / max(1, total))
             scale = min(1.0, (self.step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-            for g in self.opt.param_groups:
-                g["lr"] = lr * scale * g.get("lr_scale", 1.0)
-            x, y = source.batch(self.rng, batch_size)
-            loss = loss_fn(self.model.forward_logits(x), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
-            self.step += 1
-            run.append(loss.item())
+            run.append(self.train_step(source, batch_size, lr * scale))
         self.losses.extend(run)
         return float(np.mean(run)) if run else float("nan")
+
+    def train_step(self, source: CropSource, batch_size: int, lr: float, device=None) -> float:
+        """One optimiser step at learning rate ``lr`` (times each group's ``lr_scale``); returns the loss."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        x, y = source.batch(self.rng, batch_size)
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        loss = loss_fn(self.model.forward_logits(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the LM training loss became {loss.item()} at step {self.step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        return loss.item()
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
