@@ -84,3 +84,40 @@ def test_minutes_must_be_positive(tmp_path, block, capsys):
     rc = main(["finetune", str(block["raw"]), str(block["lab"]), "--minutes", "0", "-o", str(tmp_path / "x.pt")])
     assert rc != 0
     assert "--minutes" in capsys.readouterr().err
+
+
+def test_voxel_size_trains_on_the_model_grid_and_declares_it(tmp_path, capsys):
+    """A block at 10 nm (fib25_a's 20 nm grid upsampled 2x in y, x) is moved back to the default
+    model's 20 nm grid before training, and the adapted checkpoint declares 20 nm, so prediction
+    resamples the user's stack exactly as it does for the starting model."""
+    from napari_segneuron.resample import resample_image, resize_labels
+
+    raw = tifffile.imread(str(DATA / "fib25_a_raw.tif"))[:16, :48, :48]
+    lab = tifffile.imread(str(DATA / "fib25_a_labels.tif"))[:16, :48, :48]
+    fine_raw = resample_image(raw, (20.0, 20.0, 20.0), (20.0, 10.0, 10.0))
+    fine_lab = resize_labels(lab, fine_raw.shape)
+    assert fine_raw.shape == (16, 96, 96) and fine_raw.dtype == np.uint8
+    back = resample_image(fine_raw, (20.0, 10.0, 10.0), (20.0, 20.0, 20.0))
+    assert back.shape == raw.shape
+    assert np.corrcoef(back.ravel().astype(float), raw.ravel().astype(float))[0, 1] > 0.9
+    paths = {k: tmp_path / f"{k}.tif" for k in ("raw", "lab")}
+    tifffile.imwrite(paths["raw"], fine_raw)
+    tifffile.imwrite(paths["lab"], fine_lab)
+    out = tmp_path / "adapted.pt"
+    rc = main(["finetune", str(paths["raw"]), str(paths["lab"]), "--weights", "default", "--voxel-size",
+               "20,10,10", "--iterations", "2", "--crop", "16,32,32", "--threads", "1", "-o", str(out)])
+    assert rc == 0
+    assert "(16, 48, 48) at the model's (20.0, 20.0, 20.0) nm" in capsys.readouterr().err
+    meta = read_checkpoint(out)["metadata"]
+    assert meta["voxel_size_nm"] == [20.0, 20.0, 20.0]
+    assert meta["adapted_on_voxel_size_nm"] == [20.0, 10.0, 10.0]
+
+
+def test_bad_voxel_size_is_one_clear_line(tmp_path, block, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", str(block["raw"]), str(block["lab"]), "--voxel-size", "0,10,10",
+              "--iterations", "1", "-o", str(tmp_path / "x.pt")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--voxel-size: expected three positive numbers" in err and "Traceback" not in err
+    assert not (tmp_path / "x.pt").exists()

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._cli_common import triple
+from ._cli_common import float_triple, triple
 
 
 def add_parser(subparsers) -> None:
@@ -41,6 +41,10 @@ def add_parser(subparsers) -> None:
     f.add_argument("--minutes", type=float, default=None, metavar="M",
                    help="wall-clock budget: train for M minutes with the learning-rate schedule spread over "
                         "that time (iterations then only cap it when given explicitly)")
+    f.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
+                   help="voxel size of IMAGE in nm: the block is resampled to the voxel size the starting "
+                        "model declares (as prediction does) and the checkpoint declares that grid; without a "
+                        "declared model voxel size the checkpoint declares this one")
     f.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser(
@@ -125,6 +129,9 @@ def run_finetune(args) -> int:
     val_img = _read(args.val_image) if args.val_image else None
     val_lab = _read(args.val_labels) if args.val_labels else None
     model = None if args.weights.lower() == "none" or args.resume else args.weights
+    extra = {}
+    if args.voxel_size is not None:
+        model, image, labels, mask, extra = to_model_grid(model, image, labels, mask, args.voxel_size)
     iterations, limit_s = _budget(args)
     bar = _progress("finetune") if limit_s is None else _TimeProgress(_progress("finetune (s)"), limit_s)
     try:
@@ -136,13 +143,40 @@ def run_finetune(args) -> int:
                      else 0, resume=args.resume, device=None if args.device == "auto" else args.device,
                      seed=args.seed, threads=args.threads, kn=_kn(args.kn), progress=bar,
                      balance=not args.no_balance, ema_decay=args.ema, mixed_precision=args.mixed_precision,
-                     time_limit_s=limit_s, time_schedule=limit_s is not None,
+                     time_limit_s=limit_s, time_schedule=limit_s is not None, metadata=extra or None,
                      log=lambda s: print(s, file=sys.stderr) if "validation" in s else None)
     finally:
         bar.close()
     print(f"wrote {r.checkpoint} after {r.iterations} iterations"
           + (f"; best validation {r.best_score} in {r.best_checkpoint}" if r.best_checkpoint else ""))
     return 0
+
+
+def to_model_grid(model, image, labels, mask, voxel_size):
+    """Move a training block to the grid the starting model declares (image linear with
+    anti-aliasing, labels and mask nearest); returns the loaded model, the arrays and the
+    checkpoint metadata that declares the grid trained on."""
+    from .resample import needs_resampling, parse_voxel_size, resample_image, resize_labels
+
+    voxel = parse_voxel_size(voxel_size)
+    model_voxel = None
+    if model is not None:
+        from ._model import fetch_weights, load_model
+        from .training.finetune import resolve_model
+
+        path = model if Path(str(model)).is_file() else fetch_weights(str(model))
+        info = load_model(path, device="cpu").info
+        model_voxel = tuple(info["voxel_size_nm"]) if info.get("voxel_size_nm") else None
+        model = resolve_model(str(path))
+    meta = {"voxel_size_nm": list(model_voxel or voxel), "adapted_on_voxel_size_nm": list(voxel)}
+    if not needs_resampling(voxel, model_voxel):
+        return model, image, labels, mask, meta
+    image2 = resample_image(image, voxel, model_voxel)
+    labels2 = resize_labels(labels, image2.shape)
+    mask2 = None if mask is None else resize_labels(mask, image2.shape)
+    print(f"training block resampled from {tuple(image.shape)} at {voxel} nm to {tuple(image2.shape)} at the "
+          f"model's {model_voxel} nm", file=sys.stderr)
+    return model, image2, labels2, mask2, meta
 
 
 #: iteration cap for a pure time budget (the schedule follows the clock, so it is never reached in practice)

@@ -94,6 +94,24 @@ def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
+def resample_image(volume: np.ndarray, voxel: Voxel, model_voxel: Voxel) -> np.ndarray:
+    """A whole (small) stack moved to the model grid: Gaussian anti-aliasing on shrunk axes, then
+    linear interpolation, centres aligned as in prediction. Keeps the dtype (integers rounded and
+    clipped), so a resampled training block is normalised exactly like the original."""
+    a = np.asarray(volume)
+    factors = [m / v for v, m in zip(voxel, model_voxel)]  # input voxels per model voxel
+    shape = model_grid_shape(a.shape, voxel, model_voxel)
+    work = a.astype(np.float32)
+    sigmas = [max(0.0, (f - 1.0) / 2.0) for f in factors]
+    if any(sigmas):
+        work = ndimage.gaussian_filter(work, sigmas, mode="nearest")
+    out = _resample_block(work, factors, (0, 0, 0), (0, 0, 0), shape)
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(a.dtype)
+
+
 def _resample_block(block: np.ndarray, factors: Sequence[float], start_in: Sequence[float],
                     start_out: Sequence[float], out_shape: Sequence[int], order: int = 1) -> np.ndarray:
     """Resampling: output index o (offset ``start_out``) reads input coordinate
