@@ -200,3 +200,79 @@ def test_bad_inputs_give_clear_errors(render, tmp_path):
     with pytest.raises(TrainingInputError, match="5×14×14"):  # the bundled model's patch
         finetune_lm(None, img[:4], mask[:4], iterations=1)
     assert not list(tmp_path.iterdir())
+
+
+# -- the training dock ----------------------------------------------------------------------
+def test_training_dock_finetunes_the_lm_model(make_napari_viewer, qtbot, tmp_path, notifications):
+    """Model LM: labels layer and Shapes (SWC paths) targets, the LM dock's model in and out."""
+    from napari.layers import Shapes
+
+    from napari_segneuron._model.vit3d import save_vit3d
+    from napari_segneuron._widgets.trace import TraceWidget
+    from napari_segneuron._widgets.train import (MODEL_EM, MODEL_LM, PRETRAIN, START_LM_DOCK, TrainingWidget,
+                                                 find_trace_dock)
+    from napari_segneuron.swc_layers import swc_layer_data
+
+    viewer = make_napari_viewer()
+    r = render_sample(np.random.default_rng(5), (12, 48, 48))
+    viewer.add_image(r.stack, name="lm", scale=r.voxel_size)
+    viewer.add_labels(r.mask.astype(np.uint8), name="neuron", scale=r.voxel_size)
+    start = save_vit3d(tiny_model(), tmp_path / "tiny_start.pt", metadata={"name": "tiny", "threshold": 0.4})
+    _, trace = viewer.window.add_plugin_dock_widget("napari-segneuron", "Trace neurons (LM)")
+    assert isinstance(trace, TraceWidget)
+    trace.weights_combo.insertItem(0, str(start))
+    trace.weights_combo.setCurrentIndex(0)
+    _, train = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron training")
+    assert isinstance(train, TrainingWidget) and find_trace_dock(train.viewer) is trace
+
+    train.image_combo.set_value(viewer.layers["lm"])
+    train.labels_combo.set_value(viewer.layers["neuron"])
+    assert train.family.currentText() == MODEL_EM  # a Labels layer alone does not pick the family
+    train.family.setCurrentText(MODEL_LM)
+    assert tuple(train.settings.crop.value) == (20, 112, 112) and train.settings.lr.value == pytest.approx(3e-4)
+    assert train.start_combo.currentText() == START_LM_DOCK and train.mask_combo.isHidden()
+    assert "neuron voxels" in train.update_mask_note()
+    train.settings.iterations.value = 3
+    train.settings.minutes.value = 0
+    train.settings.lr.value = 1e-3
+    train.settings.device.value = "cpu"
+    ckpt = tmp_path / "lm-ft.pt"
+    train.settings.save_to.value = str(ckpt)
+    train.train()
+    qtbot.waitUntil(lambda: not train.runner.busy, timeout=120_000)
+    assert [m for lvl, m in notifications if lvl == "error"] == []
+    assert ckpt.exists() and len(train.loss_plot.points) == 3
+    assert str(ckpt) in train.status_label.text() and "tiny" in train.status_label.text()
+    # the LM dock now uses the new model; it kept the start's threshold
+    assert trace.weights_combo.currentText() == str(ckpt) and trace._model is train.lm_model
+    assert trace._load_model() is train.lm_model
+    assert train.lm_model.info["metadata"]["threshold"] == 0.4 and train.lm_model.info["metadata"]["steps"] == 3
+
+    # a traced Shapes layer as the target selects LM by itself and trains from the new model
+    train.family.setCurrentText(MODEL_EM)
+    nodes = r.nodes.copy()
+    nodes[:, 2:5] *= np.array(r.voxel_size)[::-1]
+    paths, kwargs, _ = swc_layer_data(nodes, r.voxel_size, name="lm SWC")
+    layer = viewer.add_shapes(paths, **kwargs)
+    assert isinstance(layer, Shapes)
+    train.labels_combo.set_value(layer)
+    assert train.family.currentText() == MODEL_LM
+    _, mask, note = train.lm_target()
+    assert dice(mask, r.mask) > 0.99 and "SWC radius" in note
+    train.settings.iterations.value = 2
+    train.train()
+    qtbot.waitUntil(lambda: not train.runner.busy, timeout=120_000)
+    second = tmp_path / "lm-ft-2.pt"  # never replaces the first
+    assert second.exists() and str(second) in train.status_label.text()
+    assert "lm-ft" in train.status_label.text() and trace.weights_combo.currentText() == str(second)
+    assert train.lm_model.info["metadata"]["steps"] == 5
+
+    # Pretrain is EM only; EM refuses a Shapes target
+    train.mode.setCurrentText(PRETRAIN)
+    train.train()
+    assert notifications[-1][0] == "error" and "EM model only" in notifications[-1][1]
+    train.mode.setCurrentIndex(0)
+    train.family.setCurrentText(MODEL_EM)
+    assert tuple(train.settings.crop.value) == (16, 96, 96) and not train.mask_combo.isHidden()
+    train.train()
+    assert notifications[-1][0] == "error" and "Shapes layer" in notifications[-1][1]

@@ -11,6 +11,10 @@ checkpoint. "fresh weights" builds the compact architecture of the bundled defau
 Pretrain: masked image + HOG reconstruction on one or more image layers; the checkpoint
 is then the starting point of a finetune. Cancel stops within the current iteration
 (the weights of the last finished step are saved).
+Model LM: Finetune trains the light-microscopy model of the "Trace neurons (LM)" dock
+(``training.lm_finetune``) on an LM stack with a Labels layer (> 0 = neuron) or a Shapes
+layer of SWC paths (a tracing) rasterised into tubes with the image's scale; picking a
+Shapes layer selects LM by itself. The new model goes to the LM dock when it is open.
 """
 from __future__ import annotations
 
@@ -50,6 +54,12 @@ MASK_BOX = "painted box (auto)"
 MASK_ALL = "whole volume annotated"
 ADAPTED_SUFFIX = "adapted"
 NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training
+MODEL_EM = "EM (SegNeuron)"
+MODEL_LM = "LM (light microscopy)"
+START_LM_DOCK = "model of the LM dock (else lm_default)"
+START_LM_DEFAULT = "bundled lm_default"
+#: Settings a model family starts with (crop, learning rate); each family keeps its own edits
+FAMILY_SETTINGS = {MODEL_EM: {"crop": (16, 96, 96), "lr": 1e-3}, MODEL_LM: {"crop": (20, 112, 112), "lr": 3e-4}}
 
 
 def painted_box(labels: np.ndarray) -> Optional[tuple[tuple[int, int], ...]]:
@@ -192,6 +202,32 @@ def find_segneuron_dock(viewer):
     return None
 
 
+def find_trace_dock(viewer):
+    """The "Trace neurons (LM)" dock of this viewer, if one is open."""
+    from .trace import TraceWidget
+
+    try:
+        docks = dict(unwrap_viewer(viewer).window.dock_widgets)
+    except Exception:  # noqa: BLE001 - no window (headless viewer)
+        return None
+    for widget in docks.values():
+        inner = unwrap_viewer(widget)
+        if isinstance(inner, TraceWidget):
+            return inner
+        for child in getattr(inner, "findChildren", lambda *_: [])(TraceWidget):
+            return child
+    return None
+
+
+def give_trace_dock(dock, model, path: Path) -> None:
+    """Make the LM dock use ``model`` (loaded from ``path``): its Model box shows the file."""
+    key = str(path)
+    if dock.weights_combo.findText(key) < 0:
+        dock.weights_combo.insertItem(0, key)
+    dock.weights_combo.setCurrentText(key)
+    dock._model, dock._model_key = model, key  # the dock's cache: its next Predict uses this model
+
+
 def default_architecture() -> tuple[tuple[int, ...], str]:
     """(kn, fmu) of the bundled default model: "fresh weights" build this compact network."""
     from .._model import fetch_weights, load_model
@@ -264,6 +300,7 @@ class TrainingWidget(QWidget):
 
         self.viewer = napari_viewer
         self.model = None  # the last trained MNet (also handed to the SegNeuron dock)
+        self.lm_model = None  # the last trained LM model (also handed to the LM dock)
         self.pretrained_checkpoint: Optional[Path] = None
         self.last_result = None
         self._trained_image = None  # the image layer of the last finetune (re-segmented afterwards)
@@ -272,6 +309,19 @@ class TrainingWidget(QWidget):
 
         box = QGroupBox("Training data")
         form = QFormLayout(box)
+        self.family = QComboBox()
+        self.family.addItems([MODEL_EM, MODEL_LM])
+        self.family.setToolTip(
+            "Which model trains.\n"
+            "EM: SegNeuron (the SegNeuron dock's model) from an EM stack and its neuron labels.\n"
+            "LM: the light-microscopy model of the 'Trace neurons (LM)' dock, from an LM stack and either a "
+            "Labels layer (> 0 = neuron) or a Shapes layer of SWC paths (a tracing, e.g. from Trace, corrected), "
+            "drawn as tubes of the SWC radius with the image's scale.\n"
+            "Choosing a Shapes layer as Labels switches to LM by itself. Pretrain is for EM only."
+        )
+        self._family_settings = {k: dict(v) for k, v in FAMILY_SETTINGS.items()}
+        self._family_now = MODEL_EM
+        form.addRow("Model", self.family)
         self.mode = QComboBox()
         self.mode.addItems([FINETUNE, PRETRAIN])
         self.mode.setToolTip(
@@ -285,10 +335,13 @@ class TrainingWidget(QWidget):
         ff = QFormLayout(ft)
         ff.setContentsMargins(0, 0, 0, 0)
         self.image_combo = LayerCombo(self.viewer, (napari.layers.Image,), placeholder="(open an EM image)")
-        self.image_combo.setToolTip("The EM stack the labels belong to")
+        self.image_combo.setToolTip("The stack the labels belong to (EM, or LM with Model LM)")
         ff.addRow("Image", self.image_combo)
-        self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels,), placeholder="(no labels)")
-        self.labels_combo.setToolTip("Neuron ids of the same shape as the image; 0 = membrane/background")
+        self.labels_combo = LayerCombo(self.viewer, (napari.layers.Labels, napari.layers.Shapes),
+                                       placeholder="(no labels)")
+        self.labels_combo.setToolTip(
+            "EM: neuron ids of the same shape as the image; 0 = membrane/background.\n"
+            "LM: a Labels layer (> 0 = neuron) or a Shapes layer of SWC paths (choosing one selects Model LM)")
         ff.addRow("Labels", self.labels_combo)
         self.mask_combo = MaskCombo(self.viewer, (napari.layers.Labels,))
         self.mask_combo.setToolTip(
@@ -306,6 +359,7 @@ class TrainingWidget(QWidget):
             "weights, or the checkpoint of the last Pretrain run"
         )
         ff.addRow("Start", self.start_combo)
+        self._finetune_form = ff
         self.pages.addWidget(ft)
         # pretrain page
         pt = QWidget()
@@ -364,9 +418,13 @@ class TrainingWidget(QWidget):
         self._mask_timer.timeout.connect(self.update_mask_note)
         self._watched_labels = None
         self.labels_combo.currentTextChanged.connect(lambda _t: self._watch_labels())
+        self.labels_combo.currentTextChanged.connect(lambda _t: self._follow_target())
+        self.family.currentTextChanged.connect(lambda _t: self._family_changed())
         self.mask_combo.currentTextChanged.connect(lambda _t: self._mask_timer.start())
         self.image_combo.currentTextChanged.connect(lambda _t: self._mask_timer.start())
         self._watch_labels()
+        self._start_choice = {MODEL_EM: START_LOADED, MODEL_LM: START_LM_DOCK}
+        self._follow_target()
         self.mode.currentIndexChanged.connect(self.pages.setCurrentIndex)
         self.mode.currentIndexChanged.connect(lambda _i: self._refresh_pretrain_list())
         ev = self.viewer.layers.events
@@ -374,6 +432,95 @@ class TrainingWidget(QWidget):
         ev.removed.connect(self._refresh_pretrain_list)
         self._refresh_pretrain_list()
         self.setMinimumWidth(300)
+
+    # -- model family ----------------------------------------------------------------------
+    def is_lm(self) -> bool:
+        """Whether the LM (light-microscopy) model is the one that trains."""
+        return self.family.currentText() == MODEL_LM
+
+    def _follow_target(self) -> None:
+        """A Shapes layer (SWC paths) as the target can only train the LM model: select it."""
+        import napari.layers
+
+        if isinstance(self.labels_combo.value(), napari.layers.Shapes) and not self.is_lm():
+            self.family.setCurrentText(MODEL_LM)
+
+    def _family_changed(self) -> None:
+        """Swap the start choices, the mask row and the per-family crop / learning rate."""
+        old, new = self._family_now, self.family.currentText()
+        lm = new == MODEL_LM
+        if old != new:
+            values = self.settings.asdict()
+            self._family_settings[old] = {"crop": tuple(values["crop"]), "lr": float(values["lr"])}
+            self._start_choice[old] = self.start_combo.currentText()
+            self.settings.crop.value = self._family_settings[new]["crop"]
+            self.settings.lr.value = self._family_settings[new]["lr"]
+            self._family_now = new
+        self.start_combo.blockSignals(True)
+        self.start_combo.clear()
+        self.start_combo.addItems([START_LM_DOCK, START_LM_DEFAULT] if lm else [START_LOADED, START_FRESH,
+                                                                                 START_PRETRAINED])
+        self.start_combo.setCurrentText(self._start_choice.get(new, ""))
+        self.start_combo.blockSignals(False)
+        self.start_combo.setToolTip(
+            "LM: the model chosen in the 'Trace neurons (LM)' dock (else the last LM model trained here, else "
+            "lm_default), or the bundled lm_default" if lm else
+            "Which weights training starts from: the model loaded in the SegNeuron dock, fresh random "
+            "weights, or the checkpoint of the last Pretrain run")
+        label = self._finetune_form.labelForField(self.mask_combo)
+        for widget in (self.mask_combo, label):
+            if widget is not None:
+                widget.setVisible(not lm)  # LM trains on the whole stack
+        self.resegment_button.setVisible(not lm)
+        self._mask_timer.start()
+
+    def lm_target(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """(image, neuron mask, one-line description) of an LM finetune; raises InputError.
+
+        The target is a Labels layer (> 0 = neuron) or a Shapes layer whose paths are drawn
+        as tubes (SWC radius from the layer's metadata, else one voxel) on the image's grid,
+        through each layer's scale and translate.
+        """
+        import napari.layers
+
+        from ..io import InputError
+        from ..training.lm_finetune import paths_to_mask
+        from ._common import spatial_geometry
+
+        image_layer = self.image_combo.value()
+        image = self._volume(image_layer, "image")
+        target = self.labels_combo.value()
+        if target is None:
+            raise InputError("Choose the target: a Labels layer (> 0 = neuron) or a Shapes layer of SWC paths")
+        if isinstance(target, napari.layers.Shapes):
+            if target.ndim < 3:
+                raise InputError(f"The Shapes layer '{target.name}' is {target.ndim}D: draw the paths in 3D over "
+                                 "the LM stack (or trace it in the 'Trace neurons (LM)' dock)")
+            paths = [np.asarray(d)[:, -3:] for d, kind in zip(target.data, target.shape_type)
+                     if kind in ("path", "line")]
+            if not paths:
+                raise InputError(f"The Shapes layer '{target.name}' holds no paths: trace the neuron ('Trace neurons "
+                                 "(LM)' dock) or draw paths along it")
+            iscale, itranslate = spatial_geometry(image_layer)
+            sscale, stranslate = spatial_geometry(target)
+            radius = dict((target.metadata or {}).get("swc_radius") or {})
+            mask = paths_to_mask(paths, image.shape, iscale, path_scale=sscale, radius=radius,
+                                 offset=tuple(a - b for a, b in zip(stranslate, itranslate)))
+            if not mask.any():
+                raise InputError(f"The paths of '{target.name}' lie outside the image '{image_layer.name}'")
+            tubes = "tubes of their SWC radius" if radius else "tubes of one voxel radius (no SWC radii)"
+            note = (f"Target: {len(paths)} paths of '{target.name}' drawn as {tubes}, {int(mask.sum())} neuron "
+                    "voxels; the whole stack trains")
+            return image, mask, note
+        labels = self._volume(target, "labels")
+        if labels.shape != image.shape:
+            raise InputError(f"The labels '{target.name}' are {'×'.join(map(str, labels.shape))} but the image "
+                             f"'{image_layer.name}' is {'×'.join(map(str, image.shape))}")
+        mask = labels > 0
+        if not mask.any():
+            raise InputError(f"Nothing is painted in '{target.name}': paint the neuron (values > 0) first")
+        note = f"Target: the {int(mask.sum())} neuron voxels (> 0) of '{target.name}'; the whole stack trains"
+        return image, mask, note
 
     # -- helpers ---------------------------------------------------------------------------
     def _refresh_pretrain_list(self, event=None) -> None:
@@ -490,10 +637,13 @@ class TrainingWidget(QWidget):
     def update_mask_note(self) -> str:
         """Describe the mask the next Train will use (or why there is none) in the dock."""
         try:
-            image = self._volume(self.image_combo.value(), "image")
-            labels = self._volume(self.labels_combo.value(), "labels")
-            self._check_labels(image, labels)
-            _, text = self.mask_region(labels, image.shape)
+            if self.is_lm():
+                _, _, text = self.lm_target()
+            else:
+                image = self._volume(self.image_combo.value(), "image")
+                labels = self._volume(self.labels_combo.value(), "labels")
+                self._check_labels(image, labels)
+                _, text = self.mask_region(labels, image.shape)
             colour = ""
         except Exception as exc:  # noqa: BLE001 - shown in the note, not as an error
             text, colour = str(exc), "color: #f0a030;"
@@ -516,10 +666,15 @@ class TrainingWidget(QWidget):
 
     @staticmethod
     def _volume(layer, what: str) -> np.ndarray:
+        import napari.layers
+
         from ..io import InputError, as_volume
 
         if layer is None:
             raise InputError(f"Choose the {what} layer")
+        if isinstance(layer, napari.layers.Shapes):
+            raise InputError(f"'{layer.name}' is a Shapes layer: paths train the LM model only (set Model to LM); "
+                             "the EM model needs a Labels layer")
         if getattr(layer, "rgb", False):
             raise InputError(f"'{layer.name}' is an RGB image; training needs a greyscale EM stack")
         vol = as_volume(layer.data, name=f"{what} '{layer.name}'", rgb=False)
@@ -527,9 +682,14 @@ class TrainingWidget(QWidget):
 
     # -- training --------------------------------------------------------------------------
     def train(self) -> None:
+        from ..io import InputError
+
         try:
             if self.mode.currentText() == FINETUNE:
-                job = self._finetune_job()
+                job = self._lm_finetune_job() if self.is_lm() else self._finetune_job()
+            elif self.is_lm():
+                raise InputError("Pretrain trains the EM model only: set Model to EM to pretrain, or Finetune the "
+                                 "LM model (it starts from the trained lm_default)")
             else:
                 job = self._pretrain_job()
         except Exception as exc:  # noqa: BLE001
@@ -613,6 +773,75 @@ class TrainingWidget(QWidget):
             self.resegment_button.setEnabled(True)
         else:
             msg = f"Training {what}; weights saved to {result.checkpoint} (load them in the SegNeuron dock)"
+        self.status_label.setText(msg)
+        (notify_warning if result.cancelled else notify_info)(msg)
+
+    def _lm_start(self):
+        """(model or registry name / checkpoint file, description) an LM finetune starts from."""
+        from .trace import CHECKPOINT_ITEM
+
+        if self.start_combo.currentText() == START_LM_DOCK:
+            dock = find_trace_dock(self.viewer)
+            if dock is not None:
+                key = dock.weights_combo.currentText()
+                if dock._model is not None and dock._model_key == key:
+                    return dock._model, f"the LM dock's model '{dock._model.info.get('name')}'"
+                if key and key != CHECKPOINT_ITEM:
+                    return key, f"the LM dock's '{Path(key).name}'"
+            if self.lm_model is not None:
+                return self.lm_model, f"the last LM model trained here '{self.lm_model.info.get('name')}'"
+        return "lm_default", "the bundled lm_default"
+
+    def _lm_finetune_job(self):
+        image, mask, note = self.lm_target()
+        self.mask_note.setText(note)
+        self.mask_note.setStyleSheet("")
+        settings = self._settings()
+        start, start_text = self._lm_start()
+        ckpt = self._checkpoint_path("finetune-lm")
+        bridge = self._loss_bridge
+        minutes = settings["time_limit_s"] / 60.0 if settings["time_limit_s"] else None
+        iterations = settings["iterations"] if settings["iterations"] < NO_CAP else None
+        self._lm_start_text = start_text
+
+        def work(progress, cancel):
+            from ..training.finetune import TrainingCancelled
+            from ..training.lm_finetune import finetune_lm
+
+            try:
+                return finetune_lm(
+                    start, image, mask, minutes=minutes, iterations=iterations, crop=settings["crop"],
+                    batch_size=settings["batch_size"], lr=settings["lr"], checkpoint=ckpt, device=settings["device"],
+                    progress=progress, cancel=cancel, loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
+                    metadata={"trained_in": "napari-segneuron training dock"},
+                )
+            except TrainingCancelled as exc:
+                return exc.result
+
+        return "Finetune (LM)", work, self._lm_finetune_done
+
+    def _lm_finetune_done(self, result) -> None:
+        from .._model.vit3d import load_vit3d
+
+        self.last_result = result
+        if result.checkpoint is None:
+            notify_warning("LM training stopped before its first step finished; nothing was saved")
+            return
+        device = self.settings.device.value
+        model = load_vit3d(result.checkpoint, device=None if device == "auto" else device)
+        self.lm_model = model
+        n = result.iterations
+        its = f"{n} iteration{'' if n == 1 else 's'}"
+        what = f"cancelled at iteration {n}" if result.cancelled else f"finished {its} in {result.wall_time_s:.0f} s"
+        start = getattr(self, "_lm_start_text", "")
+        dock = find_trace_dock(self.viewer)
+        if dock is not None:
+            give_trace_dock(dock, model, result.checkpoint)
+            msg = (f"LM training {what}, from {start}. Weights saved to {result.checkpoint}; the 'Trace neurons "
+                   "(LM)' dock now uses them: press Predict foreground or Trace there.")
+        else:
+            msg = (f"LM training {what}, from {start}. Weights saved to {result.checkpoint} (in the 'Trace neurons "
+                   "(LM)' dock choose Model ▸ checkpoint file… to use them).")
         self.status_label.setText(msg)
         (notify_warning if result.cancelled else notify_info)(msg)
 
