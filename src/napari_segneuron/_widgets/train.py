@@ -442,8 +442,11 @@ class TrainingWidget(QWidget):
         """A Shapes layer (SWC paths) as the target can only train the LM model: select it."""
         import napari.layers
 
-        if isinstance(self.labels_combo.value(), napari.layers.Shapes) and not self.is_lm():
-            self.family.setCurrentText(MODEL_LM)
+        layer = self.labels_combo.value()
+        if isinstance(layer, napari.layers.Shapes) and not self.is_lm():
+            kinds = set(layer.shape_type)
+            if not kinds or kinds & {"path", "line"}:  # paths (or none yet), not e.g. rectangles
+                self.family.setCurrentText(MODEL_LM)
 
     def _family_changed(self) -> None:
         """Swap the start choices, the mask row and the per-family crop / learning rate."""
