@@ -92,6 +92,15 @@ class TraceWidget(QWidget):
             self._model_key = key
         return self._model
 
+    def set_model(self, model, path) -> None:
+        """Use ``model`` (loaded from ``path``, e.g. just finetuned) for the next Predict / Trace;
+        the Model box shows the file."""
+        key = str(path)
+        if self.weights_combo.findText(key) < 0:
+            self.weights_combo.insertItem(0, key)
+        self.weights_combo.setCurrentText(key)
+        self._model, self._model_key = model, key
+
     def _image(self):
         from ..io import InputError, as_volume
 

@@ -221,11 +221,7 @@ def find_trace_dock(viewer):
 
 def give_trace_dock(dock, model, path: Path) -> None:
     """Make the LM dock use ``model`` (loaded from ``path``): its Model box shows the file."""
-    key = str(path)
-    if dock.weights_combo.findText(key) < 0:
-        dock.weights_combo.insertItem(0, key)
-    dock.weights_combo.setCurrentText(key)
-    dock._model, dock._model_key = model, key  # the dock's cache: its next Predict uses this model
+    dock.set_model(model, path)
 
 
 def default_architecture() -> tuple[tuple[int, ...], str]:
