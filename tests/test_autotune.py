@@ -198,3 +198,28 @@ def test_cli_autotune_flag_probes_and_records_provenance(tmp_path, monkeypatch, 
     prov = read_metadata(out)["inference"]
     assert prov["autotune"]["threads"] >= 1 and prov["tile"] == "chosen per volume"
     assert (tmp_path / "cache" / "autotune.json").exists()
+
+
+def test_timings_taken_on_a_busy_machine_are_measured_again_when_quiet(tmp_path, monkeypatch, capsys):
+    """A probe that shared the CPU with other work (load above 1 per core) says little about this
+    machine: the next run on a quiet machine measures again; a quiet record is kept."""
+    monkeypatch.setenv("NAPARI_SEGNEURON_CACHE", str(tmp_path))
+    load = {"now": 6.0}
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (load["now"], 0.0, 0.0))
+    monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
+    calls = []
+    kw = dict(measure=fake_measure(avx512_like, calls), timer=FakeClock(), threads=[1], reduced=None)
+    net = torch.nn.Conv3d(1, 4, 1)
+    busy = tuning_for(net, "cpu", **kw)
+    assert busy.load_per_core == 3.0 and busy.provenance()["load_per_core"] == 3.0
+    n = len(calls)
+    tuning_for(net, "cpu", **kw)  # still busy: the record is used (nothing better to measure now)
+    assert len(calls) == n
+    load["now"] = 0.4
+    capsys.readouterr()
+    quiet = tuning_for(net, "cpu", **kw)
+    assert len(calls) > n and "busy machine" in capsys.readouterr().err
+    assert quiet.load_per_core == 0.2
+    m = len(calls)
+    tuning_for(net, "cpu", **kw)
+    assert len(calls) == m  # the quiet record stays

@@ -88,6 +88,9 @@ class Tuning:
     version: int = PROBE_VERSION
     #: largest tile the planner may use (memory: fewer voxels for wider networks)
     max_tile_voxels: int = 0
+    #: 1-minute load average per core while the probe ran (-1 unknown); above BUSY_LOAD the
+    #: timings were shared with other work, so the record is measured again on a quieter machine
+    load_per_core: float = -1.0
 
     @property
     def config(self) -> Config:
@@ -122,7 +125,8 @@ class Tuning:
                 "channels_last": self.channels_last, "half_precision": self.precision,
                 "reduced_speedup": round(self.reduced_speedup, 3),
                 "us_per_voxel_by_tile_voxels": [[int(v), round(u, 3)] for v, u in self.curve],
-                "probe_seconds": round(self.seconds, 2), "measured": self.created}
+                "probe_seconds": round(self.seconds, 2), "measured": self.created,
+                "load_per_core": self.load_per_core}
 
 
 # -- keys and cache -------------------------------------------------------------------------
@@ -171,6 +175,20 @@ def _read_cache(path: Path) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+#: load average per core above which a probe's timings count as taken on a busy machine
+BUSY_LOAD = 1.0
+#: ... and below which the machine counts as quiet enough to measure again
+QUIET_LOAD = 0.5
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per core (-1 where the OS does not report it)."""
+    try:
+        return float(os.getloadavg()[0]) / max(1, os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return -1.0
 
 
 def load_cached(machine: str, model: str, path: Optional[Path] = None) -> Optional[Tuning]:
@@ -249,6 +267,7 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
     """
     device = torch.device(device)
     model = model.to(device).eval()
+    load_before = load_per_core()
     if measure is None:
         def measure(cfg: Config, tile: Triple, repeats: int) -> float:
             return time_forward(model, device, cfg, tile, repeats=repeats, timer=timer)
@@ -301,6 +320,7 @@ def probe(model: torch.nn.Module, device: torch.device, multiple: Sequence[int] 
                   max_tile_voxels=max_voxels,
                   channels_last=best.channels_last, precision=half, reduced_speedup=speedup, curve=curve,
                   measurements=log, seconds=timer() - start,
+                  load_per_core=round(max(load_before, load_per_core()), 2),
                   created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -312,7 +332,12 @@ def tuning_for(model: torch.nn.Module, device: torch.device, multiple: Sequence[
     machine, arch = machine_key(device), model_key(model)
     if not force:
         cached = load_cached(machine, arch)
-        if cached is not None:
+        now = load_per_core()
+        if cached is not None and cached.load_per_core > BUSY_LOAD and 0 <= now < QUIET_LOAD:
+            if not quiet:
+                print(f"autotune: the cached timings were taken on a busy machine (load {cached.load_per_core:.1f} "
+                      f"per core); measuring again now that it is quiet ({now:.1f})", file=sys.stderr)
+        elif cached is not None:
             return cached
     if not quiet:
         print(f"autotune: timing {arch.split('|')[0]} on this machine once (a few seconds; cached, "
