@@ -142,3 +142,23 @@ def test_adapt_input_messages(adapt, qtbot, notifications):
     assert "painted box (4×20×50) is smaller than a training crop (8×32×32)" in msg
     assert "at most 4, 16, 32" in msg
     assert not train.runner.busy and train.last_result is None
+
+
+def test_adaptation_trains_on_the_model_grid(adapt, qtbot, notifications):
+    """With the stack's voxel size known (10 nm, the default model declares 20 nm), the painted
+    block is resampled to the model's grid before training, as prediction does, and the adapted
+    checkpoint declares that grid."""
+    from napari_segneuron.training.checkpoints import read_checkpoint
+
+    viewer, seg, train = adapt
+    seg.voxel_field.set_value((10.0, 10.0, 10.0))
+    train.settings.minutes.value = 0.0
+    train.settings.iterations.value = 2
+    train.train()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    assert meta["voxel_size_nm"] == [20.0, 20.0, 20.0]
+    assert meta["adapted_on_voxel_size_nm"] == [10.0, 10.0, 10.0]
+    assert meta["resampled_from_shape"] == [16, 64, 96]
+    assert seg.model.info["voxel_size_nm"] == (20.0, 20.0, 20.0)

@@ -153,12 +153,10 @@ def run_finetune(args) -> int:
 
 
 def to_model_grid(model, image, labels, mask, voxel_size):
-    """Move a training block to the grid the starting model declares (image linear with
-    anti-aliasing, labels and mask nearest); returns the loaded model, the arrays and the
-    checkpoint metadata that declares the grid trained on."""
-    from .resample import needs_resampling, parse_voxel_size, resample_image, resize_labels
+    """The starting model loaded, and the block moved to the grid it declares
+    (``training.grid.block_on_model_grid``), with the metadata that declares the grid trained on."""
+    from .training.grid import block_on_model_grid
 
-    voxel = parse_voxel_size(voxel_size)
     model_voxel = None
     if model is not None:
         from ._model import fetch_weights, load_model
@@ -168,14 +166,10 @@ def to_model_grid(model, image, labels, mask, voxel_size):
         info = load_model(path, device="cpu").info
         model_voxel = tuple(info["voxel_size_nm"]) if info.get("voxel_size_nm") else None
         model = resolve_model(str(path))
-    meta = {"voxel_size_nm": list(model_voxel or voxel), "adapted_on_voxel_size_nm": list(voxel)}
-    if not needs_resampling(voxel, model_voxel):
-        return model, image, labels, mask, meta
-    image2 = resample_image(image, voxel, model_voxel)
-    labels2 = resize_labels(labels, image2.shape)
-    mask2 = None if mask is None else resize_labels(mask, image2.shape)
-    print(f"training block resampled from {tuple(image.shape)} at {voxel} nm to {tuple(image2.shape)} at the "
-          f"model's {model_voxel} nm", file=sys.stderr)
+    image2, labels2, mask2, meta = block_on_model_grid(image, labels, mask, voxel_size, model_voxel)
+    if image2 is not image:
+        print(f"training block resampled from {tuple(image.shape)} at {tuple(voxel_size)} nm to "
+              f"{tuple(image2.shape)} at the model's {model_voxel} nm", file=sys.stderr)
     return model, image2, labels2, mask2, meta
 
 

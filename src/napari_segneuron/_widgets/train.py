@@ -728,21 +728,43 @@ class TrainingWidget(QWidget):
         ckpt = self._checkpoint_path("finetune")
         bridge = self._loss_bridge
         self._trained_image = self.image_combo.value()
+        voxel, model_voxel = self._training_grid(model)
 
         def work(progress, cancel):
             from ..training.finetune import TrainingCancelled, finetune
+            from ..training.grid import block_on_model_grid
 
+            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel)
             try:
                 return finetune(
-                    model, image, labels, mask=mask, checkpoint=ckpt,
+                    model, img, lab, mask=msk, checkpoint=ckpt,
                     progress=self._budget_progress(progress, settings), cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
-                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock"}, **settings,
+                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock", **grid}, **settings,
                 )
             except TrainingCancelled as exc:
                 return exc.result
 
         return "Finetune", work, self._finetune_done
+
+    def _training_grid(self, model) -> tuple:
+        """(the image's voxel size from the SegNeuron dock's Voxel field, the starting model's
+        declared voxel size): training runs on the model's grid, as prediction does."""
+        dock = find_segneuron_dock(self.viewer)
+        voxel = dock.voxel_field.value() if dock is not None and hasattr(dock, "voxel_field") else None
+        if voxel is None:
+            from ..resample import voxel_size_from_scale
+
+            layer = self.image_combo.value()
+            voxel = voxel_size_from_scale(layer.scale) if layer is not None else None
+        model_voxel = None
+        if isinstance(model, str):
+            from ..training.checkpoints import read_checkpoint
+
+            model_voxel = read_checkpoint(model)["metadata"].get("voxel_size_nm")
+        elif model is not None:
+            model_voxel = (getattr(model, "info", None) or {}).get("voxel_size_nm")
+        return voxel, (tuple(model_voxel) if model_voxel else None)
 
     def _finetune_done(self, result) -> None:
         from .._model import load_model
