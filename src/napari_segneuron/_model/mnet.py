@@ -36,7 +36,9 @@ def merge_features(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
 def _use_onednn(x: torch.Tensor) -> bool:
     # PyTorch routes fp32 3D convolutions on CPU to a slow reference kernel; oneDNN's
     # kernel gives the same result about 5x faster. Only used without autograd.
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and _ONEDNN
+    # Not under torch.compile, which lowers convolutions itself.
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and _ONEDNN
+            and not torch.compiler.is_compiling())
 
 
 _ONEDNN = torch.backends.mkldnn.is_available()
