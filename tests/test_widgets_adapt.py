@@ -162,3 +162,4 @@ def test_adaptation_trains_on_the_model_grid(adapt, qtbot, notifications):
     assert meta["adapted_on_voxel_size_nm"] == [10.0, 10.0, 10.0]
     assert meta["resampled_from_shape"] == [16, 64, 96]
     assert seg.model.info["voxel_size_nm"] == (20.0, 20.0, 20.0)
+    assert "on the model's 20×20×20 nm grid (the block was resampled from 10×10×10 nm)" in train.status_label.text()

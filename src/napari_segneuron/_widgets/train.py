@@ -786,6 +786,13 @@ class TrainingWidget(QWidget):
         n = result.iterations
         its = f"{n} iteration{'' if n == 1 else 's'}"
         what = f"cancelled at iteration {n}" if result.cancelled else f"finished {its} in {result.wall_time_s:.0f} s"
+        from ..training.checkpoints import read_checkpoint
+
+        meta = read_checkpoint(result.checkpoint)["metadata"]
+        if meta.get("resampled_from_shape"):
+            fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
+            what += (f" on the model's {fmt(meta['voxel_size_nm'])} nm grid (the block was resampled from "
+                     f"{fmt(meta['adapted_on_voxel_size_nm'])} nm)")
         if dock is not None:
             dock.set_model(model, source=str(result.checkpoint))
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
