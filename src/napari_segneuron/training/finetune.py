@@ -49,6 +49,22 @@ class TrainResult:
     wall_time_s: float = 0.0
 
 
+def stop_training(exc: BaseException, result, save: Callable[[int], None], it: int, t0: float,
+                  net: torch.nn.Module, model_on_result: bool = False):
+    """End a training loop that was interrupted at step ``it``: save that step, mark ``result``
+    cancelled with its wall time, put ``net`` in eval mode (and on ``result.model`` if asked);
+    re-raise a KeyboardInterrupt as is, a cancel as ``TrainingCancelled(result)``."""
+    save(it)
+    result.cancelled = True
+    result.wall_time_s = time.time() - t0
+    net.eval()
+    if model_on_result:
+        result.model = net
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    raise TrainingCancelled(result) from None
+
+
 def cancel_hooks(net: torch.nn.Module, cancel: Optional[CancelToken]) -> list:
     """Hooks that raise Cancelled inside a forward or backward pass as soon as ``cancel`` is set
     (a Cancel then takes a fraction of an iteration); remove them with ``h.remove()``."""
@@ -484,13 +500,7 @@ def finetune(
             if keep_every and it % keep_every == 0:
                 keep(it)
     except (Cancelled, KeyboardInterrupt) as exc:
-        save(it)
-        result.cancelled = True
-        result.wall_time_s = time.time() - t_start
-        net.eval()
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise TrainingCancelled(result) from None
+        stop_training(exc, result, save, it, t_start, net)
     finally:
         for h in hooks:
             h.remove()

@@ -23,7 +23,7 @@ import torch
 from ..cancel import CancelToken, Cancelled
 from ..lm_render import Render, rasterise
 from .data import TrainingInputError
-from .finetune import TrainingCancelled, cancel_hooks, pick_device
+from .finetune import cancel_hooks, pick_device, stop_training
 from .lm import CropSource, LMTrainer
 
 DEFAULT_CROP = (20, 112, 112)
@@ -286,13 +286,7 @@ def finetune_lm(
             if checkpoint_every and it % checkpoint_every == 0:
                 save(it)
     except (Cancelled, KeyboardInterrupt) as exc:
-        save(it)
-        result.cancelled = True
-        result.wall_time_s = time.time() - t0
-        result.model = net.eval()
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise TrainingCancelled(result) from None
+        stop_training(exc, result, save, it, t0, net, model_on_result=True)
     finally:
         for h in hooks:
             h.remove()

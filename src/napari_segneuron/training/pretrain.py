@@ -21,7 +21,7 @@ from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
 from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
-from .finetune import (TrainResult, TrainingCancelled, autocast_for, build_mnet, cancel_hooks, learning_rate,
+from .finetune import (TrainResult, autocast_for, stop_training, build_mnet, cancel_hooks, learning_rate,
                        mnet_from_state_dict, pick_device)
 
 
@@ -289,11 +289,8 @@ def pretrain(
                     f"t {time.time() - t0:.0f}s")
             if checkpoint_every and it % checkpoint_every == 0:
                 save(it)
-    except Cancelled:
-        save(it)
-        result.cancelled = True
-        result.wall_time_s = time.time() - t0
-        raise TrainingCancelled(result) from None
+    except (Cancelled, KeyboardInterrupt) as exc:  # Ctrl-C also keeps the last step
+        stop_training(exc, result, save, it, t0, net)
     finally:
         for h in hooks:
             h.remove()
