@@ -75,11 +75,20 @@ def pack(args) -> int:
     """Write ``em.npz`` (the EM arrays at the training grid), the SWC morphologies and a trimmed
     fp16 2D ViT (only the tensors the 3D model inflates) into ``--out``."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    from train_default_model import load_data
+    from train_default_model import block_mean, load_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     d = load_data(Path(args.shared))
+    lsd = Path(args.shared) / "lsd_2dcrops_raw.tif"
+    if lsd.is_file():  # 100 unrelated 2D ssTEM crops (~4 nm, CREMI-like, MIT): 2x down in xy like ISBI
+        import tifffile
+        from napari_segneuron.resample import resize_labels
+
+        raw = tifffile.imread(str(lsd))
+        lab = tifffile.imread(str(lsd.with_name("lsd_2dcrops_labels.tif")))
+        d["lsd_raw"] = np.round(block_mean(raw, (1, 2, 2))).astype(np.uint8)
+        d["lsd_lab"] = resize_labels(lab, d["lsd_raw"].shape)
     np.savez_compressed(out / "em.npz", **d)
     print(f"em.npz: {', '.join(f'{k} {v.shape}' for k, v in d.items())}")
     if args.swc_dir:
@@ -115,6 +124,13 @@ class EMCrops(torch.utils.data.IterableDataset):
         vols = [TrainVolume(d["a_raw"], d["a_lab"], weight=w["fib25_a"], name="fib25_a"),
                 TrainVolume(d["c_raw"], d["c_lab"], weight=w["fib25_c"], name="fib25_c"),
                 TrainVolume(d["isbi"], d["isbi_lab"], z_affinity=False, weight=w["isbi"], name="isbi2012")]
+        if w.get("lsd", 0) > 0 and "lsd_raw" in d:
+            # each unrelated 2D crop repeated along z as its own volume: xy affinities and foreground only
+            depth = self.crop[0]
+            n = len(d["lsd_raw"])
+            vols += [TrainVolume(np.repeat(d["lsd_raw"][i][None], depth, 0), np.repeat(d["lsd_lab"][i][None], depth, 0),
+                                 z_affinity=False, weight=w["lsd"] / n, name=f"lsd_{i}") for i in range(n)
+                     if (d["lsd_lab"][i] > 0).any()]
         s = CropSampler(vols, self.crop, AugmentConfig.robust(), amp_sources=[d["unl"], d["isbi"], d["a_raw"]],
                         seed=self.seed * 1000 + wid)
         while True:
@@ -148,7 +164,9 @@ def em(args) -> int:
     nparam = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ema = WeightAverage(model, args.ema)
-    weights = {"fib25_a": args.a_weight, "fib25_c": args.c_weight, "isbi": args.isbi_weight}
+    weights = {"fib25_a": args.a_weight, "fib25_c": args.c_weight, "isbi": args.isbi_weight, "lsd": args.lsd_weight}
+    if args.lsd_weight > 0 and "lsd_raw" not in data:
+        raise SystemExit("--lsd-weight needs lsd_raw in em.npz: run 'pack' again with the shared data")
     ds = EMCrops(data, crop, args.batch, args.seed, weights)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if args.workers else None,
@@ -176,7 +194,8 @@ def em(args) -> int:
         return float(loss)
 
     meta = {"name": "default", "voxel_size_nm": [args.voxel_size] * 3, "augment": "robust",
-            "training_data": "fib25_a, fib25_c (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)",
+            "training_data": "fib25_a, fib25_c (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)"
+                             + (", lsd 2D crops 2x-downsampled xy (z affinity masked)" if args.lsd_weight > 0 else ""),
             "validation_data": "fib25_b", "recipe": "scripts/train_gpu.py em " + " ".join(sys.argv[2:]),
             "kn": list(kn), "batch": args.batch, "crop": list(crop)}
     budget = args.minutes * 60.0
@@ -379,6 +398,9 @@ def main(argv=None) -> int:
     e.add_argument("--a-weight", type=float, default=0.4)
     e.add_argument("--c-weight", type=float, default=0.35)
     e.add_argument("--isbi-weight", type=float, default=0.25)
+    e.add_argument("--lsd-weight", type=float, default=0.0,
+                   help="sampling weight of the 100 lsd 2D ssTEM crops (shared/data, MIT), each repeated along z "
+                        "(z affinity masked); 0 = not used")
     e.add_argument("--voxel-size", type=float, default=20.0)
     e.add_argument("--workers", type=int, default=4)
     e.add_argument("--seed", type=int, default=0)

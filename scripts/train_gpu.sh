@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: the EM model from scratch and warm-started from the bundled
-# weights, and the LM ViT3D (scratch / center / average), side by side for MINUTES each.
+# weights with the lsd 2D crops added, and the LM ViT3D (scratch / center / average), side by side for MINUTES each.
 # Needs gpu_data/ (python scripts/train_gpu.py pack ... on any machine). Results are packed into
 # $OUT as part_* pieces of one tar (at most 15 MiB each) plus summary.txt:
 #   cat part_* | tar xf - -C runs/gpu
@@ -34,7 +34,9 @@ job() {
 }
 
 job em_scratch em --workers 4 --seed 0 &
-job em_warm em --workers 4 --seed 1 --init src/napari_segneuron/weights/default.pt --lr 1e-3 --snapshots 0.75 &
+# warm start plus the lsd 2D ssTEM crops (another tissue and microscope; 2026-12-01's run without them: no gain)
+job em_lsd em --workers 4 --seed 1 --init src/napari_segneuron/weights/default.pt --lr 1e-3 --snapshots 0.75 \
+  --a-weight 0.3 --c-weight 0.3 --isbi-weight 0.2 --lsd-weight 0.2 &
 job lm lm --workers 5 --seed 0 &
 wait
 
