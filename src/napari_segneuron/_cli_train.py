@@ -158,14 +158,11 @@ def to_model_grid(model, image, labels, mask, voxel_size):
     from .training.grid import block_on_model_grid
 
     model_voxel = None
-    if model is not None:
+    if model is not None:  # loaded once: its info gives the declared grid, finetune takes the module
         from ._model import fetch_weights, load_model
-        from .training.finetune import resolve_model
 
-        path = model if Path(str(model)).is_file() else fetch_weights(str(model))
-        info = load_model(path, device="cpu").info
-        model_voxel = tuple(info["voxel_size_nm"]) if info.get("voxel_size_nm") else None
-        model = resolve_model(str(path))
+        model = load_model(model if Path(str(model)).is_file() else fetch_weights(str(model)), device="cpu")
+        model_voxel = model.info["voxel_size_nm"]
     image2, labels2, mask2, meta = block_on_model_grid(image, labels, mask, voxel_size, model_voxel)
     if image2 is not image:
         print(f"training block resampled from {tuple(image.shape)} at {tuple(voxel_size)} nm to "

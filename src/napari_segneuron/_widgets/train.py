@@ -101,17 +101,8 @@ def check_box_fits(box, crop) -> None:
 class MaskCombo(LayerCombo):
     """Mask choices: the painted box, the whole volume, or a Labels layer's non-zero voxels."""
 
-    def refresh(self, event=None) -> None:
-        current = self.currentText()
-        items = [MASK_BOX, MASK_ALL] + [lay.name for lay in self.layers()]
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(items)
-        if current in items:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentTextChanged.emit(self.currentText())
+    def entries(self, names: list) -> list:
+        return [MASK_BOX, MASK_ALL] + names
 
 
 class LossPlot(QWidget):
@@ -786,9 +777,7 @@ class TrainingWidget(QWidget):
         n = result.iterations
         its = f"{n} iteration{'' if n == 1 else 's'}"
         what = f"cancelled at iteration {n}" if result.cancelled else f"finished {its} in {result.wall_time_s:.0f} s"
-        from ..training.checkpoints import read_checkpoint
-
-        meta = read_checkpoint(result.checkpoint)["metadata"]
+        meta = model.info["metadata"]  # the checkpoint just loaded above
         if meta.get("resampled_from_shape"):
             fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
             what += (f" on the model's {fmt(meta['voxel_size_nm'])} nm grid (the block was resampled from "
