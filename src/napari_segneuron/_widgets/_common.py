@@ -56,15 +56,17 @@ class LayerCombo(QComboBox):
     def layers(self) -> list:
         return [lay for lay in self.viewer.layers if isinstance(lay, self.layer_types)]
 
+    def entries(self, names: list) -> list:
+        """The entries shown for these layer names (subclasses add fixed choices)."""
+        return ([self.placeholder] if self.allow_none or not names else []) + names
+
     def refresh(self, event=None) -> None:
         current = self.currentText()
-        names = [lay.name for lay in self.layers()]
+        items = self.entries([lay.name for lay in self.layers()])
         self.blockSignals(True)
         self.clear()
-        if self.allow_none or not names:
-            self.addItem(self.placeholder)
-        self.addItems(names)
-        if current in names:
+        self.addItems(items)
+        if current in items:
             self.setCurrentText(current)
         self.blockSignals(False)
         if self.currentText() != current:
