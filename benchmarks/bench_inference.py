@@ -2,15 +2,20 @@
 
 The official-style loop is re-implemented here from the published setting: 20x128x128
 crops, stride 10x64x64, reflect padding so the tiles fit, a radial Gaussian weight, fp32,
-batch 1, PyTorch's default threads. Every row uses the same model object (the bundled
-``default`` weights, and a randomly initialised kn=(16,32,48,64,128) MNet as in issue 15).
+batch 1, PyTorch's default threads. Every row uses the same weights (the bundled ``default``
+weights, and a randomly initialised kn=(16,32,48,64,128) MNet as in issue 15).
 
 Prints the CPU (model, flags, PyTorch's vector unit), the autotune probe's choice and its µs
 per voxel for every candidate, then for each stack the median time of each row over
 ``--repeats`` interleaved runs (rows take turns, so load from other processes on a shared
 machine hits all of them alike) and the ratio to the official-style loop:
 
-- official-style loop (in process, the loop only);
+- official-style loop, released forward (in process, the loop only): the network run as the
+  released code runs it (``MNet.forward_reference``: plain PyTorch modules, so PyTorch picks its
+  own, on CPU often reference, 3D convolution kernel; two decoders that each upsample and merge
+  on their own; glibc's default allocator). This is the baseline every speed-up is against;
+- official-style loop, our forward: the same loop with our forward pass and allocator setting,
+  to show what the tiling alone buys (last column);
 - ours, fixed settings (32x192x192 tiles fitted per stack, 8x32x32 halo, contiguous, no probe);
 - ours, tuned (this machine's probe result; tiles chosen per stack);
 - the CLI, whole process (``napari-segneuron predict`` in a subprocess: imports, model
@@ -38,6 +43,7 @@ import tifffile
 import torch
 
 from napari_segneuron._model import MNet, fetch_weights, load_model, save_checkpoint
+from napari_segneuron.allocator import retain_freed_memory
 from napari_segneuron.autotune import tuning_for
 from napari_segneuron.inference import DEFAULT_TILING, Predictor
 from napari_segneuron.precision import cpu_capability, cpu_model, cpu_has_native_bf16, reported_flags
@@ -54,9 +60,16 @@ def official_counts(shape, crop=(20, 128, 128), stride=(10, 64, 64)) -> list[int
 
 
 def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), stride=(10, 64, 64), sigma=0.5,
-                           floor=1e-3, max_tiles: int | None = None):
+                           floor=1e-3, max_tiles: int | None = None, released_forward: bool = True):
     """The official tiling loop (x and y kept in their places). Returns ``(aff, fg, seconds, tiles)``;
-    with ``max_tiles`` only that many tiles run and ``seconds`` is extrapolated to all of them."""
+    with ``max_tiles`` only that many tiles run and ``seconds`` is extrapolated to all of them.
+
+    ``released_forward``: run the network as the released code does (``MNet.forward_reference``:
+    plain PyTorch modules, so PyTorch picks its own convolution kernels, two independent
+    decoders, glibc's default allocator); else with our forward, to separate what the tiling
+    buys from what the forward buys."""
+    forward = model.forward_reference if released_forward else model
+    retain_freed_memory(not released_forward)
     shape = volume.shape
     counts = official_counts(shape, crop, stride)
     pads = [((n - 1) * st + c - s) // 2 for n, st, c, s in zip(counts, stride, crop, shape)]
@@ -84,7 +97,7 @@ def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), strid
                 sl = tuple(slice(s, s + c) for s, c in zip(start, crop))
                 x = torch.from_numpy(np.ascontiguousarray(padded[sl])[None, None])
                 with torch.no_grad():
-                    aff, fg = model(x)
+                    aff, fg = forward(x)
                 out[(slice(None),) + sl] += torch.cat([aff, fg], 1)[0].numpy() * weight
                 wsum[sl] += weight
                 done += 1
@@ -163,8 +176,9 @@ def main() -> int:
                   f"(voxels computed per output voxel {plan.overcompute:.2f}); fixed {old_plan.n_tiles} x "
                   f"{old_plan.tile} ({old_plan.overcompute:.2f}); official-style loop {official_overcompute:.2f}")
             old.predict(stack[: min(8, crop[0]), :64, :64])  # warm up oneDNN kernels once
-            rows = {"official-style loop (in process)": [], "ours, fixed 32x192x192 tiles (no probe)": [],
-                    "ours, tuned (in process)": []}
+            official = "official-style loop, released forward (in process)"
+            rows = {official: [], "official-style loop, our forward (in process)": [],
+                    "ours, fixed 32x192x192 tiles (no probe)": [], "ours, tuned (in process)": []}
             if args.skip_fixed:
                 del rows["ours, fixed 32x192x192 tiles (no probe)"]
             if not args.no_cli:
@@ -173,7 +187,10 @@ def main() -> int:
             for r in range(args.repeats):
                 secs = official_style_predict(model, stack, max_tiles=args.official_tiles)[2]
                 extrapolated = args.official_tiles is not None
-                rows["official-style loop (in process)"].append(secs)
+                rows[official].append(secs)
+                secs = official_style_predict(model, stack, max_tiles=args.official_tiles, released_forward=False)[2]
+                rows["official-style loop, our forward (in process)"].append(secs)
+                retain_freed_memory()  # as the CLI does (napari_segneuron._cli_common.make_predictor)
                 if not args.skip_fixed:
                     t0 = time.perf_counter()
                     old.predict(stack)
@@ -184,12 +201,14 @@ def main() -> int:
                 if not args.no_cli:
                     rows["CLI predict, whole process (tuned)"].append(cli_seconds(weights, path, work, []))
                 print(f"  repeat {r + 1}: " + ", ".join(f"{v[-1]:.1f}" for v in rows.values()), flush=True)
-            ref = statistics.median(rows["official-style loop (in process)"])
-            print(f"\n  {'row':<44} {'median s':>9} {'µs/out voxel':>13} {'speed-up':>9}")
+            ref = statistics.median(rows[official])
+            ref_ours = statistics.median(rows["official-style loop, our forward (in process)"])
+            print(f"\n  {'row':<52} {'median s':>9} {'µs/out voxel':>13} {'speed-up':>9} {'vs loop w/ our fwd':>19}")
             for label, times in rows.items():
                 med = statistics.median(times)
                 note = " (extrapolated from sampled tiles)" if extrapolated and label.startswith("official") else ""
-                print(f"  {label:<44} {med:9.1f} {med / stack.size * 1e6:13.2f} {ref / med:8.2f}x{note}")
+                print(f"  {label:<52} {med:9.1f} {med / stack.size * 1e6:13.2f} {ref / med:8.2f}x "
+                      f"{ref_ours / med:18.2f}x{note}")
             print()
 
     if args.vi:
@@ -199,6 +218,7 @@ def main() -> int:
         raw = tifffile.imread(DATA / "fib25_b_raw.tif")
         gt = tifffile.imread(DATA / "fib25_b_labels.tif")
         aff, fg, _, _ = official_style_predict(model, raw)
+        retain_freed_memory()
         ref = segment_and_score(aff, fg, gt)
         print(f"fib25_b {raw.shape}, default model, default threshold {ref['threshold']}: official-style VI "
               f"{ref['vi']:.4f}")

@@ -68,3 +68,34 @@ def test_bad_configuration_is_refused():
         MNet(fmu="mul")
     with pytest.raises(ValueError, match="5 channel counts"):
         MNet(kn=(4, 8))
+
+
+@pytest.mark.parametrize("fmu", ["sub", "sum", "cat"])
+@pytest.mark.parametrize("shape", [(16, 64, 64), (9, 48, 80), (5, 32, 32)])
+def test_inference_shortcuts_give_the_reference_values(fmu, shape):
+    """forward (shared merges, one upsampling per merge, separable 2x resize, in-place
+    activations) equals the released code's computation, step for step, to float rounding;
+    odd and thin z take the fallbacks."""
+    torch.manual_seed(0)
+    model = MNet(kn=(4, 8, 8, 12, 16), fmu=fmu).eval()
+    for p in model.parameters():  # non-trivial norms so every branch matters
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 1, *shape)
+    with torch.inference_mode():
+        aff, fg = model(x)
+        ref_aff, ref_fg = model.forward_reference(x)
+    assert torch.allclose(aff, ref_aff, atol=2e-5) and torch.allclose(fg, ref_fg, atol=2e-5)
+    # training (autograd) still runs the reference computation and gives the same values
+    aff_train, _ = model.forward_logits(x)
+    assert torch.allclose(torch.sigmoid(aff_train.detach()), ref_aff, atol=2e-5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_upsample_linear_matches_trilinear_interpolation(memory_format):
+    from napari_segneuron._model.mnet import upsample_linear
+
+    x = torch.randn(1, 3, 5, 6, 7).contiguous(memory_format=memory_format)
+    with torch.inference_mode():
+        for size in [(10, 12, 14), (5, 12, 14), (11, 12, 14), (10, 13, 14)]:
+            expected = torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+            assert torch.allclose(upsample_linear(x, size), expected, atol=1e-6), size

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .allocator import retaining
 from .cancel import CancelToken, check
 from .io import InputError, as_volume
 from ._model.weights import resolve_device
@@ -526,7 +527,8 @@ class Predictor:
         """What this predictor runs with (for provenance and benchmarks)."""
         out = {"tile": list(self.tiling.tile), "overlap": list(self.tiling.overlap), "blend": self.tiling.blend,
                "channels_last_3d": self.channels_last, "precision": self.precision.name,
-               "threads": self.threads or torch.get_num_threads(), "device": str(self.device)}
+               "threads": self.threads or torch.get_num_threads(), "device": str(self.device),
+               "retain_freed_memory": retaining()}
         if self.tuning is not None:
             out["tile"] = "chosen per volume" if not self.tile_given else out["tile"]
             out["autotune"] = self.tuning.provenance()

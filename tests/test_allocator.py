@@ -1,0 +1,51 @@
+"""retain_freed_memory: glibc serves and keeps large blocks, so a second same-size
+allocation reuses memory instead of page-faulting new memory."""
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from napari_segneuron.allocator import _libc
+
+SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    import torch
+    from napari_segneuron.allocator import retain_freed_memory, retaining
+    if sys.argv[1] == "on":
+        assert retain_freed_memory() and retaining()
+    for _ in range(3):  # warm up
+        torch.ones(32 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        a = torch.ones(32 << 20)  # 128 MiB of float32, allocated, touched, freed
+        del a
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.skipif(_libc() is None, reason="not glibc")
+def test_freed_blocks_are_reused_instead_of_faulted_in_again():
+    faults = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+        faults[mode] = int(out.stdout.strip())
+    pages = 10 * (128 << 20) // resource.getpagesize()
+    assert faults["off"] > 0.5 * pages  # each fresh block faulted in page by page
+    assert faults["on"] < 0.05 * pages, faults
+
+
+def test_cli_predictor_reports_the_setting():
+    from napari_segneuron.allocator import retain_freed_memory
+    from napari_segneuron.inference import Predictor
+    from napari_segneuron._model import MNet
+
+    try:
+        on = retain_freed_memory()
+        settings = Predictor(MNet(kn=(4, 8, 8, 8, 8)), tile=(8, 32, 32), overlap=(2, 8, 8), tune="off").settings()
+        assert settings["retain_freed_memory"] is on
+    finally:
+        retain_freed_memory(False)
