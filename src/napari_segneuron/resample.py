@@ -28,7 +28,6 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from .cancel import CancelToken, check
 from .io import InputError, as_volume
@@ -104,6 +103,8 @@ def resample_image(volume: np.ndarray, voxel: Voxel, model_voxel: Voxel) -> np.n
     work = a.astype(np.float32)
     sigmas = [max(0.0, (f - 1.0) / 2.0) for f in factors]
     if any(sigmas):
+        from scipy import ndimage  # imported when needed: 0.3 s off every predict that does not resample
+
         work = ndimage.gaussian_filter(work, sigmas, mode="nearest")
     out = _resample_block(work, factors, (0, 0, 0), (0, 0, 0), shape)
     if np.issubdtype(a.dtype, np.integer):
@@ -117,6 +118,8 @@ def _resample_block(block: np.ndarray, factors: Sequence[float], start_in: Seque
     """Resampling: output index o (offset ``start_out``) reads input coordinate
     ``(o + start_out + 0.5) * f - 0.5 - start_in`` (``order`` 1 linear, 0 nearest)."""
     offset = [(so + 0.5) * f - 0.5 - si for so, f, si in zip(start_out, factors, start_in)]
+    from scipy import ndimage
+
     return ndimage.affine_transform(block, np.asarray(factors, dtype=np.float64), offset=offset,
                                     output_shape=tuple(out_shape), order=order, mode="nearest", prefilter=False)
 
@@ -179,6 +182,8 @@ def predict_resampled(
         np.nan_to_num(block, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         np.clip(block, 0.0, 1.0, out=block)
         if any(sigmas):
+            from scipy import ndimage
+
             block = ndimage.gaussian_filter(block, sigmas, mode="nearest")
         model_block = _resample_block(block, scale_in, (in_lo, 0, 0), (m_lo, 0, 0), (m_hi - m_lo,) + mshape[1:])
         del block
