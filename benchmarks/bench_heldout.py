@@ -81,12 +81,12 @@ def _cut_z(aff):
     return aff
 
 
-def segment_model(model, raw, voxel, model_voxel=None, sections=False):
+def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid."""
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import agglomerate
-    pred = Predictor(model, device="cpu", model_voxel_size=model_voxel)
+    pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, **(tiles or {}))
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
     if mg.get("affinities") is not None:
@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--sections", action="store_true",
                    help="diagnostic: agglomerate each z section on its own (z affinities 0) for the 2D-labelled VNC")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tile", default=None, help="Z,Y,X tile for the model rows (default: the predictor's choice)")
+    p.add_argument("--overlap", default=None, help="Z,Y,X halo with --tile")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
-            ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d)
+            tiles = {k: tuple(int(v) for v in getattr(a, k).split(",")) for k in ("tile", "overlap") if getattr(a, k)}
+            ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d, tiles=tiles)
             r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD),
                      model=name + (", per section" if a.sections and two_d else ""), volume=vname,
                      model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
