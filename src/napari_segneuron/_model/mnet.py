@@ -93,6 +93,8 @@ class ConvNormAct(nn.Module):
             return self.norm(x)
         n, c = x.shape[:2]
         rows = x.permute(0, 2, 3, 4, 1).reshape(n, -1, c)  # a view for channels-last memory
+        if rows.dtype in (torch.float16, torch.bfloat16):  # statistics in fp32, as instance_norm keeps them
+            rows = rows.float()
         mean = rows.mean(1)
         var = (rows - mean[:, None]).square_().mean(1)
         norm = self.norm
