@@ -106,3 +106,17 @@ def test_upsample_linear_matches_trilinear_interpolation(memory_format):
         for size in [(10, 12, 14), (5, 12, 14), (11, 12, 14), (10, 13, 14)]:
             expected = torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
             assert torch.allclose(upsample_linear(x, size), expected, atol=1e-6), size
+
+
+def test_channels_last_norm_keeps_fp32_statistics_under_bf16_autocast():
+    """Reduced precision keeps its statistics in fp32: the fast path stays close to the fp32
+    result (the released computation's bf16 instance norm does not)."""
+    torch.manual_seed(0)
+    model = MNet(kn=(4, 8, 8, 12, 16)).eval()
+    x = torch.rand(1, 1, 16, 64, 64) + 2.0
+    with torch.inference_mode():
+        ref, _ = model(x)
+    model.to(memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = model(x.contiguous(memory_format=torch.channels_last_3d))
+    assert (low.float() - ref).abs().max() < 0.02
