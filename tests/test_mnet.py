@@ -109,8 +109,8 @@ def test_upsample_linear_matches_trilinear_interpolation(memory_format):
 
 
 def test_channels_last_norm_keeps_fp32_statistics_under_bf16_autocast():
-    """Reduced precision keeps its statistics in fp32: the fast path stays close to the fp32
-    result (the released computation's bf16 instance norm does not)."""
+    """Under CPU bf16 autocast the channels-last fast path stays close to the fp32 result
+    (the released computation under the same autocast is off by 0.26 on this model)."""
     torch.manual_seed(0)
     model = MNet(kn=(4, 8, 8, 12, 16)).eval()
     x = torch.rand(1, 1, 16, 64, 64) + 2.0
