@@ -388,23 +388,21 @@ class MNet(nn.Module):
 
     def decode_both(self, e: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Both decoders side by side, for inference: every merge whose inputs are encoder
-        features (all skip merges, the first stage of each stream) is computed once and
-        shared, instead of once per decoder. Same values as two ``decode`` calls."""
+        features (all skip merges; the whole input of each stream's first stage) is computed
+        once and shared, instead of once per decoder. Same values as two ``decode`` calls."""
         feats = {"": dict(e), "_": dict(e)}
         for stage, deep_a, skip_a, deep_b, skip_b in _DECODER_STEPS:
-            skips = None
-            shared_deep = None
+            skips = merge_features(_source(e, skip_a), _source(e, skip_b), self.fmu)  # skips: encoder only
+            shared = None
+            if not (deep_a[0].startswith("u") or deep_b[0].startswith("u")):  # the stage's whole input
+                deep = merge_upsampled(_source(e, deep_a), _source(e, deep_b), skips.shape[2:], self.fmu)
+                shared = torch.cat([skips, deep], dim=1)
             for suffix, f in feats.items():
-                module = getattr(self, "up" + stage + suffix)
-                if skips is None:
-                    skips = merge_features(_source(f, skip_a), _source(f, skip_b), self.fmu)
-                if shared_deep is not None:
-                    deep = shared_deep
-                else:
+                merged = shared
+                if merged is None:
                     deep = merge_upsampled(_source(f, deep_a), _source(f, deep_b), skips.shape[2:], self.fmu)
-                    if not (deep_a[0].startswith("u") or deep_b[0].startswith("u")):
-                        shared_deep = deep
-                f["u" + stage] = module.run(torch.cat([skips, deep], dim=1))
+                    merged = torch.cat([skips, deep], dim=1)
+                f["u" + stage] = getattr(self, "up" + stage + suffix).run(merged)
         return tuple(f["u14"][0] + f["u14"][1] for f in feats.values())
 
     def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
