@@ -155,6 +155,7 @@ def main(argv=None) -> int:
             rows.append(r)
             print(json.dumps(r), flush=True)
     overrides = {k: float(v) for k, v in (spec.split("=", 1) for spec in a.model_voxel)}
+    tiles = {k: tuple(int(v) for v in getattr(a, k).split(",")) for k in ("tile", "overlap") if getattr(a, k)}
     for spec in a.models:
         name, path = spec.split("=", 1)
         model = load_model(path, device="cpu")
@@ -163,7 +164,6 @@ def main(argv=None) -> int:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
-            tiles = {k: tuple(int(v) for v in getattr(a, k).split(",")) for k in ("tile", "overlap") if getattr(a, k)}
             ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d, tiles=tiles)
             r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD),
                      model=name + (", per section" if a.sections and two_d else ""), volume=vname,

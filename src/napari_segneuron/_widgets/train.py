@@ -180,32 +180,28 @@ def find_segneuron_dock(viewer):
         # the most recently given a model, else the last opened
         with_model = [w for w in matches if w.model is not None]
         return (with_model or matches)[-1]
-    try:
-        docks = dict(viewer.window.dock_widgets)
-    except Exception:  # noqa: BLE001 - no window (headless viewer)
-        return None
-    for widget in docks.values():
-        inner = unwrap_viewer(widget)
-        if isinstance(inner, SegNeuronWidget):
-            return inner
-        for child in getattr(inner, "findChildren", lambda *_: [])(SegNeuronWidget):
-            return child
-    return None
+    return window_dock_of_type(viewer, SegNeuronWidget)
 
 
 def find_trace_dock(viewer):
     """The "Trace neurons (LM)" dock of this viewer, if one is open."""
     from .trace import TraceWidget
 
+    return window_dock_of_type(unwrap_viewer(viewer), TraceWidget)
+
+
+def window_dock_of_type(viewer, cls):
+    """The first dock widget of ``viewer``'s window that is (or contains) a ``cls``; None
+    without a window (headless viewer) or without such a dock."""
     try:
-        docks = dict(unwrap_viewer(viewer).window.dock_widgets)
+        docks = dict(viewer.window.dock_widgets)
     except Exception:  # noqa: BLE001 - no window (headless viewer)
         return None
     for widget in docks.values():
         inner = unwrap_viewer(widget)
-        if isinstance(inner, TraceWidget):
+        if isinstance(inner, cls):
             return inner
-        for child in getattr(inner, "findChildren", lambda *_: [])(TraceWidget):
+        for child in getattr(inner, "findChildren", lambda *_: [])(cls):
             return child
     return None
 
