@@ -120,3 +120,22 @@ def test_channels_last_norm_keeps_fp32_statistics_under_bf16_autocast():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         low, _ = model(x.contiguous(memory_format=torch.channels_last_3d))
     assert (low.float() - ref).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 12.0])
+def test_one_pass_channel_statistics_match_two_pass_fp64(offset):
+    """channel_mean_var (chunked sums of squares, fp64 partials) against fp64 two-pass statistics,
+    on a row count with a tail (not a multiple of the chunk) and channel means up to 24x the
+    standard deviation (MNet's layers reach mean^2 / variance of ~40; beyond 100 it falls back
+    to two passes)."""
+    from napari_segneuron._model.mnet import _STATS_CHUNK, _STATS_MIN_ROWS, channel_mean_var
+
+    torch.manual_seed(1)
+    rows = torch.randn(_STATS_MIN_ROWS * 3 + _STATS_CHUNK // 3, 16) * 0.5 + offset
+    rows[:, 1] *= 10.0  # channels of different scales
+    mean, var = channel_mean_var(rows)
+    ref = rows.double()
+    ref_mean, ref_var = ref.mean(0), ref.var(0, unbiased=False)
+    assert mean.dtype == torch.float32 and var.dtype == torch.float32
+    assert ((mean.double() - ref_mean).abs() <= 1e-6 * (1 + ref_mean.abs())).all()
+    assert ((var.double() - ref_var).abs() / ref_var).max() < 5e-6

@@ -40,7 +40,7 @@ from .precision import choose_precision, cpu_capability, cpu_model, reported_fla
 Triple = tuple[int, int, int]
 CACHE_NAME = "autotune.json"
 #: bump when the probe changes meaning (older cache entries are then measured again)
-PROBE_VERSION = 3  # 3: MNet inference shortcuts changed every timing
+PROBE_VERSION = 4  # 4: one-pass norm statistics and buffered stage inputs changed every timing
 #: tile candidates (z, y, x), smallest first; rounded up to the network's tile multiple
 TILE_CANDIDATES: tuple[Triple, ...] = ((16, 64, 64), (24, 128, 128), (24, 192, 192), (24, 256, 256))
 #: the probe stops measuring larger tiles once it has run this long (seconds)

@@ -111,6 +111,9 @@ class ConvNormAct(nn.Module):
 _STATS_CHUNK = 1024
 #: below this many rows the plain two-pass statistics are as fast
 _STATS_MIN_ROWS = 1 << 16
+#: channels whose mean^2 exceeds this many variances get exact two-pass statistics (E[x^2] - E[x]^2
+#: loses about ratio x 4e-8 of the variance; MNet's layers stay below ~40)
+_STATS_MAX_RATIO = 100.0
 
 
 def channel_mean_var(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +123,8 @@ def channel_mean_var(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     the diagonals of one batched matrix product, which reads the data once) and the partial
     sums are added in fp64, so E[x^2] - E[x]^2 keeps about fp32 precision: on MNet's layers,
     where mean^2 / variance reaches ~40, the variance is within ~3e-6 (relative) of the
-    two-pass value, at a fifth of its time for full-resolution layers.
+    two-pass value, at a fifth of its time for full-resolution layers; a tensor with a channel
+    whose mean^2 / variance exceeds ``_STATS_MAX_RATIO`` gets the two-pass variance instead.
     """
     v, c = rows.shape
     k = v // _STATS_CHUNK
@@ -137,6 +141,9 @@ def channel_mean_var(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sums += tail.sum(0)
     mean = sums / v
     var = (squares / v - mean * mean).clamp_min_(0.0)
+    if bool((mean * mean > _STATS_MAX_RATIO * var).any()):  # cancellation would cost precision: two passes
+        mean32 = mean.to(rows.dtype)
+        return mean32, (rows - mean32).square_().mean(0)
     return mean.to(rows.dtype), var.to(rows.dtype)
 
 
@@ -331,36 +338,30 @@ _DECODER_STEPS = (
 )
 
 
-def _last_reads() -> dict:
-    """Stage index -> the features (keys) that no later stage reads."""
-    last: dict = {}
-    for i, (_, *refs) in enumerate(_DECODER_STEPS):
-        for ref in refs:
-            last[ref[0]] = i
-    out: dict = {}
-    for key, i in last.items():
-        out.setdefault(i, []).append(key)
-    return out
+#: feature key -> index of the last decoder stage that reads it
+_LAST_READER = {ref[0]: i for i, (_, *refs) in enumerate(_DECODER_STEPS) for ref in refs}
 
 
-_LAST_READ_AT = _last_reads()
-
-
-def _stage_input(skip_a: torch.Tensor, skip_b: torch.Tensor, deep_a: torch.Tensor, deep_b: torch.Tensor,
-                 mode: str, skips_from: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _stage_input(skip_a: Optional[torch.Tensor], skip_b: Optional[torch.Tensor], deep_a: torch.Tensor,
+                 deep_b: torch.Tensor, mode: str, skips_from: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A decoder stage's input, ``cat([FMU(skips), FMU(upsampled deep streams)])``, for inference:
     both halves are written straight into one buffer in the skips' memory format (``torch.cat``
     of channels-last tensors was 16 % of a channels-last forward). ``skips_from``: a stage input
-    built earlier from the same skips, whose first channels are copied instead of merged again."""
-    size = skip_a.shape[2:]
-    c1 = skip_a.shape[1] * (2 if mode == "cat" else 1)
+    built earlier from the same skips (which may then be None), whose first channels are copied
+    instead of merged again."""
+    like = skips_from if skips_from is not None else skip_a
+    size = like.shape[2:]
     if mode == "cat":
+        if skips_from is not None:
+            return torch.cat([skips_from[:, : skips_from.shape[1] - deep_a.shape[1] * 2],
+                              merge_upsampled(deep_a, deep_b, size, mode)], 1)
         return torch.cat([merge_features(skip_a, skip_b, mode), merge_upsampled(deep_a, deep_b, size, mode)], 1)
-    fmt = torch.channels_last_3d if (skip_a.is_contiguous(memory_format=torch.channels_last_3d)
-                                     and not skip_a.is_contiguous()) else torch.contiguous_format
     c2 = deep_a.shape[1]
-    out = torch.empty((skip_a.shape[0], c1 + c2) + tuple(size), dtype=torch.result_type(skip_a, deep_a),
-                      device=skip_a.device, memory_format=fmt)
+    c1 = skips_from.shape[1] - c2 if skips_from is not None else skip_a.shape[1]
+    fmt = torch.channels_last_3d if (like.is_contiguous(memory_format=torch.channels_last_3d)
+                                     and not like.is_contiguous()) else torch.contiguous_format
+    out = torch.empty((like.shape[0], c1 + c2) + tuple(size), dtype=torch.result_type(like, deep_a),
+                      device=like.device, memory_format=fmt)
     if skips_from is not None:
         out[:, :c1].copy_(skips_from[:, :c1])
     else:
@@ -470,6 +471,7 @@ class MNet(nn.Module):
         ``e`` is emptied as it goes: each feature map is dropped after the stage that reads it
         last, so its memory serves the next stages (a lower peak: fewer fresh pages to fault in)."""
         feats = {"": dict(e), "_": dict(e)}
+        last = len(_DECODER_STEPS) - 1
         for i, (stage, deep_a, skip_a, deep_b, skip_b) in enumerate(_DECODER_STEPS):
             sa, sb = _source(e, skip_a), _source(e, skip_b)  # skips: encoder features only
             shared = not (deep_a[0].startswith("u") or deep_b[0].startswith("u"))  # the stage's whole input
@@ -478,13 +480,26 @@ class MNet(nn.Module):
                 if first is None or not shared:
                     da, db = _source(f, deep_a), _source(f, deep_b)
                     merged = _stage_input(sa, sb, da, db, self.fmu, skips_from=first)
-                    first = first if first is not None else merged
-                f["u" + stage] = getattr(self, "up" + stage + suffix).run(merged)
-            merged = first = sa = sb = da = db = None
-            for key in _LAST_READ_AT.get(i, ()):
-                for f in (e, *feats.values()):
-                    f.pop(key, None)
-        return tuple(f["u14"][0] + f["u14"][1] for f in feats.values())
+                    da = db = None
+                    if first is None:  # the other decoder copies the merged skips from here
+                        first, sa, sb = merged, None, None
+                        self._drop(i, (skip_a[0], skip_b[0]), (deep_a[0], deep_b[0]), e, feats)
+                out = getattr(self, "up" + stage + suffix).run(merged)
+                if i == last:  # the two streams' sum, at once (one full-size map less held)
+                    out = (out[0].add_(out[1]),)
+                f["u" + stage] = out
+            merged = first = None
+            self._drop(i, list(_LAST_READER), (), e, feats)
+        return tuple(f["u14"][0] for f in feats.values())
+
+    @staticmethod
+    def _drop(stage: int, keys, keep, e: dict, feats: dict) -> None:
+        """Forget the features in ``keys`` (except ``keep``) that no stage after ``stage`` reads."""
+        for key in keys:
+            if key in keep or _LAST_READER.get(key) != stage:
+                continue
+            for holder in (e, *feats.values()):
+                holder.pop(key, None)
 
     def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-sigmoid outputs (for training with BCE-with-logits)."""
