@@ -30,6 +30,7 @@ ours vs the official-style loop's (target: within 0.02).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ import tifffile
 import torch
 
 from napari_segneuron._model import MNet, fetch_weights, load_model, save_checkpoint
-from napari_segneuron.allocator import retain_freed_memory
+from napari_segneuron.allocator import release_freed_memory, retain_freed_memory
 from napari_segneuron.autotune import tuning_for
 from napari_segneuron.inference import DEFAULT_TILING, Predictor
 from napari_segneuron.precision import cpu_capability, cpu_model, cpu_has_native_bf16, reported_flags
@@ -108,6 +109,11 @@ def official_style_predict(model, volume: np.ndarray, crop=(20, 128, 128), strid
 
 
 def cli_seconds(weights: str, stack: Path, out_dir: Path, extra: list[str]) -> float:
+    # this process keeps its freed memory (retain_freed_memory, as the CLI does); hand it back
+    # first, or the child's fresh pages cost more (a 40x256x256 kn16 run: 18 s beside 8 GB held
+    # by another process, 9-10 s alone)
+    gc.collect()
+    release_freed_memory()
     exe = Path(sys.executable).with_name("napari-segneuron")
     cmd = [str(exe) if exe.exists() else "napari-segneuron", "predict", str(stack), "-o",
            str(out_dir / f"pred_{time.monotonic_ns()}.zarr"), "--weights", weights, "--overwrite"] + extra

@@ -55,10 +55,14 @@ def device_and_autocast(bf16: bool = True):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    use = bf16 and dev.type == "cuda"
+    if dev.type == "cuda":
+        use = bf16
+    else:  # a CPU: bf16 only where it runs in hardware (emulated bf16 is several times slower)
+        from napari_segneuron.precision import cpu_has_native_bf16
+        use = bf16 and cpu_has_native_bf16()
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use else torch.autocast("cpu", enabled=False)
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if use else torch.autocast("cpu", enabled=False)
     return dev, autocast
 
 

@@ -59,3 +59,30 @@ def test_cli_predictor_reports_the_setting():
         assert settings["retain_freed_memory"] is on
     finally:
         retain_freed_memory(False)
+
+
+RELEASE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from napari_segneuron.allocator import release_freed_memory, retain_freed_memory
+
+    def rss_mib():
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096 / 2**20
+
+    retain_freed_memory()
+    x = torch.ones(64 << 20)  # 256 MiB, kept by the process after it is freed
+    del x
+    kept = rss_mib()
+    assert release_freed_memory()
+    print(kept, rss_mib())
+    """
+)
+
+
+@pytest.mark.skipif(_libc() is None, reason="not glibc")
+def test_release_hands_kept_memory_back():
+    out = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True, check=True)
+    kept, after = (float(v) for v in out.stdout.split())
+    assert kept - after > 200, (kept, after)  # most of the 256 MiB block went back to the system

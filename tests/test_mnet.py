@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_segneuron._model import MNet
 
@@ -139,3 +140,19 @@ def test_one_pass_channel_statistics_match_two_pass_fp64(offset):
     assert mean.dtype == torch.float32 and var.dtype == torch.float32
     assert ((mean.double() - ref_mean).abs() <= 1e-6 * (1 + ref_mean.abs())).all()
     assert ((var.double() - ref_var).abs() / ref_var).max() < 5e-6
+
+
+def test_planewise_upsampling_into_a_channel_slice_equals_trilinear():
+    """The last stage's deep merge is upsampled a few z planes at a time straight into its slice
+    of the channels-last stage input: the values of trilinear interpolation with z unchanged,
+    and the other channels untouched."""
+    from napari_segneuron._model.mnet import _PLANES_PER_PIECE, _upsample_planes_into
+
+    torch.manual_seed(0)
+    low = torch.randn(2, 3, _PLANES_PER_PIECE * 2 + 3, 5, 7).contiguous(memory_format=torch.channels_last_3d)
+    buf = torch.full((2, 7, low.shape[2], 10, 14), 9.0).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        _upsample_planes_into(low, buf[:, 4:], absolute=True)
+    ref = F.interpolate(low, size=(low.shape[2], 10, 14), mode="trilinear", align_corners=False).abs()
+    assert torch.allclose(buf[:, 4:], ref, atol=1e-6)
+    assert (buf[:, :4] == 9.0).all()

@@ -48,3 +48,13 @@ def retain_freed_memory(enable: bool = True) -> bool:
 def retaining() -> bool:
     """Whether ``retain_freed_memory`` is in effect in this process."""
     return _state["retained"]
+
+
+def release_freed_memory() -> bool:
+    """Hand the freed memory this process keeps back to the system now (glibc ``malloc_trim``),
+    e.g. before starting another memory-hungry process. Returns whether anything could be done."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -296,12 +296,50 @@ def merge_upsampled(deep_a: torch.Tensor, deep_b: torch.Tensor, size: Sequence[i
             else:
                 break
         else:
-            merged = upsample_linear(a - b if mode == "sub" else a + b, size)
+            low = a - b if mode == "sub" else a + b
+            if out is not None and low.shape[2] == size[0] and _planes_in_batch(low) is not None:
+                return _upsample_planes_into(low, out, mode == "sub")
+            merged = upsample_linear(low, size)
             if out is not None:  # the last pass writes into out
                 return torch.abs(merged, out=out) if mode == "sub" else out.copy_(merged)
             return merged.abs_() if mode == "sub" else merged
     return merge_features(F.interpolate(deep_a, size=size, mode="trilinear", align_corners=False),
                           F.interpolate(deep_b, size=size, mode="trilinear", align_corners=False), mode, out=out)
+
+
+#: z planes per piece in ``_upsample_planes_into`` (the temporary is this many planes, not the stack)
+_PLANES_PER_PIECE = 8
+
+
+def _planes_in_batch(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """A channels-last (N, C, Z, Y, X) tensor, or a channel slice of one, as a 2D channels-last
+    batch of N*Z planes sharing its memory; None where no such view exists."""
+    if x.dim() != 5 or x.stride(1) != 1:
+        return None
+    n, c, z, y, w = x.shape
+    try:
+        return x.permute(0, 2, 1, 3, 4).view(n * z, c, y, w)
+    except RuntimeError:
+        return None
+
+
+def _upsample_planes_into(low: torch.Tensor, out: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """Bilinear upsampling in y, x of a channels-last stack whose z already has the target size,
+    written into ``out`` (a channels-last slice, e.g. of a stage input) a few planes at a time:
+    equal to trilinear interpolation with an unchanged z, without a full-size temporary."""
+    src, dst = _planes_in_batch(low), _planes_in_batch(out)
+    if src is None or dst is None:
+        merged = F.interpolate(low, size=tuple(out.shape[2:]), mode="trilinear", align_corners=False)
+        return torch.abs(merged, out=out) if absolute else out.copy_(merged)
+    size = tuple(out.shape[3:])
+    for p0 in range(0, src.shape[0], _PLANES_PER_PIECE):
+        piece = F.interpolate(src[p0 : p0 + _PLANES_PER_PIECE], size=size, mode="bilinear", align_corners=False)
+        target = dst[p0 : p0 + _PLANES_PER_PIECE]
+        if absolute:
+            torch.abs(piece, out=target)
+        else:
+            target.copy_(piece)
+    return out
 
 
 class Decoder(Stage):
@@ -484,6 +522,8 @@ class MNet(nn.Module):
                     if first is None:  # the other decoder copies the merged skips from here
                         first, sa, sb = merged, None, None
                         self._drop(i, (skip_a[0], skip_b[0]), (deep_a[0], deep_b[0]), e, feats)
+                    elif not shared:  # copied: the first decoder's input can go
+                        first = None
                 out = getattr(self, "up" + stage + suffix).run(merged)
                 if i == last:  # the two streams' sum, at once (one full-size map less held)
                     out = (out[0].add_(out[1]),)
