@@ -27,14 +27,12 @@ _MIN_Z_FOR_3D_POOL = 8
 def merge_features(a: torch.Tensor, b: torch.Tensor, mode: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Feature merging unit: combine two streams of equal shape (into ``out`` when given)."""
     if mode == "sub":
-        if out is not None:
-            return torch.sub(a, b, out=out).abs_()
-        diff = a - b
-        return diff.abs_() if _fast_path() else diff.abs()
+        diff = torch.sub(a, b, out=out)
+        return diff.abs_() if out is not None or _fast_path() else diff.abs()
     if mode == "sum":
-        return a + b if out is None else torch.add(a, b, out=out)
+        return torch.add(a, b, out=out)
     if mode == "cat":
-        return torch.cat([a, b], dim=1, out=out) if out is not None else torch.cat([a, b], dim=1)
+        return torch.cat([a, b], dim=1, out=out)
     raise ValueError(f"unknown feature merging mode {mode!r}; expected one of {FMU_MODES}")
 
 
@@ -297,8 +295,10 @@ def merge_upsampled(deep_a: torch.Tensor, deep_b: torch.Tensor, size: Sequence[i
                 break
         else:
             low = a - b if mode == "sub" else a + b
-            if out is not None and low.shape[2] == size[0] and _planes_in_batch(low) is not None:
-                return _upsample_planes_into(low, out, mode == "sub")
+            if out is not None and low.shape[2] == size[0]:
+                done = _upsample_planes_into(low, out, mode == "sub")
+                if done is not None:
+                    return done
             merged = upsample_linear(low, size)
             if out is not None:  # the last pass writes into out
                 return torch.abs(merged, out=out) if mode == "sub" else out.copy_(merged)
@@ -323,14 +323,14 @@ def _planes_in_batch(x: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
 
-def _upsample_planes_into(low: torch.Tensor, out: torch.Tensor, absolute: bool) -> torch.Tensor:
+def _upsample_planes_into(low: torch.Tensor, out: torch.Tensor, absolute: bool) -> Optional[torch.Tensor]:
     """Bilinear upsampling in y, x of a channels-last stack whose z already has the target size,
     written into ``out`` (a channels-last slice, e.g. of a stage input) a few planes at a time:
-    equal to trilinear interpolation with an unchanged z, without a full-size temporary."""
+    equal to trilinear interpolation with an unchanged z, without a full-size temporary.
+    Returns ``out``, or None (nothing written) when either tensor is not channels-last."""
     src, dst = _planes_in_batch(low), _planes_in_batch(out)
     if src is None or dst is None:
-        merged = F.interpolate(low, size=tuple(out.shape[2:]), mode="trilinear", align_corners=False)
-        return torch.abs(merged, out=out) if absolute else out.copy_(merged)
+        return None
     size = tuple(out.shape[3:])
     for p0 in range(0, src.shape[0], _PLANES_PER_PIECE):
         piece = F.interpolate(src[p0 : p0 + _PLANES_PER_PIECE], size=size, mode="bilinear", align_corners=False)
