@@ -12,8 +12,8 @@ Volumes
   exactly as the plugin does; a model without one (e.g. finetuned on the stack itself) predicts
   on the native grid.
 
-Rule: plugin defaults (median scoring, foreground "cut", segments < 100 voxels merged) at the
-package's DEFAULT_THRESHOLD, the same for every volume; the classical baseline (smoothed
+Rule: plugin defaults (median scoring, foreground "cut" at the threshold the weights declare,
+segments < 100 voxels merged) at the package's DEFAULT_THRESHOLD, the same for every volume; the classical baseline (smoothed
 intensity as affinities, plain waterz, no merging) at the threshold that is best on fib25_b.
 The best threshold per volume is printed too, for reference only.
 
@@ -85,16 +85,17 @@ def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=Non
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid."""
     from napari_segneuron.inference import Predictor
-    from napari_segneuron.segmentation import agglomerate
+    from napari_segneuron.segmentation import agglomerate, foreground_threshold_for
     pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, **(tiles or {}))
+    fg_t = foreground_threshold_for(model)  # what the weights declare, as the plugin does
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
     if mg.get("affinities") is not None:
         ag = agglomerate(_cut_z(mg["affinities"]) if sections else np.ascontiguousarray(mg["affinities"], np.float32),
-                         np.ascontiguousarray(mg["foreground"], np.float32), worker=False)
+                         np.ascontiguousarray(mg["foreground"], np.float32), fg_threshold=fg_t, worker=False)
         return ag.on_grid(raw.shape)
     return agglomerate(_cut_z(aff) if sections else np.ascontiguousarray(aff, np.float32),
-                       np.ascontiguousarray(fg, np.float32), worker=False)
+                       np.ascontiguousarray(fg, np.float32), fg_threshold=fg_t, worker=False)
 
 
 def classical_ag(raw, sigma: float = 0.5, sections=False):
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from napari_segneuron._model import load_model
-    from napari_segneuron.segmentation import DEFAULT_THRESHOLD
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD, foreground_threshold_for
 
     vols = {}
     names = a.volumes.split(",")
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
             ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d, tiles=tiles)
-            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD),
+            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD), fg_threshold=foreground_threshold_for(model),
                      model=name + (", per section" if a.sections and two_d else ""), volume=vname,
                      model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
             rows.append(r)

@@ -218,20 +218,21 @@ def main() -> int:
             print()
 
     if args.vi:
-        from napari_segneuron.segmentation import segment_and_score
+        from napari_segneuron.segmentation import foreground_threshold_for, segment_and_score
 
         model = models.get("default", (load_model(fetch_weights("default"), device="cpu"),))[0]
         raw = tifffile.imread(DATA / "fib25_b_raw.tif")
         gt = tifffile.imread(DATA / "fib25_b_labels.tif")
         aff, fg, _, _ = official_style_predict(model, raw)
         retain_freed_memory()
-        ref = segment_and_score(aff, fg, gt)
+        fg_t = foreground_threshold_for(model)  # what the weights declare, as the plugin does
+        ref = segment_and_score(aff, fg, gt, fg_threshold=fg_t)
         print(f"fib25_b {raw.shape}, default model, default threshold {ref['threshold']}: official-style VI "
               f"{ref['vi']:.4f}")
         tuning = tuning_for(model, torch.device("cpu"), quiet=True)
         for label, kw in [("ours, fixed settings", OLD_DEFAULT), ("ours, tuned", {"tune": tuning})]:
             a, f = Predictor(model, device="cpu", **kw).predict(raw)
-            r = segment_and_score(a, f, gt)
+            r = segment_and_score(a, f, gt, fg_threshold=fg_t)
             print(f"  {label:<22} VI {r['vi']:.4f} (difference {r['vi'] - ref['vi']:+.4f}, target |d| <= 0.02)")
     return 0
 

@@ -111,6 +111,10 @@ def run_segment(args: argparse.Namespace) -> int:
                 bar.close()
             print(run.summary() + f"; prediction in {prediction}", file=sys.stderr)
         t1 = time.perf_counter()
+        from ._cli_segment import resolve_fg_threshold
+        from .io import read_metadata
+
+        resolve_fg_threshold(args, read_metadata(prediction))
         bar = TerminalProgress("segment", unit="step")
         try:
             agg = segment_blockwise(

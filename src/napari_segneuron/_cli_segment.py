@@ -53,8 +53,9 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("agglomeration")
     g.add_argument("--threshold", type=_unit_interval, default=DEFAULT_THRESHOLD, metavar="T",
                    help=f"waterz merge threshold in [0, 1]; higher merges more (default {DEFAULT_THRESHOLD})")
-    g.add_argument("--fg-threshold", type=_unit_interval, default=DEFAULT_FG_THRESHOLD, metavar="F",
-                   help=f"voxels with foreground probability below F are background (default {DEFAULT_FG_THRESHOLD})")
+    g.add_argument("--fg-threshold", type=_unit_interval, default=None, metavar="F",
+                   help="voxels with foreground probability below F are background (default: the value the "
+                        f"weights declare, 0.75 for 'default'; {DEFAULT_FG_THRESHOLD} for weights that declare none)")
     g.add_argument("--min-size", type=_non_negative_int, default=DEFAULT_MIN_SIZE, metavar="N",
                    help=f"segments smaller than N voxels are merged or removed, see --small (default {DEFAULT_MIN_SIZE})")
     g.add_argument("--small", choices=SMALL_SEGMENTS, default=DEFAULT_SMALL,
@@ -184,13 +185,26 @@ class StageProgress:
         self.bar.close()
 
 
+def resolve_fg_threshold(args: argparse.Namespace, source) -> float:
+    """``--fg-threshold`` if given, else what the weights declare (``source``: the model or the
+    prediction's provenance), else the package default; sets ``args.fg_threshold`` and says which."""
+    from .segmentation import DEFAULT_FG_THRESHOLD, foreground_threshold_for
+
+    if args.fg_threshold is None:
+        args.fg_threshold = foreground_threshold_for(source)
+        if args.fg_threshold != DEFAULT_FG_THRESHOLD and not args.no_foreground:
+            print(f"foreground threshold {args.fg_threshold:g}: the value these weights declare "
+                  "(--fg-threshold to change it)", file=sys.stderr)
+    return args.fg_threshold
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from . import _cli_blockwise
 
     if _cli_blockwise.wants_blockwise(args):  # --block / --scheduler
         return _cli_blockwise.run_segment(args)
     from . import __version__
-    from .io import as_volume, read_prediction, read_volume, write_labels, write_prediction
+    from .io import as_volume, read_metadata, read_prediction, read_volume, write_labels, write_prediction
     from .segmentation import agglomerate
 
     check_output_path(args.output, args.overwrite)
@@ -204,6 +218,7 @@ def run_segment(args: argparse.Namespace) -> int:
             aff = aff[(slice(None),) + tuple(args.roi)]
         print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
         meta["prediction"] = str(args.input)
+        resolve_fg_threshold(args, read_metadata(args.input))
     else:
         if args.save_prediction:
             check_output_path(args.save_prediction, args.overwrite)
@@ -221,7 +236,8 @@ def run_segment(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"),
-                    inference=predictor.settings())
+                    inference=predictor.settings(), model_fg_threshold=model.info.get("fg_threshold"))
+        resolve_fg_threshold(args, model)
         if voxel:
             meta["voxel_size_nm"] = list(voxel)
         if args.save_prediction:

@@ -79,7 +79,7 @@ def overview_png(path, raw_slice, boundary_slice, seg_slice, gt_slice=None, titl
 def run_headless(out_dir="demo_out", weights: str = "default", device=None, threshold=None, quiet=False) -> dict:
     from . import __version__, io, segmentation
     from ._cli_common import TerminalProgress
-    from ._model import fetch_weights, load_model
+    from ._model import load_named
     from ._sample_data import load_labels, load_raw
     from .inference import Predictor
 
@@ -89,14 +89,15 @@ def run_headless(out_dir="demo_out", weights: str = "default", device=None, thre
     raw, gt = load_raw(), load_labels()
     say(f"sample: FIB-25 crop {raw.shape} {raw.dtype}; weights: {weights}")
     t0 = time.perf_counter()
-    model = load_model(fetch_weights(weights), device=device, name=weights)
+    model = load_named(weights, device=device)
     say(f"model: MNet kn={model.info['kn']}, {model.info['n_parameters'] / 1e6:.2f} M parameters on {model.info['device']}")
     bar = TerminalProgress("predict")
     aff, fg = Predictor(model, device=device).predict(raw, progress=None if quiet else bar)
     bar.close()
     t_pred = time.perf_counter() - t0
     bar = TerminalProgress("agglomerate")
-    agg = segmentation.agglomerate(aff, fg, progress=None if quiet else bar)
+    fg_threshold = segmentation.foreground_threshold_for(model)  # what the weights declare
+    agg = segmentation.agglomerate(aff, fg, fg_threshold=fg_threshold, progress=None if quiet else bar)
     bar.close()
     t = segmentation.DEFAULT_THRESHOLD if threshold is None else float(threshold)
     labels = agg.labels(t)
@@ -106,7 +107,7 @@ def run_headless(out_dir="demo_out", weights: str = "default", device=None, thre
         "plugin": "napari-segneuron", "plugin_version": __version__, "step": "demo",
         "source_image": "fib25 EM (napari-segneuron sample)",
         "weights": {"name": model.info["name"], "sha256": model.info["sha256"]},
-        "segment": {"threshold": t, "fg_threshold": segmentation.DEFAULT_FG_THRESHOLD, "min_size": segmentation.DEFAULT_MIN_SIZE},
+        "segment": {"threshold": t, "fg_threshold": fg_threshold, "min_size": segmentation.DEFAULT_MIN_SIZE},
     }
     io.write_labels(out / "fib25_labels.tif", labels, metadata={"segneuron": provenance}, overwrite=True)
     io.write_prediction(out / "fib25_prediction.zarr", aff, fg, metadata={"segneuron": provenance}, overwrite=True)

@@ -436,8 +436,10 @@ def predict_blockwise(
                     model_voxel_size=tuple(model_voxel_size) if model_voxel_size else None)
     grid = grid_for(shape, block)
     offset, scale = intensity_scale(volume)
+    from ._model.registry import declared_fg_threshold
+
     meta = dict(metadata or {}, blockwise_block=list(grid.block), tile=list(tile_t), overlap=list(overlap_t),
-                weights=str(weights))
+                weights=str(weights), model_fg_threshold=declared_fg_threshold(weights))
     arrays = {
         "affinities": ((3,) + shape, dtype, (3,) + grid.block),
         "foreground": (shape, dtype, grid.block),

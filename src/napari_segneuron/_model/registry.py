@@ -48,6 +48,8 @@ class WeightsEntry:
     revision: str = "main"
     sha256: Optional[str] = None
     voxel_size_nm: Optional[tuple[float, float, float]] = None
+    # the foreground threshold segmentation should use with these weights (None: the package default)
+    fg_threshold: Optional[float] = None
     # "em" (MNet: affinities + foreground) or "lm" (ViT3D light-microscopy foreground, see _model/vit3d.py)
     family: str = "em"
 
@@ -67,6 +69,8 @@ REGISTRY: dict[str, WeightsEntry] = {
         bundled=True,
         # measured: the FIB-25 training crops are ~2x coarser than the 10 nm unlabeled cube (MODEL_CARD.md)
         voxel_size_nm=(20.0, 20.0, 20.0),
+        # picked on fib25_b for these weights (MODEL_CARD.md, segmentation/defaults.py)
+        fg_threshold=0.75,
     ),
     "segneuron": WeightsEntry(
         name="segneuron",
@@ -241,14 +245,33 @@ def fetch_weights(
     return path
 
 
+def declared_fg_threshold(name_or_path: Union[str, os.PathLike]) -> Optional[float]:
+    """The foreground threshold that checkpoint metadata or a registry entry declares for these
+    weights, without loading the network (None when neither does or the file is not here)."""
+    from .weights import _read_checkpoint, _unit_or_none, extract_state_dict
+
+    entry = REGISTRY.get(str(name_or_path))
+    path = cached_path(entry) if entry is not None and not entry.bundled else (
+        PACKAGE_WEIGHTS / entry.filename if entry is not None else Path(name_or_path))
+    declared = None
+    if path.is_file():
+        try:
+            declared = _unit_or_none(extract_state_dict(_read_checkpoint(path))[1].get("fg_threshold"))
+        except Exception:  # noqa: BLE001 - an unreadable file is reported where it is loaded
+            declared = None
+    if declared is None and entry is not None:
+        declared = entry.fg_threshold
+    return declared
+
+
 def load_named(
     name_or_path: Union[str, os.PathLike],
     device: Optional[str] = None,
     progress: Optional[Callable[..., None]] = None,
     cancel: Optional[CancelToken] = None,
 ):
-    """``fetch_weights`` + ``load_model``; a registry entry supplies the model's voxel size
-    when the checkpoint itself does not declare one (the released weights don't)."""
+    """``fetch_weights`` + ``load_model``; a registry entry supplies the model's voxel size and
+    foreground threshold when the checkpoint itself does not declare them (the released weights don't)."""
     from .weights import load_model
 
     key = str(name_or_path)
@@ -257,4 +280,6 @@ def load_named(
     model = load_model(path, device=device, name=entry.name if entry else None)
     if entry is not None and model.info.get("voxel_size_nm") is None and entry.voxel_size_nm is not None:
         model.info["voxel_size_nm"] = tuple(entry.voxel_size_nm)
+    if entry is not None and model.info.get("fg_threshold") is None and entry.fg_threshold is not None:
+        model.info["fg_threshold"] = float(entry.fg_threshold)
     return model

@@ -179,10 +179,19 @@ def load_model(path: PathLike, device: Optional[Union[str, torch.device]] = None
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(dev),
         "voxel_size_nm": tuple(metadata["voxel_size_nm"]) if metadata.get("voxel_size_nm") else None,
+        "fg_threshold": _unit_or_none(metadata.get("fg_threshold")),
         "iters": int(obj.get("iters", 0)) if isinstance(obj, Mapping) and isinstance(obj.get("iters", 0), int) else 0,
         "metadata": metadata,
     }
     return model
+
+
+def _unit_or_none(value) -> Optional[float]:
+    """A checkpoint's recommended foreground threshold, if it declares a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    v = float(value)
+    return v if 0.0 <= v <= 1.0 else None
 
 
 def save_checkpoint(

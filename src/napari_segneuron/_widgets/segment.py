@@ -262,7 +262,9 @@ class SegNeuronWidget(QWidget):
         # ---- 3. Segment ------------------------------------------------------------------
         box = QGroupBox("3. Segment")
         form = QFormLayout(box)
-        self.fg_threshold = double_spin(fg, 0.0, 1.0, 0.05, tooltip="Voxels with foreground probability below this are background (label 0)")
+        self.fg_threshold = double_spin(fg, 0.0, 1.0, 0.05, tooltip="Voxels with foreground probability below this are background (label 0); "
+                                        "set to the value the loaded weights declare until you change it")
+        self._declared_fg = float(fg)  # the value set_model last put in the box (user edits are kept)
         form.addRow("Foreground ≥", self.fg_threshold)
         self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into the segment they touch most (while you drag the slider they are shown unmerged)", suffix=" voxels")
         form.addRow("Min size", self.min_size)
@@ -693,8 +695,19 @@ class SegNeuronWidget(QWidget):
         self.model_label.setText(text)
         self.model_label.setToolTip(info.get("path", ""))
         origin = f" from {source}" if source is not None else ""
-        self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded{origin}.")
+        note = self._follow_declared_fg(info)
+        self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded{origin}.{note}")
         self._show_voxel_note()
+
+    def _follow_declared_fg(self, info: dict) -> str:
+        """Put the foreground threshold the weights declare (else the package default) in the box,
+        unless the user has changed the box since the last model; returns a note for the status."""
+        declared = float(_segmentation().foreground_threshold_for(info))
+        if abs(self.fg_threshold.value() - self._declared_fg) > 1e-9 or abs(declared - self._declared_fg) <= 1e-9:
+            return ""
+        self.fg_threshold.setValue(declared)
+        self._declared_fg = declared
+        return f" Foreground ≥ set to {declared:g}, the value these weights declare."
 
     # =====================================================================================
     # 2. Predict

@@ -22,6 +22,7 @@ from .defaults import (
     DEFAULT_THRESHOLD,
     SCORING_FUNCTIONS,
     SMALL_SEGMENTS,
+    foreground_threshold_for,
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, distance_fragments
 from .inputs import affinities_from_boundaries, restrict_to_foreground
@@ -31,6 +32,7 @@ from .worker import _restore_stdout, _silence_stdout  # noqa: F401  (used by ben
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_FG_THRESHOLD",
+    "foreground_threshold_for",
     "DEFAULT_MIN_SIZE",
     "DEFAULT_SMALL",
     "DEFAULT_MAX_THRESHOLD",
