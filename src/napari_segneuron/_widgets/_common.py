@@ -274,6 +274,7 @@ def weights_provenance(model) -> dict:
         "path": info.get("path"),
         "kn": list(info["kn"]) if info.get("kn") is not None else None,
         "n_parameters": info.get("n_parameters"),
+        "fg_threshold": info.get("fg_threshold"),  # the foreground threshold these weights declare (None: none)
     }
 
 
