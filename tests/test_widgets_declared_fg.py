@@ -28,6 +28,7 @@ def test_box_follows_the_weights_until_the_user_changes_it(seg_dock, qtbot, tiny
     # weights that declare nothing bring the package default back
     w.set_model(tiny_model_cpu)
     assert w.fg_threshold.value() == pytest.approx(DEFAULT_FG_THRESHOLD)
+    assert "the package default (these weights declare none)" in w.status_label.text()
     # a value the user typed is theirs: loading other weights leaves it alone
     w.fg_threshold.setValue(0.6)
     w.load_weights()

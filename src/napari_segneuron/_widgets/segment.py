@@ -707,7 +707,9 @@ class SegNeuronWidget(QWidget):
             return ""
         self.fg_threshold.setValue(declared)
         self._declared_fg = declared
-        return f" Foreground ≥ set to {declared:g}, the value these weights declare."
+        why = "the value these weights declare" if info.get("fg_threshold") is not None else \
+            "the package default (these weights declare none)"
+        return f" Foreground ≥ set to {declared:g}, {why}."
 
     # =====================================================================================
     # 2. Predict
