@@ -124,3 +124,22 @@ def test_unavailable_device_is_a_clear_error(tmp_path, reference_model):
     path = save_checkpoint(reference_model, tmp_path / "c.pt")
     with pytest.raises(WeightsError, match="CUDA"):
         load_model(path, device="cuda")
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_metadata_read_maps_zip_files_and_still_reads_old_pickles(tmp_path, zipped):
+    """``mmap=True`` (metadata-only reads: declared thresholds, model family) gives the same
+    content as a full read, for zip checkpoints and for legacy raw-pickle ones it cannot map."""
+    from napari_segneuron._model.registry import declared_fg_threshold
+    from napari_segneuron._model.weights import _read_checkpoint
+
+    path = tmp_path / "w.pt"
+    ck = {"model_weights": {"a": torch.arange(6.0)}, "iters": 3, "metadata": {"fg_threshold": 0.6}}
+    torch.save(ck, path, _use_new_zipfile_serialization=zipped)
+    mapped, full = _read_checkpoint(path, mmap=True), _read_checkpoint(path)
+    assert mapped["metadata"] == full["metadata"] == {"fg_threshold": 0.6}
+    assert torch.equal(mapped["model_weights"]["a"], full["model_weights"]["a"])
+    assert declared_fg_threshold(path) == 0.6
+    path.write_bytes(path.read_bytes()[:40])  # truncated: a clear error, as without mmap
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+        _read_checkpoint(path, mmap=True)

@@ -256,7 +256,7 @@ def declared_fg_threshold(name_or_path: Union[str, os.PathLike]) -> Optional[flo
     declared = None
     if path.is_file():
         try:
-            declared = _unit_or_none(extract_state_dict(_read_checkpoint(path))[1].get("fg_threshold"))
+            declared = _unit_or_none(extract_state_dict(_read_checkpoint(path, mmap=True))[1].get("fg_threshold"))
         except Exception:  # noqa: BLE001 - an unreadable file is reported where it is loaded
             declared = None
     if declared is None and entry is not None:

@@ -360,7 +360,7 @@ def save_vit3d(model: ViT3DSeg, path: Union[str, Path], iters: int = 0, metadata
 def is_vit3d_checkpoint(path: Union[str, Path]) -> bool:
     from .weights import _read_checkpoint, extract_state_dict
 
-    _, meta = extract_state_dict(_read_checkpoint(Path(path).expanduser()))
+    _, meta = extract_state_dict(_read_checkpoint(Path(path).expanduser(), mmap=True))
     return meta.get("family") == FAMILY
 
 

@@ -45,7 +45,9 @@ def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _read_checkpoint(path: Path) -> Any:
+def _read_checkpoint(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` and clear errors.  ``mmap=True`` maps the tensors
+    instead of reading them (for metadata-only reads of large checkpoints; zip archives only)."""
     if not path.exists():
         raise WeightsError(f"Weights file not found: {path}")
     if path.is_dir():
@@ -56,7 +58,7 @@ def _read_checkpoint(path: Path) -> Any:
         # torch.save writes a zip archive; very old files are raw pickles (protocol >= 2)
         raise WeightsError(f"{path.name} is not a readable PyTorch checkpoint (no zip or pickle header)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=bool(mmap) and magic == b"PK")
     except pickle.UnpicklingError as err:
         raise WeightsError(
             f"{path.name} contains Python objects that would need code execution to load; "
