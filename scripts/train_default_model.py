@@ -114,8 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--average-last", type=int, default=4,
                    help="also try the mean weights of the last N kept checkpoints as a candidate")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: on only where the CPU has native bf16, avx512_bf16 / "
-                        "amx_bf16, ~1.5x faster there; emulated bf16 on other CPUs is several times slower)")
+                   help="bfloat16 autocast (default: asked for where the CPU has native bf16, avx512_bf16 / "
+                        "amx_bf16, and then used only if a timed training step is faster with it; emulated "
+                        "bf16 on other CPUs is several times slower)")
     p.add_argument("--balance", action="store_true", help="weigh boundary and inside affinities equally")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights that are validated and kept")
     p.add_argument("--pretrain-batch", type=int, default=1)
