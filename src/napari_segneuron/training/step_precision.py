@@ -43,19 +43,12 @@ def _key(model: torch.nn.Module, shape: Sequence[int], device: torch.device) -> 
     return f"{machine_key(device)} || {model_key(model)} || {torch.get_num_threads()} threads || {tuple(shape)}"
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _store(path: Path, key: str, entry: dict) -> None:
     from ..atomic import atomic_output
+    from ..autotune import _read_cache
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _read(path)
+    data = _read_cache(path)
     data[key] = entry
     with atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1))
@@ -112,7 +105,7 @@ def use_mixed_precision(model: torch.nn.Module, shape: Sequence[int], device, re
     step timing in tests; ``measure`` False skips the measurement (default: measure unless
     ``NAPARI_SEGNEURON_AUTOTUNE=off``); ``announce`` hears a line just before a measurement
     (for a progress bar: it takes a few seconds), ``log`` the outcome."""
-    from ..autotune import auto_disabled
+    from ..autotune import _read_cache, auto_disabled
     from ..precision import choose_precision, note_once
 
     if not requested:
@@ -128,7 +121,7 @@ def use_mixed_precision(model: torch.nn.Module, shape: Sequence[int], device, re
         return True
     path = path or cache_path()
     key = _key(model, shape, device)
-    entry = _read(path).get(key)
+    entry = _read_cache(path).get(key)
     if isinstance(entry, dict) and entry.get("version") == PROBE_VERSION and isinstance(entry.get("mixed"), bool):
         return entry["mixed"]
     if timer is None:
