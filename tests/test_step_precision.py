@@ -8,7 +8,7 @@ import torch
 from napari_segneuron.training import augment as A
 from napari_segneuron.training.checkpoints import read_checkpoint
 from napari_segneuron.training.finetune import build_mnet, finetune
-from napari_segneuron.training.step_precision import time_training_step, use_mixed_precision
+from napari_segneuron.training.step_precision import loss_on_one_batch, time_training_step, use_mixed_precision
 
 KN = (4, 8, 12, 16, 20)
 BF16 = {"avx2", "avx512f", "avx512_bf16"}
@@ -62,11 +62,27 @@ def test_a_corrupt_cache_is_measured_again(tmp_path):
     assert timer.calls == 2
 
 
+def _sampler(seed: int = 3):
+    from napari_segneuron.training.data import CropSampler, TrainVolume
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (10, 40, 40), dtype=np.uint8)
+    lab = (np.arange(40)[None, None, :] // 10 + 1).repeat(40, 1).repeat(10, 0).astype(np.uint32)
+    return CropSampler([TrainVolume(img, lab)], (8, 32, 32), A.AugmentConfig.none(), seed=seed)
+
+
+def _loss(net, sampler, batch_size=1):
+    from napari_segneuron.training.finetune import segmentation_loss
+
+    return loss_on_one_batch(sampler, batch_size, lambda b, mixed: segmentation_loss(net, b, "cpu",
+                                                                                     mixed_precision=mixed)[0])
+
+
 def test_timing_a_step_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     net = build_mnet(KN).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    seconds = time_training_step(net, SHAPE, torch.device("cpu"), mixed=False, repeats=1)
+    seconds = time_training_step(net, _loss(net, _sampler()), torch.device("cpu"), mixed=False, repeats=1)
     assert 0 < seconds < 60
     assert not net.training
     assert all(p.grad is None for p in net.parameters())
@@ -102,17 +118,9 @@ def test_finetune_records_the_precision_it_measured(tmp_path, monkeypatch):
 def test_the_timed_batch_does_not_move_the_run_s_random_crops():
     """The step that is timed uses one of the run's own batches, drawn without advancing the
     sampler: a run's crops are the same whether or not a measurement happened."""
-    from napari_segneuron.training.data import CropSampler, TrainVolume
-    from napari_segneuron.training.finetune import _probe_loss, segmentation_loss
-
-    rng = np.random.default_rng(1)
-    img = rng.integers(0, 255, (10, 40, 40), dtype=np.uint8)
-    lab = (np.arange(40)[None, None, :] // 10 + 1).repeat(40, 1).repeat(10, 0).astype(np.uint32)
-    make = lambda: CropSampler([TrainVolume(img, lab)], (8, 32, 32), A.AugmentConfig.none(), seed=3)  # noqa: E731
-    timed, plain = make(), make()
+    timed, plain = _sampler(), _sampler()
     net = build_mnet(KN)
-    loss = _probe_loss(timed, 2, lambda b, mixed: segmentation_loss(net, b, "cpu", mixed_precision=mixed)[0])
-    seconds = time_training_step(net, (2, 1, 8, 32, 32), torch.device("cpu"), False, repeats=1, loss=loss)
+    seconds = time_training_step(net, _loss(net, timed, 2), torch.device("cpu"), False, repeats=1)
     assert seconds > 0 and all(p.grad is None for p in net.parameters())
     a, b = timed.batch(2), plain.batch(2)
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -179,21 +179,6 @@ def autocast_for(device: torch.device, enabled: bool, flags=None):
     return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
-def _probe_loss(sampler, batch_size: int, loss_of: Callable):
-    """``loss(mixed)`` on one batch of ``sampler``, drawn on first use without moving the
-    sampler's random state (the run's crops stay the same whether or not a step is timed)."""
-    held: list = []
-
-    def loss(mixed: bool):
-        if not held:
-            state = copy.deepcopy(sampler.rng.bit_generator.state)
-            held.append(sampler.batch(batch_size))
-            sampler.rng.bit_generator.state = state
-        return loss_of(held[0], mixed)
-
-    return loss
-
-
 def segmentation_loss(model, batch: dict, device, aff_weight: float = 1.0, fg_weight: float = 1.0,
                       balance: bool = False, mixed_precision: bool = False):
     """Return (total, affinity, foreground) losses for a numpy batch."""
@@ -416,11 +401,11 @@ def finetune(
     dev = pick_device(device)
     net = net.to(dev).float()
     net.train()
-    from .step_precision import use_mixed_precision
+    from .step_precision import loss_on_one_batch, use_mixed_precision
     announce = None if progress is None else (lambda m: progress(start_iter, iterations, m))
     mixed_precision = use_mixed_precision(
         net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
-        loss=_probe_loss(sampler, batch_size, lambda b, mixed: segmentation_loss(
+        loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: segmentation_loss(
             net, b, dev, aff_weight, fg_weight, balance, mixed)[0]))
     torch.manual_seed(seed + start_iter)
     opt = torch.optim.Adam(net.parameters(), lr=lr)

@@ -21,7 +21,7 @@ from ..cancel import CancelToken, Cancelled
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
 from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
-from .finetune import (TrainResult, _probe_loss, autocast_for, stop_training, build_mnet, cancel_hooks,
+from .finetune import (TrainResult, autocast_for, stop_training, build_mnet, cancel_hooks,
                        learning_rate, mnet_from_state_dict, pick_device)
 
 
@@ -236,11 +236,11 @@ def pretrain(
         net = PretrainNet(kn, fmu)
     dev = pick_device(device)
     net = net.to(dev).float().train()
-    from .step_precision import use_mixed_precision
+    from .step_precision import loss_on_one_batch, use_mixed_precision
     announce = None if progress is None else (lambda m: progress(start, iterations, m))
     mixed_precision = use_mixed_precision(
         net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
-        loss=_probe_loss(sampler, batch_size, lambda b, mixed: pretrain_loss(
+        loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: pretrain_loss(
             net, b, dev, image_weight, hog_weight, mixed)[0]))
     torch.manual_seed(seed + start)
     opt = torch.optim.Adam(net.parameters(), lr=lr)

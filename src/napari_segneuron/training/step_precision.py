@@ -12,6 +12,7 @@ GPUs keep reduced precision (their fast path); CPUs without native bf16 never us
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -26,6 +27,7 @@ PROBE_VERSION = 1
 #: bf16 must be at least this much faster than fp32 to be used
 MIN_GAIN = 0.05
 
+#: ``timer(model, shape, device, mixed)``: seconds per step (tests fake it)
 Timer = Callable[[torch.nn.Module, Sequence[int], torch.device, bool], float]
 #: ``loss(mixed)``: a training loss on a fixed batch, its forward pass in autocast when ``mixed``
 LossFn = Callable[[bool], torch.Tensor]
@@ -54,31 +56,37 @@ def _store(path: Path, key: str, entry: dict) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1))
 
 
-def time_training_step(model: torch.nn.Module, shape: Sequence[int], device: torch.device, mixed: bool,
-                       repeats: int = 3, loss: Optional[LossFn] = None) -> float:
-    """Seconds for one forward + backward pass (best of ``repeats`` after a warm-up): of
-    ``loss(mixed)``, the run's own loss on one of its batches, or else of the outputs' mean on
-    random input of ``shape``. The weights, buffers and gradients are left as they were."""
+def loss_on_one_batch(sampler, batch_size: int, loss_of: Callable) -> LossFn:
+    """``loss(mixed)``: ``loss_of(batch, mixed)`` on one batch of a training ``sampler``, drawn on
+    first use without moving the sampler's random state (a run's crops stay the same whether or
+    not a step was timed)."""
+    held: list = []
+
+    def loss(mixed: bool) -> torch.Tensor:
+        if not held:
+            state = copy.deepcopy(sampler.rng.bit_generator.state)
+            held.append(sampler.batch(batch_size))
+            sampler.rng.bit_generator.state = state
+        return loss_of(held[0], mixed)
+
+    return loss
+
+
+def time_training_step(model: torch.nn.Module, loss: LossFn, device: torch.device, mixed: bool,
+                       repeats: int = 3) -> float:
+    """Seconds for one forward + backward pass of ``loss(mixed)``, the run's own loss on one of
+    its batches (best of ``repeats`` after a warm-up). The weights, buffers and gradients are
+    left as they were."""
     device = torch.device(device)
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     grads = {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()}
     was_training = model.training
-    x = torch.rand(tuple(shape), device=device) if loss is None else None
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if mixed else (
-        lambda: torch.autocast(device.type, enabled=False))
     best = math.inf
     try:
         model.train()
         for i in range(max(1, repeats) + 1):
             t0 = time.perf_counter()
-            if loss is not None:
-                value = loss(mixed)
-            else:
-                with ctx():
-                    out = model(x)
-                outs = out if isinstance(out, (tuple, list)) else (out,)
-                value = sum(o.float().mean() for o in outs)
-            value.backward()
+            loss(mixed).backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first pass is the warm-up (kernel selection, allocations)
@@ -100,9 +108,9 @@ def use_mixed_precision(model: torch.nn.Module, shape: Sequence[int], device, re
                         announce: Optional[Callable[[str], None]] = None, loss: Optional[LossFn] = None) -> bool:
     """Whether a training run asked to use mixed precision (``requested``) should use it here.
 
-    ``shape`` is the batch's (N, C, Z, Y, X); ``loss`` is what a step computes (timed when
-    given; see ``time_training_step``); ``flags`` fakes the CPU flags and ``timer`` the
-    step timing in tests; ``measure`` False skips the measurement (default: measure unless
+    ``shape`` is the batch's (N, C, Z, Y, X), part of the cache key; ``loss`` is what a step
+    computes (``loss_on_one_batch``), timed unless ``timer`` fakes the timing (tests); ``flags``
+    fakes the CPU flags; ``measure`` False skips the measurement (default: measure unless
     ``NAPARI_SEGNEURON_AUTOTUNE=off``); ``announce`` hears a line just before a measurement
     (for a progress bar: it takes a few seconds), ``log`` the outcome."""
     from ..autotune import _read_cache, auto_disabled
@@ -125,8 +133,11 @@ def use_mixed_precision(model: torch.nn.Module, shape: Sequence[int], device, re
     if isinstance(entry, dict) and entry.get("version") == PROBE_VERSION and isinstance(entry.get("mixed"), bool):
         return entry["mixed"]
     if timer is None:
+        if loss is None:
+            raise ValueError("use_mixed_precision needs the run's loss (or a timer) to measure a step")
+
         def timer(m, shp, dev, mixed):
-            return time_training_step(m, shp, dev, mixed, loss=loss)
+            return time_training_step(m, loss, dev, mixed)
     if announce is not None:
         announce("timing one training step in fp32 and bfloat16 (once for this machine and batch)")
     fp32 = timer(model, shape, device, False)
