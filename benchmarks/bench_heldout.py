@@ -81,13 +81,13 @@ def _cut_z(aff):
     return aff
 
 
-def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None):
+def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid."""
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import agglomerate, foreground_threshold_for
     pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, **(tiles or {}))
-    fg_t = foreground_threshold_for(model)  # what the weights declare, as the plugin does
+    fg_t = foreground_threshold_for(model) if fg_threshold is None else fg_threshold  # declared, as the plugin does
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
     if mg.get("affinities") is not None:
@@ -126,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tile", default=None, help="Z,Y,X tile for the model rows (default: the predictor's choice)")
     p.add_argument("--overlap", default=None, help="Z,Y,X halo with --tile")
+    p.add_argument("--calibrated", nargs="*", default=[],
+                   help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on the "
+                        "vnc volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
             print(json.dumps(r), flush=True)
     overrides = {k: float(v) for k, v in (spec.split("=", 1) for spec in a.model_voxel)}
     tiles = {k: tuple(int(v) for v in getattr(a, k).split(",")) for k in ("tile", "overlap") if getattr(a, k)}
+    calibrations = {k: json.loads(Path(v).read_text()) for k, v in (spec.split("=", 1) for spec in a.calibrated)}
     for spec in a.models:
         name, path = spec.split("=", 1)
         model = load_model(path, device="cpu")
@@ -165,8 +169,12 @@ def main(argv=None) -> int:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
-            ag = segment_model(model, raw, voxel, vs, sections=a.sections and two_d, tiles=tiles)
-            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD), fg_threshold=foreground_threshold_for(model),
+            cal = calibrations.get(name) if vname == "vnc" else None
+            fg_t = foreground_threshold_for(model) if cal is None else cal["fg_threshold"]
+            vox = voxel if cal is None else tuple(v * cal["magnify"] for v in voxel)
+            ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=tiles, fg_threshold=fg_t)
+            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]), fg_threshold=fg_t,
+                     magnify=1.0 if cal is None else cal["magnify"],
                      model=name + (", per section" if a.sections and two_d else ""), volume=vname,
                      model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
             rows.append(r)

@@ -114,8 +114,9 @@ def pack(args) -> int:
 class EMCrops(torch.utils.data.IterableDataset):
     """Endless augmented batches from ``CropSampler``; each worker has its own seed."""
 
-    def __init__(self, data: dict, crop, batch: int, seed: int, weights: dict):
+    def __init__(self, data: dict, crop, batch: int, seed: int, weights: dict, isbi_key: str = "isbi"):
         self.data, self.crop, self.batch, self.seed, self.weights = data, crop, batch, seed, weights
+        self.isbi_key = isbi_key  # "isbi": 2x down in xy (8 nm, sections as slices); "isbi_grid": the model grid
 
     def __iter__(self):
         from napari_segneuron.training.augment import AugmentConfig
@@ -127,7 +128,8 @@ class EMCrops(torch.utils.data.IterableDataset):
         d, w = self.data, self.weights
         vols = [TrainVolume(d["a_raw"], d["a_lab"], weight=w["fib25_a"], name="fib25_a"),
                 TrainVolume(d["c_raw"], d["c_lab"], weight=w["fib25_c"], name="fib25_c"),
-                TrainVolume(d["isbi"], d["isbi_lab"], z_affinity=False, weight=w["isbi"], name="isbi2012")]
+                TrainVolume(d[self.isbi_key], d[self.isbi_key + "_lab"], z_affinity=False, weight=w["isbi"],
+                            name="isbi2012")]
         if w.get("lsd", 0) > 0 and "lsd_raw" in d:
             # each unrelated 2D crop repeated along z as its own volume: xy affinities and foreground only
             depth = self.crop[0]
@@ -171,7 +173,10 @@ def em(args) -> int:
     weights = {"fib25_a": args.a_weight, "fib25_c": args.c_weight, "isbi": args.isbi_weight, "lsd": args.lsd_weight}
     if args.lsd_weight > 0 and "lsd_raw" not in data:
         raise SystemExit("--lsd-weight needs lsd_raw in em.npz: run 'pack' again with the shared data")
-    ds = EMCrops(data, crop, args.batch, args.seed, weights)
+    isbi_key = "isbi_grid" if args.isbi_grid == "model" else "isbi"
+    if isbi_key not in data:
+        raise SystemExit("--isbi-grid model needs isbi_grid in em.npz: run 'pack' again with the shared data")
+    ds = EMCrops(data, crop, args.batch, args.seed, weights, isbi_key)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if args.workers else None,
                                          persistent_workers=bool(args.workers))
@@ -198,7 +203,9 @@ def em(args) -> int:
         return float(loss)
 
     meta = {"name": "default", "voxel_size_nm": [args.voxel_size] * 3, "augment": "robust",
-            "training_data": "fib25_a, fib25_c (3D ids), isbi2012 2x-downsampled xy (2D membranes, z affinity masked)"
+            "training_data": "fib25_a, fib25_c (3D ids), isbi2012 "
+                             + ("on the model grid (50 x 4 x 4 nm resampled as prediction does)" if isbi_key == "isbi_grid"
+                                else "2x-downsampled xy") + " (2D membranes, z affinity masked)"
                              + (", lsd 2D crops 2x-downsampled xy (z affinity masked)" if args.lsd_weight > 0 else ""),
             "validation_data": "fib25_b", "recipe": "scripts/train_gpu.py em " + " ".join(sys.argv[2:]),
             "kn": list(kn), "batch": args.batch, "crop": list(crop)}
@@ -405,6 +412,9 @@ def main(argv=None) -> int:
     e.add_argument("--lsd-weight", type=float, default=0.0,
                    help="sampling weight of the 100 lsd 2D ssTEM crops (shared/data, MIT), each repeated along z "
                         "(z affinity masked); 0 = not used")
+    e.add_argument("--isbi-grid", choices=["2x", "model"], default="2x",
+                   help="ISBI 2012 as 2x-downsampled sections (8 nm pixels) or resampled to the model's grid "
+                        "(4 x 4 x 50 nm to --voxel-size, as prediction resamples a serial-section stack)")
     e.add_argument("--voxel-size", type=float, default=20.0)
     e.add_argument("--workers", type=int, default=4)
     e.add_argument("--seed", type=int, default=0)

@@ -65,6 +65,10 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="process only this box of the input (voxel indices, end excluded; e.g. a napari preview's region)")
     g.add_argument("--model-voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="override the voxel size in nm the model was trained at (e.g. for the released SegNeuron weights)")
+    g.add_argument("--magnify", type=float, default=1.0, metavar="M",
+                   help="show the stack to the model magnified M times (default 1: its true scale); >1 for tissue "
+                        "with finer neurites and membranes than the training data's. 'napari-segneuron calibrate' "
+                        "picks it from one painted block")
 
 
 def parse_roi(text: str) -> tuple[slice, slice, slice]:
@@ -185,11 +189,21 @@ def check_output_path(path: str, overwrite: bool) -> None:
 
 
 def input_voxel_size(args: argparse.Namespace, from_file, predictor) -> Optional[tuple]:
-    """The input's voxel size: --voxel-size, else the file's metadata, else None (with a note)."""
+    """The input's voxel size: --voxel-size, else the file's metadata, else None (with a note);
+    with --magnify, the size that shows the stack to the model magnified."""
+    from .calibration import magnified_voxel_size
     from .resample import needs_resampling
 
     voxel = getattr(args, "voxel_size", None) or from_file
     model_voxel = predictor.model_voxel_size
+    magnify = float(getattr(args, "magnify", 1.0) or 1.0)
+    if magnify != 1.0:
+        magnified = magnified_voxel_size(voxel, model_voxel, magnify)
+        fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
+        known = f"{fmt(voxel)} nm" if voxel else "voxel size unknown, taken as the model's"
+        print(f"magnify {magnify:g}: the stack ({known}) is predicted as if its voxels were {fmt(magnified)} nm",
+              file=sys.stderr)
+        voxel = magnified
     if voxel is None:
         if model_voxel is not None:
             print(f"note: the input's voxel size is unknown; assuming the model's own {model_voxel} nm "

@@ -47,6 +47,10 @@ def add_parser(subparsers) -> None:
                    help="voxel size of IMAGE in nm: the block is resampled to the voxel size the starting "
                         "model declares (as prediction does) and the checkpoint declares that grid; without a "
                         "declared model voxel size the checkpoint declares this one")
+    f.add_argument("--magnify", type=float, default=1.0, metavar="M",
+                   help="train on the block shown M times larger, as 'segment --magnify M' predicts (the value "
+                        "'napari-segneuron calibrate' chose); the checkpoint declares the voxel size it was "
+                        "trained at, so it segments the stack without --magnify")
     f.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser(
@@ -132,8 +136,8 @@ def run_finetune(args) -> int:
     val_lab = _read(args.val_labels) if args.val_labels else None
     model = None if args.weights.lower() == "none" or args.resume else args.weights
     extra = {}
-    if args.voxel_size is not None:
-        model, image, labels, mask, extra = to_model_grid(model, image, labels, mask, args.voxel_size)
+    if args.voxel_size is not None or args.magnify != 1.0:
+        model, image, labels, mask, extra = to_model_grid(model, image, labels, mask, args.voxel_size, args.magnify)
     iterations, limit_s = _budget(args)
     bar = _progress("finetune") if limit_s is None else _TimeProgress(_progress("finetune (s)"), limit_s)
     try:
@@ -154,9 +158,10 @@ def run_finetune(args) -> int:
     return 0
 
 
-def to_model_grid(model, image, labels, mask, voxel_size):
-    """The starting model loaded, and the block moved to the grid it declares
-    (``training.grid.block_on_model_grid``), with the metadata that declares the grid trained on."""
+def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
+    """The starting model loaded, and the block moved to the grid it declares, magnified
+    ``magnify`` times (``training.grid.block_on_model_grid``), with the metadata that declares the
+    grid trained on."""
     from .training.grid import block_on_model_grid
 
     model_voxel = None
@@ -165,10 +170,15 @@ def to_model_grid(model, image, labels, mask, voxel_size):
 
         model = load_model(model if Path(str(model)).is_file() else fetch_weights(str(model)), device="cpu")
         model_voxel = model.info["voxel_size_nm"]
-    image2, labels2, mask2, meta = block_on_model_grid(image, labels, mask, voxel_size, model_voxel)
+    if model is None and magnify != 1.0:
+        from .io import InputError
+        raise InputError("--magnify needs starting weights that declare their voxel size (not --weights none)")
+    image2, labels2, mask2, meta = block_on_model_grid(image, labels, mask, voxel_size, model_voxel, magnify)
     if image2 is not image:
-        print(f"training block resampled from {tuple(image.shape)} at {tuple(voxel_size)} nm to "
-              f"{tuple(image2.shape)} at the model's {model_voxel} nm", file=sys.stderr)
+        print(f"training block resampled from {tuple(image.shape)} to {tuple(image2.shape)}: "
+              f"{'×'.join(f'{v:g}' for v in meta['voxel_size_nm'])} nm per voxel"
+              + (f" (magnified {magnify:g}x onto the model's grid)" if magnify != 1.0 else " (the model's grid)"),
+              file=sys.stderr)
     return model, image2, labels2, mask2, meta
 
 

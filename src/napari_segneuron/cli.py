@@ -1,4 +1,4 @@
-"""Command line: ``napari-segneuron predict|segment|evaluate|finetune|pretrain``.
+"""Command line: ``napari-segneuron predict|segment|evaluate|calibrate|finetune|pretrain|trace``.
 
 Each subcommand lives in its own module that defines ``add_parser(subparsers)``;
 this file only assembles them and turns expected errors into one-line messages.
@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 SUBCOMMAND_MODULES = (
     "napari_segneuron._cli_predict",
     "napari_segneuron._cli_segment",
+    "napari_segneuron._cli_calibrate",
     "napari_segneuron._cli_train",
     "napari_segneuron._cli_trace",
 )
@@ -25,6 +26,7 @@ Typical use:
   napari-segneuron segment stack.tif -o labels.tif               # predict and segment
   napari-segneuron segment prediction.zarr -o labels.tif --threshold 0.4
   napari-segneuron evaluate labels.tif ground_truth.tif          # VI and ARAND
+  napari-segneuron calibrate stack.tif painted_block.tif         # magnification + thresholds from one block
   napari-segneuron trace lm_stack.tif -o neuron.swc              # light microscopy: trace to SWC
 
 Weights: --weights default (bundled compact model), --weights segneuron (the released

@@ -308,6 +308,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--half"]
     if pred.get("tta"):
         args += ["--tta"]
+    if pred.get("magnify") not in (None, 1, 1.0):
+        args += ["--magnify", f"{pred['magnify']:g}"]
     if seg.get("fg_threshold") is not None:
         args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
     if seg.get("min_size") is not None:

@@ -211,6 +211,14 @@ class SegNeuronWidget(QWidget):
                     "to the model's grid and back."
         )
         form.addRow("Voxel (nm)", self.voxel_field)
+        self.magnify = double_spin(
+            1.0, 0.25, 4.0, 0.25,
+            tooltip="Show the stack to the model this many times larger than its true scale (1 = true scale). "
+                    ">1 helps tissue whose neurites and membranes are finer than the model's training data "
+                    "(e.g. larval ssTEM). The training dock's 'Calibrate' picks it from one painted block.")
+        self.magnify.setSuffix(" ×")
+        self.magnify.valueChanged.connect(lambda _v: self._show_voxel_note())
+        form.addRow("Magnify", self.magnify)
         self.voxel_note = wrap_label("")
         self.voxel_note.setVisible(False)
         form.addRow(self.voxel_note)
@@ -465,7 +473,12 @@ class SegNeuronWidget(QWidget):
             self.voxel_note.setVisible(False)
             return
         mv = "×".join(f"{v:g}" for v in model_voxel)
-        if voxel is None:
+        magnify = float(self.magnify.value())
+        if magnify != 1.0:
+            text = (f"<small>Magnified {magnify:g}× onto the model's {mv} nm grid"
+                    + (" (voxel size unknown: the model's own assumed)" if voxel is None else "")
+                    + ", then resampled back.</small>")
+        elif voxel is None:
             text = (f"<small>Voxel size unknown: the model's own {mv} nm is assumed. Type the stack's voxel size "
                     "(z, y, x in nm) above if it differs.</small>")
         else:
@@ -527,6 +540,7 @@ class SegNeuronWidget(QWidget):
             "device": self.device_combo.currentText(),
             "half": bool(self.half.isChecked()),
             "tta": bool(self.tta.isChecked()),
+            "magnify": float(self.magnify.value()),
         }
 
     def _segment_settings(self) -> dict:
@@ -543,13 +557,26 @@ class SegNeuronWidget(QWidget):
     def set_threshold(self, value: float) -> None:
         self.slider.setValue(int(round(value * SLIDER_STEPS)))
 
-    def _voxel_size(self, layer, predictor):
-        """The image's voxel size in nm from the dock's voxel-size field (prefilled from the
-        layer scale or the file); says once when it is unknown."""
+    def _voxel_size(self, layer, predictor, provenance: Optional[dict] = None):
+        """The voxel size in nm to predict with: the dock's voxel-size field (prefilled from the
+        layer scale or the file), times the magnification; says once when it is unknown. The
+        stack's own voxel size goes into ``provenance``."""
+        from ..calibration import magnified_voxel_size
         from ..resample import needs_resampling
 
         voxel = self.voxel_field.value()
+        if voxel is not None and provenance is not None:
+            provenance["voxel_size_nm"] = list(voxel)
         model_voxel = predictor.model_voxel_size
+        magnify = float(self.magnify.value())
+        if magnify != 1.0 and model_voxel is None:
+            notify_warning("The loaded weights declare no voxel size, so there is no grid to magnify onto: "
+                           "predicting at magnification 1")
+        elif magnify != 1.0:
+            shown = magnified_voxel_size(voxel, model_voxel, magnify)
+            notify_info(f"Predicting '{layer.name}' magnified {magnify:g}× (as if its voxels were "
+                        f"{'×'.join(f'{v:g}' for v in shown)} nm) and resampling back")
+            return shown
         if voxel is None and model_voxel is not None and not getattr(self, "_voxel_note_shown", False):
             self._voxel_note_shown = True
             notify_info(
@@ -730,9 +757,7 @@ class SegNeuronWidget(QWidget):
         scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
         provenance = self._base_provenance(layer, "predict")
 
-        voxel = self._voxel_size(layer, predictor)
-        if voxel is not None:
-            provenance["voxel_size_nm"] = list(voxel)
+        voxel = self._voxel_size(layer, predictor, provenance)
 
         def work(progress, cancel):
             grid: dict = {}
@@ -755,6 +780,9 @@ class SegNeuronWidget(QWidget):
 
         voxel = self.voxel_field.value()
         model_voxel = predictor.model_voxel_size
+        if float(self.magnify.value()) != 1.0:
+            raise InputError(f"'{layer.name}' is predicted block by block (it is larger than memory allows), which "
+                             "does not resample: set Magnify to 1, or resample the stack first")
         if voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
             raise InputError(
                 f"'{layer.name}' is predicted block by block (it is larger than memory allows), which does not "
@@ -839,9 +867,7 @@ class SegNeuronWidget(QWidget):
         scale, translate = spatial_geometry(layer, 2 if squeeze else 3)
         seg_settings = self._segment_settings()
         provenance = self._base_provenance(layer, "predict")
-        voxel = self._voxel_size(layer, predictor)
-        if voxel is not None:
-            provenance["voxel_size_nm"] = list(voxel)
+        voxel = self._voxel_size(layer, predictor, provenance)
 
         def work(progress, cancel):
             return self._predict_and_segment(predictor, volume, voxel, seg_settings, progress, cancel)
@@ -933,9 +959,7 @@ class SegNeuronWidget(QWidget):
         provenance["segment"] = seg_settings
         small = int(np.prod([b - a for a, b in zip(start, stop)])) <= PREVIEW_IN_PROCESS_VOXELS
         provenance["region"] = {"start": start, "stop": stop}
-        voxel = self._voxel_size(layer, predictor)
-        if voxel is not None:
-            provenance["voxel_size_nm"] = list(voxel)
+        voxel = self._voxel_size(layer, predictor, provenance)
 
         def work(progress, cancel):
             _, _, _, agg, labels = self._predict_and_segment(

@@ -366,7 +366,18 @@ class TrainingWidget(QWidget):
 
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.train)
-        outer.addWidget(self.train_button)
+        self.calibrate_button = QPushButton("Calibrate (no training)")
+        self.calibrate_button.setToolTip(
+            "EM: fit Magnify, Foreground ≥ and the merge threshold of the SegNeuron dock to the painted block "
+            "(a minute or two, no training), then re-segment the image into new '… (calibrated)' layers. "
+            "Finetuning afterwards trains at the chosen magnification.")
+        self.calibrate_button.clicked.connect(self.calibrate)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.train_button, 1)
+        hl.addWidget(self.calibrate_button, 1)
+        outer.addWidget(row)
         self.resegment_button = QPushButton("Re-segment with the adapted model")
         self.resegment_button.setToolTip(
             "Predict + segment the training image again with the model just trained (in the SegNeuron dock); "
@@ -390,8 +401,9 @@ class TrainingWidget(QWidget):
         outer.addWidget(self.status_label)
         outer.addStretch(1)
         self.runner = TaskRunner(self.progress_bar, self.status_label, self.cancel_button, self)
-        self.runner.started.connect(lambda _n: self.train_button.setEnabled(False))
-        self.runner.finished.connect(lambda _n, _s: self.train_button.setEnabled(True))
+        for button in (self.train_button, self.calibrate_button):
+            self.runner.started.connect(lambda _n, b=button: b.setEnabled(False))
+            self.runner.finished.connect(lambda _n, _s, b=button: b.setEnabled(True))
         self._loss_bridge = _LossBridge()
         self._loss_bridge.loss.connect(self.loss_plot.add)
 
@@ -717,13 +729,13 @@ class TrainingWidget(QWidget):
         ckpt = self._checkpoint_path("finetune")
         bridge = self._loss_bridge
         self._trained_image = self.image_combo.value()
-        voxel, model_voxel = self._training_grid(model)
+        voxel, model_voxel, magnify = self._training_grid(model)
 
         def work(progress, cancel):
             from ..training.finetune import TrainingCancelled, finetune
             from ..training.grid import block_on_model_grid
 
-            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel)
+            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, magnify)
             try:
                 return finetune(
                     model, img, lab, mask=msk, checkpoint=ckpt,
@@ -738,9 +750,10 @@ class TrainingWidget(QWidget):
 
     def _training_grid(self, model) -> tuple:
         """(the image's voxel size from the SegNeuron dock's Voxel field, the starting model's
-        declared voxel size): training runs on the model's grid, as prediction does."""
+        declared voxel size, the dock's magnification): training runs on the grid prediction uses."""
         dock = find_segneuron_dock(self.viewer)
         voxel = dock.voxel_field.value() if dock is not None and hasattr(dock, "voxel_field") else None
+        magnify = float(dock.magnify.value()) if dock is not None and hasattr(dock, "magnify") else 1.0
         if voxel is None:
             from ..resample import voxel_size_from_scale
 
@@ -753,7 +766,9 @@ class TrainingWidget(QWidget):
             model_voxel = read_checkpoint(model)["metadata"].get("voxel_size_nm")
         elif model is not None:
             model_voxel = (getattr(model, "info", None) or {}).get("voxel_size_nm")
-        return voxel, (tuple(model_voxel) if model_voxel else None)
+        if not model_voxel:
+            magnify = 1.0  # nothing to magnify onto
+        return voxel, (tuple(model_voxel) if model_voxel else None), magnify
 
     def _finetune_done(self, result) -> None:
         from .._model import load_model
@@ -778,8 +793,10 @@ class TrainingWidget(QWidget):
         meta = model.info["metadata"]  # the checkpoint just loaded above
         if meta.get("resampled_from_shape"):
             fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
-            what += (f" on the model's {fmt(meta['voxel_size_nm'])} nm grid (the block was resampled from "
-                     f"{fmt(meta['adapted_on_voxel_size_nm'])} nm)")
+            source = meta.get("adapted_on_voxel_size_nm")
+            what += (f" at {fmt(meta['voxel_size_nm'])} nm per voxel (the block was resampled"
+                     + (f" from {fmt(source)} nm" if source else "")
+                     + (f", magnified {meta['magnify']:g}×" if meta.get("magnify") else "") + ")")
         if dock is not None:
             dock.set_model(model, source=str(result.checkpoint))
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
@@ -904,6 +921,61 @@ class TrainingWidget(QWidget):
                f"{result.checkpoint} is the starting point of the next Finetune")
         self.status_label.setText(msg)
         notify_info(msg)
+
+    # -- calibration -----------------------------------------------------------------------
+    def calibrate(self) -> bool:
+        """Fit the SegNeuron dock's magnification and thresholds to the painted block
+        (``calibration.calibrate``), then re-segment the image into new '(calibrated)' layers."""
+        from ..io import InputError
+
+        try:
+            if self.is_lm():
+                raise InputError("Calibrate fits the EM segmentation: set Model to EM")
+            dock = find_segneuron_dock(self.viewer)
+            if dock is None or dock.model is None:
+                raise InputError("Load a model in the SegNeuron dock first (Plugins ▸ SegNeuron): calibration "
+                                 "fits its settings")
+            if dock.runner.busy:
+                raise InputError("The SegNeuron dock is busy: wait for it or cancel it first")
+            image_layer = self.image_combo.value()
+            image = self._volume(image_layer, "image")
+            labels = self._volume(self.labels_combo.value(), "labels")
+            self._check_labels(image, labels)
+            mask, note = self.mask_region(labels, image.shape)
+            predictor = dock._predictor()
+            voxel = dock.voxel_field.value()
+            fg_default, t_default = float(dock.fg_threshold.value()), float(dock.threshold())
+        except Exception as exc:  # noqa: BLE001
+            self.runner.show_error(error_message(exc, "Calibrate"))
+            return False
+        self.mask_note.setText(note)
+        self.mask_note.setStyleSheet("")
+
+        def work(progress, cancel):
+            from ..calibration import calibrate
+
+            return calibrate(predictor, image, labels, voxel_size=voxel, mask=mask, default_threshold=t_default,
+                             default_fg_threshold=fg_default, worker=dock.agglomerate_in_worker,
+                             progress=progress, cancel=cancel)
+
+        def done(result) -> None:
+            self.last_calibration = result
+            dock.magnify.setValue(result.magnify)
+            dock.fg_threshold.setValue(result.fg_threshold)
+            dock.set_threshold(result.threshold)
+            if result.improved:
+                msg = (f"Calibrated on the painted block: {result.summary()}. The SegNeuron dock now uses these "
+                       "settings; re-segmenting into new '… (calibrated)' layers.")
+            else:
+                msg = (f"Calibrated: the defaults stay best on the painted block (VI {result.default_vi:.3f}; "
+                       "nothing beat them by 0.02). Finetuning is the next step.")
+            self.status_label.setText(msg)
+            notify_info(msg)
+            if result.improved and dock.resegment(image_layer, suffix="calibrated"):
+                self._trained_image = image_layer
+
+        self.runner.start("Calibrate", work, done)
+        return True
 
     # -- re-segment ------------------------------------------------------------------------
     def resegment(self) -> bool:

@@ -1,0 +1,108 @@
+"""``napari-segneuron calibrate``: fit magnification and thresholds to one painted block."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._cli_common import TerminalProgress, add_model_arguments, checked_volume, load_weights, make_predictor
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    from .io import InputError
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise InputError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def add_parser(subparsers) -> None:
+    from .calibration import DEFAULT_MAGNIFICATIONS
+
+    p = subparsers.add_parser(
+        "calibrate",
+        help="pick magnification and thresholds for your stack from one painted block (no training)",
+        description="Predict the painted block of LABELS at several magnifications, segment it at several "
+        "foreground and merge thresholds, score each against the painted ids (VI) and print the best setting "
+        "with the command that uses it. A minute or two on a CPU; finetuning afterwards can start from it.",
+    )
+    p.add_argument("image", help="EM stack (.tif or .zarr, z-y-x)")
+    p.add_argument("labels", help="labels of the image's shape: every neuron painted in one block (0 elsewhere)")
+    p.add_argument("--mask", default=None, help="volume marking the annotated block (non-zero); default: the "
+                                                "bounding box of the painted ids")
+    p.add_argument("--magnifications", type=_floats, default=DEFAULT_MAGNIFICATIONS, metavar="M1,M2,...",
+                   help=f"magnifications to try (default {','.join(f'{m:g}' for m in DEFAULT_MAGNIFICATIONS)})")
+    p.add_argument("--fg-thresholds", type=_floats, default=None, metavar="F1,F2,...",
+                   help="foreground thresholds to try (default: 0.5 and the one the weights declare)")
+    sections = p.add_mutually_exclusive_group()
+    sections.add_argument("--per-section", dest="per_section", action="store_true", default=None,
+                          help="score section by section (labels painted as 2D ids); default: when no id spans "
+                               "two sections")
+    sections.add_argument("--3d", dest="per_section", action="store_false", help="score in 3D")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every scored setting to this JSON file")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_model_arguments(p)
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .atomic import atomic_output
+    from .calibration import calibrate
+    from .io import InputError, as_volume, read_volume
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    if float(getattr(args, "magnify", 1.0) or 1.0) != 1.0:
+        raise InputError("calibrate chooses the magnification itself: leave out --magnify (use --magnifications)")
+    volume, voxel = read_volume(args.image)
+    volume = checked_volume(as_volume(volume, name=args.image), name=args.image)
+    labels, _ = read_volume(args.labels)
+    labels = np.asarray(labels)
+    if labels.shape != tuple(volume.shape):
+        raise InputError(f"{args.labels} is {'×'.join(map(str, labels.shape))} but {args.image} is "
+                         f"{'×'.join(map(str, volume.shape))}: the labels must cover the image")
+    mask = None
+    if args.mask:
+        mask, _ = read_volume(args.mask)
+        mask = np.asarray(mask)
+        if mask.shape != labels.shape:
+            raise InputError(f"{args.mask} is {'×'.join(map(str, mask.shape))}, not the image's shape")
+    model = load_weights(args.weights, args.device)
+    predictor = make_predictor(args, model)
+    voxel = args.voxel_size or voxel
+    print(f"{model.describe()} on {predictor.device}; image {tuple(volume.shape)}, voxel size "
+          f"{'×'.join(f'{v:g}' for v in voxel) + ' nm' if voxel else 'unknown'}", file=sys.stderr)
+    bar = TerminalProgress("calibrate")
+    try:
+        result = calibrate(predictor, np.asarray(volume), labels, voxel_size=voxel, mask=mask,
+                           magnifications=args.magnifications, fg_thresholds=args.fg_thresholds,
+                           per_section=args.per_section, progress=bar)
+    finally:
+        bar.close()
+    print("best per magnification (VI on the block; split / merge):")
+    for m in sorted({r["magnify"] for r in result.table}):
+        r = min((r for r in result.table if r["magnify"] == m), key=lambda r: r["vi"])
+        print(f"  magnify {m:<5g} foreground ≥ {r['fg_threshold']:<5g} merge {r['threshold']:<5g} "
+              f"VI {r['vi']:.3f} ({r['vi_split']:.3f} / {r['vi_merge']:.3f})")
+    print(f"defaults: VI {result.default_vi:.3f}")
+    print(f"chosen: {result.summary()}")
+    voxel_arg = f" --voxel-size {','.join(f'{v:g}' for v in voxel)}" if args.voxel_size else ""
+    weights_arg = f" --weights {args.weights}" if args.weights != "default" else ""
+    print(f"use: napari-segneuron segment {args.image}{weights_arg}{voxel_arg} --magnify {result.magnify:g} "
+          f"--fg-threshold {result.fg_threshold:g} --threshold {result.threshold:g} -o labels.tif")
+    if args.json:
+        doc = {"magnify": result.magnify, "fg_threshold": result.fg_threshold, "threshold": result.threshold,
+               "vi": result.vi, "default_vi": result.default_vi, "default": result.default,
+               "box": [list(b) for b in result.box], "per_section": result.per_section, "table": result.table}
+        with atomic_output(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1))
+    return 0
