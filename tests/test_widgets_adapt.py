@@ -163,3 +163,55 @@ def test_adaptation_trains_on_the_model_grid(adapt, qtbot, notifications):
     assert meta["resampled_from_shape"] == [16, 64, 96]
     assert seg.model.info["voxel_size_nm"] == (20.0, 20.0, 20.0)
     assert "on the model's 20×20×20 nm grid (the block was resampled from 10×10×10 nm)" in train.status_label.text()
+
+
+def test_calibrate_fits_the_dock_to_the_painted_block(adapt, qtbot, notifications):
+    """The stack typed in as 10 nm (the model declares 20 nm; the sample is on the model's own
+    grid): the dock shrinks it 2x and merges and splits follow. Calibrate finds magnification 2
+    on the painted block, sets the SegNeuron dock's settings and re-segments into new layers;
+    the user's layers are untouched. A finetune afterwards trains at that magnification."""
+    from napari_segneuron.training.checkpoints import read_checkpoint
+
+    viewer, seg, train = adapt
+    seg.voxel_field.set_value((10.0, 10.0, 10.0))
+    painted_before = np.array(viewer.layers["painted"].data)
+    n_layers = len(viewer.layers)
+    train.calibrate()
+    assert not train.calibrate_button.isEnabled()  # one job at a time
+    wait_idle(qtbot, train)
+    qtbot.waitUntil(lambda: not seg.runner.busy and "em segmentation (calibrated)" in viewer.layers, timeout=120_000)
+    assert errors(notifications) == [], notifications
+    c = train.last_calibration
+    assert c.magnify == 2.0 and c.improved and c.vi < c.default_vi
+    assert seg.magnify.value() == 2.0
+    assert seg.fg_threshold.value() == pytest.approx(c.fg_threshold)
+    assert seg.threshold() == pytest.approx(c.threshold)
+    assert "Calibrated on the painted block: magnification 2" in train.status_label.text()
+    assert "Magnified 2×" in seg.voxel_note.text()
+    layer = viewer.layers["em segmentation (calibrated)"]
+    assert layer.metadata["segneuron"]["predict"]["magnify"] == 2.0
+    assert layer.metadata["segneuron"]["voxel_size_nm"] == [10.0, 10.0, 10.0]  # the stack's own, recorded
+    assert len(viewer.layers) == n_layers + 3  # affinities, foreground, segmentation: all new
+    np.testing.assert_array_equal(viewer.layers["painted"].data, painted_before)
+    assert "--magnify 2" in seg.copy_cli_command()
+    # finetuning next trains at the chosen magnification: 10 nm x 2 = the model's grid, the checkpoint says 10 nm
+    train.settings.minutes.value = 0.0
+    train.settings.iterations.value = 1
+    train.train()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    assert meta["voxel_size_nm"] == [10.0, 10.0, 10.0] and meta["magnify"] == 2.0
+
+
+def test_calibrate_messages(adapt, qtbot, notifications):
+    viewer, seg, train = adapt
+    viewer.add_labels(np.zeros((16, 64, 96), np.uint32), name="empty")
+    train.labels_combo.set_value(viewer.layers["empty"])
+    assert not train.calibrate()
+    assert "Nothing is painted in 'empty'" in errors(notifications)[-1]
+    seg.model = None
+    train.labels_combo.set_value(viewer.layers["painted"])
+    assert not train.calibrate()
+    assert "Load a model in the SegNeuron dock first" in errors(notifications)[-1]
+    assert not train.runner.busy

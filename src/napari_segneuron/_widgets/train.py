@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 
 from ._common import LayerCombo, wrap_label
 from ._runner import TaskRunner, error_message, notify_info, notify_warning
+from ..calibration import painted_box
 from .segment import _available_devices
 
 FINETUNE = "Finetune (image + labels)"
@@ -60,19 +61,6 @@ START_LM_DOCK = "model of the LM dock (else lm_default)"
 START_LM_DEFAULT = "bundled lm_default"
 #: Settings a model family starts with (crop, learning rate); each family keeps its own edits
 FAMILY_SETTINGS = {MODEL_EM: {"crop": (16, 96, 96), "lr": 1e-3}, MODEL_LM: {"crop": (20, 112, 112), "lr": 3e-4}}
-
-
-def painted_box(labels: np.ndarray) -> Optional[tuple[tuple[int, int], ...]]:
-    """Per axis (start, stop) of the bounding box of the non-zero voxels; None if nothing is painted."""
-    labels = np.asarray(labels)
-    box = []
-    for axis in range(labels.ndim):
-        other = tuple(a for a in range(labels.ndim) if a != axis)
-        hit = np.flatnonzero(np.any(labels != 0, axis=other) if other else labels != 0)
-        if hit.size == 0:
-            return None
-        box.append((int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def describe_box(box) -> str:
@@ -794,9 +782,12 @@ class TrainingWidget(QWidget):
         if meta.get("resampled_from_shape"):
             fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731
             source = meta.get("adapted_on_voxel_size_nm")
-            what += (f" at {fmt(meta['voxel_size_nm'])} nm per voxel (the block was resampled"
-                     + (f" from {fmt(source)} nm" if source else "")
-                     + (f", magnified {meta['magnify']:g}×" if meta.get("magnify") else "") + ")")
+            src = f" from {fmt(source)} nm" if source else ""
+            if meta.get("magnify"):
+                what += (f" at {fmt(meta['voxel_size_nm'])} nm per voxel (the block was resampled{src}, magnified "
+                         f"{meta['magnify']:g}× onto the model's grid)")
+            else:
+                what += f" on the model's {fmt(meta['voxel_size_nm'])} nm grid (the block was resampled{src})"
         if dock is not None:
             dock.set_model(model, source=str(result.checkpoint))
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
