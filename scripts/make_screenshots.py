@@ -7,6 +7,7 @@ Writes:
   docs/images/after_predict.png   the SegNeuron dock on the FIB-25 sample after Predict
   docs/images/after_segment.png   after Segment + Evaluate (labels over the EM, scores in the dock)
   docs/images/training_dock.png   the training dock after a short finetune (loss curve)
+  docs/images/calibrate_dock.png  Calibrate on a painted block of the sample typed in at the wrong voxel size
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="1600x1000", help="window size WxH")
     parser.add_argument("--train-iterations", type=int, default=30)
     parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--calibrate-only", action="store_true", help="only calibrate_dock.png")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -106,6 +108,9 @@ def _run(args, width, height) -> int:
     # the docks as Plugins > SegNeuron opens them (each gets napari's proxy of the viewer)
     _, dock = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")
     settle(app)
+
+    if args.calibrate_only:
+        return _calibrate_shot(args, viewer, app, dock, out)
 
     # 1. Model
     if Path(args.weights).is_file():
@@ -155,6 +160,40 @@ def _run(args, width, height) -> int:
         wait_for(app, train)
         settle(app)
         save(viewer, out / "training_dock.png")
+    viewer.close()
+    return 0
+
+
+def _calibrate_shot(args, viewer, app, dock, out: Path) -> int:
+    """A user types 10 nm for the sample (it is ~20 nm), so the plugin shrinks it 2x; they paint
+    every neuron of one block and press Calibrate in the training dock."""
+    import numpy as np
+
+    dock.weights_combo.setCurrentText(args.weights)
+    dock.load_weights()
+    wait_for(app, dock)
+    dock.voxel_field.set_value((10.0, 10.0, 10.0))
+    gt = viewer.layers["fib25 ground truth"]
+    painted = np.zeros_like(gt.data)
+    box = (slice(5, 45), slice(0, 100), slice(40, 160))
+    painted[box] = gt.data[box]
+    viewer.add_labels(painted, name="painted block")
+    _, train = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron training", tabify=True)
+    train.image_combo.set_value(viewer.layers["fib25 EM"])
+    train.labels_combo.set_value(viewer.layers["painted block"])
+    settle(app)
+    train.calibrate()
+    wait_for(app, train)
+    wait_for(app, dock)
+    viewer.layers["painted block"].visible = False
+    for name in ("fib25 EM affinities (calibrated)", "fib25 EM foreground (calibrated)"):
+        if name in viewer.layers:
+            viewer.layers[name].visible = False
+    viewer.dims.set_point(0, 25)
+    viewer.layers.selection.active = viewer.layers["fib25 EM segmentation (calibrated)"]
+    settle(app)
+    save(viewer, out / "calibrate_dock.png")
+    print(train.last_calibration.summary())
     viewer.close()
     return 0
 

@@ -186,7 +186,8 @@ def test_calibrate_fits_the_dock_to_the_painted_block(adapt, qtbot, notification
     assert seg.magnify.value() == 2.0
     assert seg.fg_threshold.value() == pytest.approx(c.fg_threshold)
     assert seg.threshold() == pytest.approx(c.threshold)
-    assert "Calibrated on the painted block: magnification 2" in train.status_label.text()
+    assert "Calibrated: magnification 2" in train.status_label.text()
+    assert "Re-segmented with the calibrated settings into 'em segmentation (calibrated)'" in train.status_label.text()
     assert "Magnified 2×" in seg.voxel_note.text()
     layer = viewer.layers["em segmentation (calibrated)"]
     assert layer.metadata["segneuron"]["predict"]["magnify"] == 2.0

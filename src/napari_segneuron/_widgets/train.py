@@ -963,7 +963,7 @@ class TrainingWidget(QWidget):
             self.status_label.setText(msg)
             notify_info(msg)
             if result.improved and dock.resegment(image_layer, suffix="calibrated"):
-                self._trained_image = image_layer
+                self._report_resegment(dock, "with the calibrated settings", f"Calibrated: {result.summary()}. ")
 
         self.runner.start("Calibrate", work, done)
         return True
@@ -994,6 +994,11 @@ class TrainingWidget(QWidget):
             return False
         self.status_label.setText(f"Re-segmenting '{image.name}' with '{self.model.info.get('name')}' in the "
                                   "SegNeuron dock; the result goes to a new layer '… (adapted)'.")
+        self._report_resegment(dock, "with the adapted model")
+        return True
+
+    def _report_resegment(self, dock, how: str, before: str = "") -> None:
+        """Say in this dock's status line where the SegNeuron dock's re-segment went."""
 
         def finished(name: str, status: str) -> None:
             if name != "Re-segment":
@@ -1001,10 +1006,9 @@ class TrainingWidget(QWidget):
             dock.runner.finished.disconnect(finished)
             if status == "ok" and dock.segmentation is not None:
                 self.status_label.setText(
-                    f"Re-segmented with the adapted model into '{dock.segmentation.layer.name}'; earlier results "
-                    "are kept. Compare them, then tune the merge slider in the SegNeuron dock.")
+                    f"{before}Re-segmented {how} into '{dock.segmentation.layer.name}'; earlier results are kept. "
+                    "Compare them, then tune the merge slider in the SegNeuron dock.")
             else:
-                self.status_label.setText(f"Re-segment {status}; see the SegNeuron dock.")
+                self.status_label.setText(f"{before}Re-segment {status}; see the SegNeuron dock.")
 
         dock.runner.finished.connect(finished)
-        return True
