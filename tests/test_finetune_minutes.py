@@ -107,10 +107,18 @@ def test_voxel_size_trains_on_the_model_grid_and_declares_it(tmp_path, capsys):
     rc = main(["finetune", str(paths["raw"]), str(paths["lab"]), "--weights", "default", "--voxel-size",
                "20,10,10", "--iterations", "2", "--crop", "16,32,32", "--threads", "1", "-o", str(out)])
     assert rc == 0
-    assert "(16, 48, 48) at the model's (20.0, 20.0, 20.0) nm" in capsys.readouterr().err
+    assert "to (16, 48, 48): 20×20×20 nm per voxel (the model's grid)" in capsys.readouterr().err
     meta = read_checkpoint(out)["metadata"]
     assert meta["voxel_size_nm"] == [20.0, 20.0, 20.0]
     assert meta["adapted_on_voxel_size_nm"] == [20.0, 10.0, 10.0]
+    # magnified 2x (what calibrate chose, say): 10 nm shown as 20 nm is the model's grid, not resampled;
+    # the checkpoint declares the 10 nm it really trained at, so it predicts the stack without --magnify
+    out2 = tmp_path / "magnified.pt"
+    rc = main(["finetune", str(paths["raw"]), str(paths["lab"]), "--weights", "default", "--voxel-size",
+               "10,10,10", "--magnify", "2", "--iterations", "1", "--crop", "16,32,32", "--threads", "1", "-o", str(out2)])
+    assert rc == 0 and "resampled" not in capsys.readouterr().err
+    meta = read_checkpoint(out2)["metadata"]
+    assert meta["voxel_size_nm"] == [10.0, 10.0, 10.0] and meta["magnify"] == 2.0
 
 
 def test_bad_voxel_size_is_one_clear_line(tmp_path, block, capsys):
