@@ -44,7 +44,11 @@ def sample_block(sample_raw, sample_labels):
 @pytest.fixture(scope="module")
 def halved(predictor, sample_block):
     raw, _, painted = sample_block
-    return calibrate(predictor, raw, painted, voxel_size=(10, 10, 10), magnifications=(1.0, 2.0))
+    calls = []
+    c = calibrate(predictor, raw, painted, voxel_size=(10, 10, 10), magnifications=(1.0, 2.0),
+                  progress=lambda d, t, m="": calls.append((d, t, m)))
+    c.progress_calls = calls
+    return c
 
 
 def test_magnified_voxel_size():
@@ -87,6 +91,9 @@ def test_finds_the_magnification_that_undoes_a_wrong_voxel_size(halved, sample_b
     assert len(c.table) == 2 * 2 * len({r["threshold"] for r in c.table})
     assert min(r["vi"] for r in c.table) == pytest.approx(c.vi)
     assert "magnification 2" in c.summary()
+    done = [d for d, t, _ in c.progress_calls]
+    assert done == sorted(done) and done[-1] == 1000 and {t for _, t, _ in c.progress_calls} == {1000}
+    assert any("predicting at magnification 2" in m for _, _, m in c.progress_calls)
 
 
 def test_keeps_the_defaults_at_the_true_scale(predictor, sample_block):

@@ -188,25 +188,28 @@ def calibrate(
     crop_back = tuple(slice(o, o + (b - a)) for o, (a, b) in zip(offset, box))
     sub = np.ascontiguousarray(image[region])
 
-    total = len(magnifications) * (1 + len(fgs))
-    done = 0
+    # progress in thousandths of the whole run; a magnification costs about its cube (voxels to
+    # predict and segment), 70 % of it the prediction
+    cost = np.array([m ** 3 for m in magnifications], float)
+    starts = np.concatenate([[0.0], np.cumsum(cost / cost.sum())])
 
-    def step(message: str) -> None:
-        nonlocal done
-        done += 1
+    def report(i: int, frac: float, message: str) -> None:
         if progress is not None:
-            progress(done, total, message)
+            share = starts[i] + (starts[i + 1] - starts[i]) * min(max(frac, 0.0), 1.0)
+            progress(int(round(1000 * share)), 1000, message)
 
     table = []
-    for magnify in magnifications:
+    for i, magnify in enumerate(magnifications):
         check(cancel)
         v = magnified_voxel_size(voxel, model_voxel, magnify)
         grid: dict = {}
-        aff, fg = predictor.predict(sub, voxel_size=v, model_grid=grid, cancel=cancel)
+        label = f"magnification {magnify:g}"
+        aff, fg = predictor.predict(sub, voxel_size=v, model_grid=grid, cancel=cancel,
+                                    progress=lambda d, t, msg="", i=i, label=label: report(
+                                        i, 0.7 * d / max(t, 1), f"predicting at {label}"))
         if grid.get("affinities") is not None:
             aff, fg = grid["affinities"], grid["foreground"]
-        step(f"predicted at magnification {magnify:g}")
-        for fg_t in fgs:
+        for j, fg_t in enumerate(fgs):
             check(cancel)
             ag = agglomerate(np.ascontiguousarray(aff, np.float32),
                              None if fg is None else np.ascontiguousarray(fg, np.float32),
@@ -219,7 +222,7 @@ def calibrate(
                 table.append({"magnify": magnify, "fg_threshold": fg_t, "threshold": t, "vi": round(s.vi, 4),
                               "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
                               "arand": round(s.arand, 4)})
-            step(f"scored magnification {magnify:g}, foreground ≥ {fg_t:g}")
+            report(i, 0.7 + 0.3 * (j + 1) / len(fgs), f"scored {label}, foreground ≥ {fg_t:g}")
     default = next(r for r in table if r["magnify"] == 1.0 and r["fg_threshold"] == default_fg and r["threshold"] == default_t)
     # ties: the magnification nearest 1, then the threshold nearest the default
     best = min(table, key=lambda r: (r["vi"], abs(math.log(r["magnify"])), abs(r["threshold"] - default_t)))
