@@ -950,6 +950,8 @@ class TrainingWidget(QWidget):
                              progress=progress, cancel=cancel)
 
         def done(result) -> None:
+            from ..calibration import MIN_GAIN
+
             self.last_calibration = result
             dock.magnify.setValue(result.magnify)
             dock.fg_threshold.setValue(result.fg_threshold)
@@ -959,7 +961,7 @@ class TrainingWidget(QWidget):
                        "settings; re-segmenting into new '… (calibrated)' layers.")
             else:
                 msg = (f"Calibrated: the defaults stay best on the painted block (VI {result.default_vi:.3f}; "
-                       "nothing beat them by 0.02). Finetuning is the next step.")
+                       f"nothing beat them by {MIN_GAIN:g}). Finetuning is the next step.")
             self.status_label.setText(msg)
             notify_info(msg)
             if result.improved and dock.resegment(image_layer, suffix="calibrated"):
