@@ -127,12 +127,13 @@ def main(argv=None) -> int:
     p.add_argument("--tile", default=None, help="Z,Y,X tile for the model rows (default: the predictor's choice)")
     p.add_argument("--overlap", default=None, help="Z,Y,X halo with --tile")
     p.add_argument("--calibrated", nargs="*", default=[],
-                   help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on the "
-                        "vnc volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
+                   help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on every "
+                        "volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from napari_segneuron._model import load_model
+    from napari_segneuron.calibration import magnified_voxel_size
     from napari_segneuron.segmentation import DEFAULT_THRESHOLD, foreground_threshold_for
 
     vols = {}
@@ -169,9 +170,9 @@ def main(argv=None) -> int:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
             t = time.time()
-            cal = calibrations.get(name) if vname == "vnc" else None
+            cal = calibrations.get(name)
             fg_t = foreground_threshold_for(model) if cal is None else cal["fg_threshold"]
-            vox = voxel if cal is None else tuple(v * cal["magnify"] for v in voxel)
+            vox = voxel if cal is None else magnified_voxel_size(voxel, vs, cal["magnify"])
             ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=tiles, fg_threshold=fg_t)
             r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]), fg_threshold=fg_t,
                      magnify=1.0 if cal is None else cal["magnify"],
