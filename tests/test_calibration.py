@@ -193,3 +193,16 @@ def test_training_block_on_a_magnified_grid_declares_its_true_voxel_size(sample_
     assert img.shape == (75, 150, 150) and lab.shape == img.shape
     assert meta["voxel_size_nm"] == pytest.approx([13.333, 13.333, 13.333], rel=1e-3)
     assert meta["adapted_on_voxel_size_nm"] == [20.0, 20.0, 20.0]
+
+
+def test_float_and_lazy_images_are_read_as_the_whole_stack_is(predictor, sample_block, halved):
+    """A float stack in any range (here the sample x 3 + 50) is scaled with the whole stack's range,
+    so the block gives what the uint8 stack gives; a dask stack is read only around the block."""
+    import dask.array as da
+
+    raw, _, painted = sample_block
+    kwargs = dict(voxel_size=(10, 10, 10), magnifications=(1.0, 2.0))
+    shifted = calibrate(predictor, raw.astype(np.float32) * 3 + 50, painted, **kwargs)
+    assert shifted.magnify == halved.magnify and shifted.vi == pytest.approx(halved.vi, abs=0.02)
+    lazy = calibrate(predictor, da.from_array(raw, chunks=(10, 50, 50)), painted, **kwargs)
+    assert lazy.table == halved.table

@@ -83,7 +83,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
           f"{'×'.join(f'{v:g}' for v in voxel) + ' nm' if voxel else 'unknown'}", file=sys.stderr)
     bar = TerminalProgress("calibrate")
     try:
-        result = calibrate(predictor, np.asarray(volume), labels, voxel_size=voxel, mask=mask,
+        result = calibrate(predictor, volume, labels, voxel_size=voxel, mask=mask,
                            magnifications=args.magnifications, fg_thresholds=args.fg_thresholds,
                            per_section=args.per_section, progress=bar)
     finally:

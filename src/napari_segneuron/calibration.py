@@ -147,7 +147,8 @@ def calibrate(
 ) -> Calibration:
     """Pick magnification, foreground threshold and merge threshold on the painted block of ``labels``.
 
-    ``labels``: the image's shape, neuron ids in one block (0 = membrane / unpainted); the
+    ``image`` may be lazy (dask, zarr): only the block and its context are read. ``labels``: the
+    image's shape, neuron ids in one block (0 = membrane / unpainted); the
     block is the bounding box of the painted voxels, or of ``mask`` when given. Only voxels with
     an id are scored (as ``metrics.evaluate`` does). ``per_section`` None: decided by
     ``sections_only``. The defaults (magnification 1, the weights' foreground threshold, the package
@@ -157,9 +158,10 @@ def calibrate(
     from .metrics import evaluate
     from .segmentation import DEFAULT_THRESHOLD, agglomerate, foreground_threshold_for
 
-    image, labels = np.asarray(image), np.asarray(labels)
-    if image.ndim != 3 or labels.shape != image.shape:
-        raise InputError(f"Calibration needs a 3D image and labels of its shape, got {image.shape} and {labels.shape}")
+    labels = np.asarray(labels)
+    shape = tuple(int(n) for n in getattr(image, "shape", np.shape(image)))
+    if len(shape) != 3 or labels.shape != shape:
+        raise InputError(f"Calibration needs a 3D image and labels of its shape, got {shape} and {labels.shape}")
     if labels.dtype.kind not in "biu":
         raise InputError("The labels must hold integer neuron ids")
     box = painted_box(labels if mask is None else np.asarray(mask) != 0)
@@ -183,10 +185,15 @@ def calibrate(
     fgs = sorted({float(f) for f in (fg_thresholds or (0.5,))} | {default_fg})
     default_t = float(default_threshold if default_threshold is not None else DEFAULT_THRESHOLD)
     ts = sorted({float(t) for t in thresholds} | {default_t})
-    region = _context_box(box, image.shape, voxel or model_voxel, model_voxel)
+    region = _context_box(box, shape, voxel or model_voxel, model_voxel)
     offset = tuple(a - r.start for (a, _), r in zip(box, region))
     crop_back = tuple(slice(o, o + (b - a)) for o, (a, b) in zip(offset, box))
-    sub = np.ascontiguousarray(image[region])
+    sub = np.ascontiguousarray(np.asarray(image[region]))  # only the block and its context is read
+    if sub.dtype.kind == "f":  # normalised with the whole stack's range, as predicting the stack does
+        from .inference import intensity_scale
+
+        offset, scale = intensity_scale(image)
+        sub = np.nan_to_num(np.clip((sub.astype(np.float32) - offset) / scale, 0.0, 1.0), nan=0.0)
 
     # progress in thousandths of the whole run; a magnification costs about its cube (voxels to
     # predict and segment), 70 % of it the prediction
