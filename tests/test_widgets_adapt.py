@@ -203,6 +203,10 @@ def test_calibrate_fits_the_dock_to_the_painted_block(adapt, qtbot, notification
     assert errors(notifications) == [], notifications
     meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
     assert meta["voxel_size_nm"] == [10.0, 10.0, 10.0] and meta["magnify"] == 2.0
+    # the adapted weights declare that grid, so the dock stops magnifying (else it would do it twice)
+    assert seg.magnify.value() == 1.0 and "Magnify is back to 1" in train.status_label.text()
+    assert seg._voxel_size(viewer.layers["em"], seg._predictor()) == (10.0, 10.0, 10.0)
+    assert seg.model.info["voxel_size_nm"] == (10.0, 10.0, 10.0)  # so the 10 nm stack is not resampled
 
 
 def test_calibrate_messages(adapt, qtbot, notifications):

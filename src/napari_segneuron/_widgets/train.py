@@ -793,6 +793,11 @@ class TrainingWidget(QWidget):
             msg = (f"Training {what}. The SegNeuron dock now uses the new weights '{model.info.get('name')}' "
                    f"({result.checkpoint}); press 'Re-segment with the adapted model', or pick 'default' "
                    "there and press Load model to go back.")
+            if meta.get("magnify") and float(dock.magnify.value()) != 1.0:
+                # the weights declare the magnified grid they trained on: magnifying again would do it twice
+                msg += (f" Magnify is back to 1: these weights already work at the magnification they were "
+                        f"trained at ({meta['magnify']:g}×); set it again if you go back to other weights.")
+                dock.magnify.setValue(1.0)
             self.resegment_button.setEnabled(True)
         else:
             msg = f"Training {what}; weights saved to {result.checkpoint} (load them in the SegNeuron dock)"
