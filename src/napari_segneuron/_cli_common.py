@@ -203,6 +203,11 @@ def input_voxel_size(args: argparse.Namespace, from_file, predictor) -> Optional
         known = f"{fmt(voxel)} nm" if voxel else "voxel size unknown, taken as the model's"
         print(f"magnify {magnify:g}: the stack ({known}) is predicted as if its voxels were {fmt(magnified)} nm",
               file=sys.stderr)
+        trained = ((getattr(predictor.model, "info", None) or {}).get("metadata") or {}).get("magnify")
+        if trained:
+            print(f"note: these weights were finetuned at magnification {trained:g} and declare that grid; "
+                  f"--magnify {magnify:g} magnifies on top of it (leave it out to predict as they were trained)",
+                  file=sys.stderr)
         voxel = magnified
     if voxel is None:
         if model_voxel is not None:
