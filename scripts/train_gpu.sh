@@ -33,7 +33,8 @@ job() {
   echo "$name exit $rc after $((SECONDS - t0)) s" >> "$WORK/status.txt"
 }
 
-job em_scratch em --workers 4 --seed 0 &
+# from scratch with ISBI 2012 shown as prediction shows ssTEM (the model's 20 nm grid; 2026-12-01's scratch run used 8 nm)
+job em_scratch em --workers 4 --seed 0 --isbi-grid model &
 # warm start plus the lsd 2D ssTEM crops (another tissue and microscope; 2026-12-01's run without them: no gain)
 job em_lsd em --workers 4 --seed 1 --init src/napari_segneuron/weights/default.pt --lr 1e-3 --snapshots 0.75 \
   --a-weight 0.3 --c-weight 0.3 --isbi-weight 0.2 --lsd-weight 0.2 &
