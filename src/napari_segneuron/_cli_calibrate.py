@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
         help="pick magnification and thresholds for your stack from one painted block (no training)",
         description="Predict the painted block of LABELS at several magnifications, segment it at several "
         "foreground and merge thresholds, score each against the painted ids (VI) and print the best setting "
-        "with the command that uses it. A minute or two on a CPU; finetuning afterwards can start from it.",
+        "with the command that uses it. Minutes on a CPU (most of it the magnified predictions); finetune afterwards with the same --magnify.",
     )
     p.add_argument("image", help="EM stack (.tif or .zarr, z-y-x)")
     p.add_argument("labels", help="labels of the image's shape: every neuron painted in one block (0 elsewhere)")

@@ -357,7 +357,7 @@ class TrainingWidget(QWidget):
         self.calibrate_button = QPushButton("Calibrate (no training)")
         self.calibrate_button.setToolTip(
             "EM: fit Magnify, Foreground ≥ and the merge threshold of the SegNeuron dock to the painted block "
-            "(a minute or two, no training), then re-segment the image into new '… (calibrated)' layers. "
+            "(minutes on a CPU, no training), then re-segment the image into new '… (calibrated)' layers. "
             "Finetuning afterwards trains at the chosen magnification.")
         self.calibrate_button.clicked.connect(self.calibrate)
         row = QWidget()
