@@ -119,6 +119,23 @@ class Calibration:
                 + (" (scored section by section: the ids are 2D)" if self.per_section else ""))
 
 
+def plateau_centre(table: Sequence[dict], best: dict, tolerance: float = MIN_GAIN) -> dict:
+    """The row in the middle of the run of merge thresholds around ``best`` (same magnification
+    and foreground threshold) that score within ``tolerance`` of it. A small block's VI curve is
+    noisy and often flat; its minimum can sit at the edge of a cliff, the middle of the plateau
+    does not (the rule the package's default threshold was picked by)."""
+    curve = sorted((r for r in table if r["magnify"] == best["magnify"] and r["fg_threshold"] == best["fg_threshold"]),
+                   key=lambda r: r["threshold"])
+    i = next(k for k, r in enumerate(curve) if r is best)
+    lo = hi = i
+    while lo > 0 and curve[lo - 1]["vi"] <= best["vi"] + tolerance:
+        lo -= 1
+    while hi < len(curve) - 1 and curve[hi + 1]["vi"] <= best["vi"] + tolerance:
+        hi += 1
+    middle = 0.5 * (curve[lo]["threshold"] + curve[hi]["threshold"])
+    return min(curve[lo:hi + 1], key=lambda r: (abs(r["threshold"] - middle), r["vi"]))
+
+
 def _context_box(box, shape, voxel: Optional[Voxel], model_voxel: Optional[Voxel]) -> tuple[slice, ...]:
     """The block grown by ``CONTEXT_MODEL_VOXELS`` model voxels on every side, inside the stack."""
     out = []
@@ -154,7 +171,8 @@ def calibrate(
     an id are scored (as ``metrics.evaluate`` does). ``per_section`` None: decided by
     ``sections_only``. The defaults (magnification 1, the weights' foreground threshold, the package
     merge threshold) are always scored too and are kept unless another setting beats them by
-    ``MIN_GAIN``.
+    ``MIN_GAIN``; otherwise the merge threshold is the middle of the best setting's plateau
+    (``plateau_centre``).
     """
     from .metrics import evaluate
     from .segmentation import DEFAULT_THRESHOLD, agglomerate, foreground_threshold_for
@@ -234,7 +252,7 @@ def calibrate(
     default = next(r for r in table if r["magnify"] == 1.0 and r["fg_threshold"] == default_fg and r["threshold"] == default_t)
     # ties: the magnification nearest 1, then the threshold nearest the default
     best = min(table, key=lambda r: (r["vi"], abs(math.log(r["magnify"])), abs(r["threshold"] - default_t)))
-    chosen = best if best["vi"] < default["vi"] - MIN_GAIN else default
+    chosen = plateau_centre(table, best) if best["vi"] < default["vi"] - MIN_GAIN else default
     return Calibration(magnify=chosen["magnify"], fg_threshold=chosen["fg_threshold"], threshold=chosen["threshold"],
                        vi=chosen["vi"], default_vi=default["vi"], default=default, box=box,
                        per_section=bool(per_section), table=table)
