@@ -4,7 +4,7 @@ A biologist paints every neuron in one small block of their stack. Calibration p
 block (with some context around it) at a few magnifications, agglomerates it at a few
 foreground thresholds, replays every merge threshold, scores each against the painted ids and
 keeps the best: the magnification, foreground threshold and merge threshold for the rest of the
-stack. It takes minutes on a CPU (8 for a 40×118×120-voxel block on a shared 2-core machine),
+stack. It takes minutes on a CPU (3.8 for a 40×118×120-voxel block on an idle 2-core machine),
 against 15 for finetuning, and the two combine
 (calibrate, then finetune at the chosen magnification).
 
