@@ -653,7 +653,9 @@ class TrainingWidget(QWidget):
             raise InputError("The labels layer must hold integer neuron ids")
 
     @staticmethod
-    def _volume(layer, what: str) -> np.ndarray:
+    def _volume(layer, what: str, lazy: bool = False) -> np.ndarray:
+        """The layer as a checked (z, y, x) volume, in memory (or as it is with ``lazy``: dask and
+        zarr stay unread)."""
         import napari.layers
 
         from ..io import InputError, as_volume
@@ -666,7 +668,7 @@ class TrainingWidget(QWidget):
         if getattr(layer, "rgb", False):
             raise InputError(f"'{layer.name}' is an RGB image; training needs a greyscale EM stack")
         vol = as_volume(layer.data, name=f"{what} '{layer.name}'", rgb=False)
-        return np.asarray(vol)
+        return vol if lazy else np.asarray(vol)
 
     # -- training --------------------------------------------------------------------------
     def train(self) -> None:
@@ -934,7 +936,7 @@ class TrainingWidget(QWidget):
             if dock.runner.busy:
                 raise InputError("The SegNeuron dock is busy: wait for it or cancel it first")
             image_layer = self.image_combo.value()
-            image = self._volume(image_layer, "image")
+            image = self._volume(image_layer, "image", lazy=True)  # only the block and its context are read
             labels = self._volume(self.labels_combo.value(), "labels")
             self._check_labels(image, labels)
             mask, note = self.mask_region(labels, image.shape)
