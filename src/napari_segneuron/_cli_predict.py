@@ -51,6 +51,7 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "tta": predictor.tta,
         "inference": predictor.settings(),
         "model_voxel_size_nm": predictor.model_voxel_size,
+        "magnify": float(getattr(args, "magnify", 1.0) or 1.0),
         "model_fg_threshold": model.info.get("fg_threshold"),
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }

@@ -239,7 +239,8 @@ def run_segment(args: argparse.Namespace) -> int:
                     inference=predictor.settings(), model_fg_threshold=model.info.get("fg_threshold"))
         resolve_fg_threshold(args, model)
         if voxel:
-            meta["voxel_size_nm"] = list(voxel)
+            meta["voxel_size_nm"] = list(voxel)  # as predicted: the stack's own times --magnify
+        meta["magnify"] = float(getattr(args, "magnify", 1.0) or 1.0)
         if args.save_prediction:
             write_prediction(args.save_prediction, aff, fg, metadata=meta, overwrite=args.overwrite)
             print(f"wrote {args.save_prediction}", file=sys.stderr)
