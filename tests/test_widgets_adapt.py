@@ -220,3 +220,16 @@ def test_calibrate_messages(adapt, qtbot, notifications):
     assert not train.calibrate()
     assert "Load a model in the SegNeuron dock first" in errors(notifications)[-1]
     assert not train.runner.busy
+
+
+def test_calibrate_can_be_cancelled_and_changes_nothing(adapt, qtbot, notifications):
+    viewer, seg, train = adapt
+    seg.voxel_field.set_value((10.0, 10.0, 10.0))
+    before = (seg.magnify.value(), seg.fg_threshold.value(), seg.threshold(), len(viewer.layers))
+    train.calibrate()
+    train.runner.cancel()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    assert not hasattr(train, "last_calibration")
+    assert (seg.magnify.value(), seg.fg_threshold.value(), seg.threshold(), len(viewer.layers)) == before
+    assert not seg.runner.busy and train.calibrate_button.isEnabled()
