@@ -46,18 +46,10 @@ def region(text: str | None) -> tuple:
     return tuple(slice(*[int(v) if v else None for v in part.split(":")]) for part in text.split(","))
 
 
-def per_section(seg: np.ndarray) -> np.ndarray:
-    """Ids made unique per z section (a 3D segment becomes one segment per section)."""
-    from napari_segneuron.metrics import fill_background
-    seg = fill_background(np.asarray(seg)).astype(np.int64)
-    keyed = seg + np.arange(seg.shape[0], dtype=np.int64)[:, None, None] * (int(seg.max()) + 1)
-    _, inv = np.unique(keyed.ravel(), return_inverse=True)
-    return (inv.reshape(seg.shape) + 1).astype(np.uint32)
-
-
 def score(seg, gt, two_d: bool) -> dict:
+    from napari_segneuron.calibration import split_by_section
     from napari_segneuron.metrics import evaluate
-    s = evaluate(per_section(seg) if two_d else seg, gt)
+    s = evaluate(split_by_section(seg) if two_d else seg, gt)
     return {"vi": round(s.vi, 4), "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
             "arand": round(s.arand, 4)}
 

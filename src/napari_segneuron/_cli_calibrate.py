@@ -10,14 +10,13 @@ from ._cli_common import TerminalProgress, add_model_arguments, checked_volume, 
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    from .io import InputError
-
+    """Parse comma-separated numbers (``0.75,1,1.5``) for argparse."""
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
+        values = ()
     if not values:
-        raise InputError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     return values
 
 

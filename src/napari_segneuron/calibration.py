@@ -211,8 +211,8 @@ def calibrate(
     if sub.dtype.kind == "f":  # normalised with the whole stack's range, as predicting the stack does
         from .inference import intensity_scale
 
-        offset, scale = intensity_scale(image)
-        sub = np.nan_to_num(np.clip((sub.astype(np.float32) - offset) / scale, 0.0, 1.0), nan=0.0)
+        lo, span = intensity_scale(image)
+        sub = np.nan_to_num(np.clip((sub.astype(np.float32) - lo) / span, 0.0, 1.0), nan=0.0)
 
     # progress in thousandths of the whole run; a magnification costs about its cube (voxels to
     # predict and segment), 70 % of it the prediction
@@ -243,7 +243,7 @@ def calibrate(
             if ag.shape != sub.shape:
                 ag = ag.on_grid(sub.shape)
             for t in ts:
-                seg = ag.labels(t)[crop_back]
+                seg = ag.labels(t, region=crop_back)  # the block only, not its context
                 s = evaluate(split_by_section(seg) if per_section else seg, truth)
                 table.append({"magnify": magnify, "fg_threshold": fg_t, "threshold": t, "vi": round(s.vi, 4),
                               "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
