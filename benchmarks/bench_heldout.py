@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--calibrated", nargs="*", default=[],
                    help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on every "
                         "volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
+    p.add_argument("--auto-magnify", action="store_true",
+                   help="the plugin's label-free magnification ('--magnify auto', scale_estimate): estimated on each "
+                        "scored volume from the image alone, then predicted at it with the default thresholds")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -164,10 +167,17 @@ def main(argv=None) -> int:
             t = time.time()
             cal = calibrations.get(name)
             fg_t = foreground_threshold_for(model) if cal is None else cal["fg_threshold"]
-            vox = voxel if cal is None else magnified_voxel_size(voxel, vs, cal["magnify"])
+            magnify = 1.0 if cal is None else cal["magnify"]
+            if a.auto_magnify and cal is None:
+                from napari_segneuron.inference import Predictor
+                from napari_segneuron.scale_estimate import estimate_magnification
+                est = estimate_magnification(Predictor(model, device="cpu", model_voxel_size=vs), raw, voxel)
+                magnify = est.magnify
+                print(f"{name} {vname}: {est.summary()}", flush=True)
+            vox = magnified_voxel_size(voxel, vs, magnify)
             ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=tiles, fg_threshold=fg_t)
             r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]), fg_threshold=fg_t,
-                     magnify=1.0 if cal is None else cal["magnify"],
+                     magnify=magnify,
                      model=name + (", per section" if a.sections and two_d else ""), volume=vname,
                      model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
             rows.append(r)

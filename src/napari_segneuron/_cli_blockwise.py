@@ -50,7 +50,9 @@ def _read_input(args: argparse.Namespace, meta: dict):
     volume, voxel = read_volume(args.input)
     volume = as_volume(volume, name=args.input)
     volume = apply_roi(volume, args.roi, meta)
-    if float(getattr(args, "magnify", 1.0) or 1.0) != 1.0:
+    if getattr(args, "magnify", 1.0) == "auto":
+        args.magnify = 1.0  # blockwise prediction does not resample: nothing to magnify with
+    if float(args.magnify if hasattr(args, "magnify") else 1.0) != 1.0:
         raise InputError("--magnify resamples the stack, which blockwise prediction (--block / --scheduler) does not do: "
                          "resample the volume first, or predict it whole")
     if getattr(args, "voxel_size", None) is not None or voxel is not None:

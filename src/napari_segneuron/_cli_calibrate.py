@@ -60,7 +60,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
-    if float(getattr(args, "magnify", 1.0) or 1.0) != 1.0:
+    if getattr(args, "magnify", "auto") not in ("auto", 1.0):
         raise InputError("calibrate chooses the magnification itself: leave out --magnify (use --magnifications)")
     volume, voxel = read_volume(args.image)
     volume = checked_volume(as_volume(volume, name=args.image), name=args.image)

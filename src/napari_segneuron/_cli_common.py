@@ -65,10 +65,50 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="process only this box of the input (voxel indices, end excluded; e.g. a napari preview's region)")
     g.add_argument("--model-voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
                    help="override the voxel size in nm the model was trained at (e.g. for the released SegNeuron weights)")
-    g.add_argument("--magnify", type=float, default=1.0, metavar="M",
-                   help="show the stack to the model magnified M times (default 1: its true scale); >1 for tissue "
-                        "with finer neurites and membranes than the training data's. 'napari-segneuron calibrate' "
-                        "picks it from one painted block")
+    g.add_argument("--magnify", type=magnify_arg, default="auto", metavar="M|auto",
+                   help="show the stack to the model magnified M times (1: its true scale; >1 for tissue with finer "
+                        "neurites and membranes than the training data's). Default 'auto': estimated from the image, "
+                        "without labels (the model's neurite width on sample blocks against its training data's; "
+                        "estimates within 25%% of 1 count as 1). 'napari-segneuron calibrate' picks it from one "
+                        "painted block instead")
+
+
+def magnify_arg(text: str):
+    """``--magnify``: 'auto' or a positive number."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the magnification must be a positive number, got {text!r}")
+    return value
+
+
+def magnify_of(args: argparse.Namespace) -> float:
+    """The numeric magnification of ``args`` ('auto' not yet resolved counts as 1)."""
+    value = getattr(args, "magnify", 1.0)
+    return 1.0 if value in (None, "auto") else float(value)
+
+
+def resolve_magnify(args: argparse.Namespace, predictor, volume, voxel) -> float:
+    """Replace ``--magnify auto`` by the label-free estimate (``scale_estimate``) on ``volume``,
+    saying what was found; ``args.magnify_estimate`` keeps the details. Numbers pass through."""
+    if getattr(args, "magnify", 1.0) != "auto":
+        return magnify_of(args)
+    from .scale_estimate import estimate_magnification
+
+    bar = TerminalProgress("scale")
+    try:
+        est = estimate_magnification(predictor, volume, voxel, progress=bar)
+    finally:
+        bar.close()
+    args.magnify = est.magnify
+    args.magnify_estimate = est
+    if est.raw is not None or getattr(predictor.model, "info", {}).get("neurite_halfwidth"):
+        print(f"magnify auto: {est.summary()}", file=sys.stderr)
+    return est.magnify
 
 
 def parse_roi(text: str) -> tuple[slice, slice, slice]:
@@ -188,15 +228,18 @@ def check_output_path(path: str, overwrite: bool) -> None:
         raise InputError(f"Output must end in .tif, .tiff or .zarr, got {p.name}")
 
 
-def input_voxel_size(args: argparse.Namespace, from_file, predictor) -> Optional[tuple]:
+def input_voxel_size(args: argparse.Namespace, from_file, predictor, volume=None) -> Optional[tuple]:
     """The input's voxel size: --voxel-size, else the file's metadata, else None (with a note);
-    with --magnify, the size that shows the stack to the model magnified."""
+    with --magnify, the size that shows the stack to the model magnified ('auto' is estimated
+    on ``volume`` first, see ``resolve_magnify``; without a volume it counts as 1)."""
     from .calibration import magnified_voxel_size
     from .resample import needs_resampling
 
     voxel = getattr(args, "voxel_size", None) or from_file
     model_voxel = predictor.model_voxel_size
-    magnify = float(getattr(args, "magnify", 1.0) or 1.0)
+    if getattr(args, "magnify", 1.0) == "auto" and volume is not None:
+        resolve_magnify(args, predictor, volume, voxel)
+    magnify = magnify_of(args)
     if magnify != 1.0:
         magnified = magnified_voxel_size(voxel, model_voxel, magnify)
         fmt = lambda v: "×".join(f"{x:g}" for x in v)  # noqa: E731

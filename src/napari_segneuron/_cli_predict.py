@@ -13,6 +13,7 @@ from ._cli_common import (
     check_output_path,
     checked_volume,
     input_voxel_size,
+    magnify_of,
     load_weights,
     make_predictor,
 )
@@ -51,7 +52,8 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "tta": predictor.tta,
         "inference": predictor.settings(),
         "model_voxel_size_nm": predictor.model_voxel_size,
-        "magnify": float(getattr(args, "magnify", 1.0) or 1.0),
+        "magnify": magnify_of(args),
+        **({"magnify_estimate": args.magnify_estimate.record()} if getattr(args, "magnify_estimate", None) else {}),
         "model_fg_threshold": model.info.get("fg_threshold"),
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights, args.device)
     predictor = make_predictor(args, model)
     print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
-    voxel = input_voxel_size(args, _voxel, predictor)
+    voxel = input_voxel_size(args, _voxel, predictor, volume)
     dtype = np.float16 if args.float16 else np.float32
     meta = {**provenance(args, model, predictor), **roi_meta}
     bar = TerminalProgress("predict")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import apply_roi, input_voxel_size, TerminalProgress, add_model_arguments, check_output_path, checked_volume, load_weights, make_predictor
+from ._cli_common import apply_roi, input_voxel_size, magnify_of, TerminalProgress, add_model_arguments, check_output_path, checked_volume, load_weights, make_predictor
 from .io import InputError
 
 
@@ -229,7 +229,7 @@ def run_segment(args: argparse.Namespace) -> int:
         model = load_weights(args.weights, args.device)
         predictor = make_predictor(args, model)
         print(f"{model.describe()} on {predictor.device}; volume {tuple(volume.shape)}", file=sys.stderr)
-        voxel = input_voxel_size(args, voxel, predictor)
+        voxel = input_voxel_size(args, voxel, predictor, volume)
         bar = TerminalProgress("predict")
         try:
             aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel, model_grid=grid)
@@ -240,7 +240,9 @@ def run_segment(args: argparse.Namespace) -> int:
         resolve_fg_threshold(args, model)
         if voxel:
             meta["voxel_size_nm"] = list(voxel)  # as predicted: the stack's own times --magnify
-        meta["magnify"] = float(getattr(args, "magnify", 1.0) or 1.0)
+        meta["magnify"] = magnify_of(args)
+        if getattr(args, "magnify_estimate", None) is not None:
+            meta["magnify_estimate"] = args.magnify_estimate.record()
         if args.save_prediction:
             write_prediction(args.save_prediction, aff, fg, metadata=meta, overwrite=args.overwrite)
             print(f"wrote {args.save_prediction}", file=sys.stderr)

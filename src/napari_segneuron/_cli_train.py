@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._cli_common import float_triple, triple
+from ._cli_common import float_triple, magnify_arg, triple
 
 
 def add_parser(subparsers) -> None:
@@ -47,10 +47,11 @@ def add_parser(subparsers) -> None:
                    help="voxel size of IMAGE in nm: the block is resampled to the voxel size the starting "
                         "model declares (as prediction does) and the checkpoint declares that grid; without a "
                         "declared model voxel size the checkpoint declares this one")
-    f.add_argument("--magnify", type=float, default=1.0, metavar="M",
-                   help="train on the block shown M times larger, as 'segment --magnify M' predicts (the value "
-                        "'napari-segneuron calibrate' chose); the checkpoint declares the voxel size it was "
-                        "trained at, so it segments the stack without --magnify")
+    f.add_argument("--magnify", type=magnify_arg, default="auto", metavar="M|auto",
+                   help="train on the block shown M times larger, as 'segment --magnify M' predicts (e.g. the value "
+                        "'napari-segneuron calibrate' chose); default 'auto': the label-free estimate on IMAGE, as "
+                        "'segment' makes it. The checkpoint declares the voxel size it was trained at, so it "
+                        "segments the stack without --magnify")
     f.set_defaults(func=run_finetune)
 
     p = subparsers.add_parser(
@@ -136,8 +137,15 @@ def run_finetune(args) -> int:
     val_lab = _read(args.val_labels) if args.val_labels else None
     model = None if args.weights.lower() == "none" or args.resume else args.weights
     extra = {}
+    if args.magnify == "auto":
+        model, args.magnify = _estimated_magnify(model, image, args.voxel_size)
+    else:
+        # a magnification chosen by hand: the starting weights' reference neurite width no longer
+        # describes the grid these weights learn, so 'auto' must not be used with them
+        extra["neurite_halfwidth"] = None
     if args.voxel_size is not None or args.magnify != 1.0:
-        model, image, labels, mask, extra = to_model_grid(model, image, labels, mask, args.voxel_size, args.magnify)
+        model, image, labels, mask, grid = to_model_grid(model, image, labels, mask, args.voxel_size, args.magnify)
+        extra.update(grid)
     iterations, limit_s = _budget(args)
     bar = _progress("finetune") if limit_s is None else _TimeProgress(_progress("finetune (s)"), limit_s)
     try:
@@ -158,6 +166,30 @@ def run_finetune(args) -> int:
     return 0
 
 
+def _estimated_magnify(model, image, voxel_size):
+    """``--magnify auto`` for finetune: the starting weights (loaded), and the label-free estimate
+    on the training image (1 without starting weights or a reference to compare with)."""
+    from ._cli_common import resolve_magnify
+    from .inference import Predictor
+
+    if model is None:
+        return None, 1.0
+    model = _load_start(model)
+    if not (model.info.get("neurite_halfwidth") and model.info.get("voxel_size_nm")):
+        return model, 1.0
+    ns = argparse.Namespace(magnify="auto")
+    return model, resolve_magnify(ns, Predictor(model, device="cpu"), image, voxel_size)
+
+
+def _load_start(model):
+    """Starting weights as a module with ``info`` (a name or path is loaded on the CPU)."""
+    if model is None or hasattr(model, "info"):
+        return model
+    from ._model import load_named
+
+    return load_named(str(model), device="cpu")
+
+
 def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
     """The starting model loaded, and the block moved to the grid it declares, magnified
     ``magnify`` times (``training.grid.block_on_model_grid``), with the metadata that declares the
@@ -166,9 +198,7 @@ def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
 
     model_voxel = None
     if model is not None:  # loaded once: its info gives the declared grid, finetune takes the module
-        from ._model import fetch_weights, load_model
-
-        model = load_model(model if Path(str(model)).is_file() else fetch_weights(str(model)), device="cpu")
+        model = _load_start(model)
         model_voxel = model.info["voxel_size_nm"]
     if model is None and magnify != 1.0:
         from .io import InputError

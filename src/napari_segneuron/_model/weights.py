@@ -182,10 +182,20 @@ def load_model(path: PathLike, device: Optional[Union[str, torch.device]] = None
         "device": str(dev),
         "voxel_size_nm": tuple(metadata["voxel_size_nm"]) if metadata.get("voxel_size_nm") else None,
         "fg_threshold": _unit_or_none(metadata.get("fg_threshold")),
+        # the model's neurite half-width on its training data at their true scale (scale_estimate)
+        "neurite_halfwidth": _positive_or_none(metadata.get("neurite_halfwidth")),
         "iters": int(obj.get("iters", 0)) if isinstance(obj, Mapping) and isinstance(obj.get("iters", 0), int) else 0,
         "metadata": metadata,
     }
     return model
+
+
+def _positive_or_none(value) -> Optional[float]:
+    """A positive finite number from checkpoint metadata, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    v = float(value)
+    return v if 0.0 < v < float("inf") else None
 
 
 def _unit_or_none(value) -> Optional[float]:

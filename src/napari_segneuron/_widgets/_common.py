@@ -310,6 +310,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--tta"]
     if pred.get("magnify") not in (None, 1, 1.0):
         args += ["--magnify", f"{pred['magnify']:g}"]
+    elif pred.get("magnify_auto") is False:
+        args += ["--magnify", "1"]  # chosen by hand: the command line would otherwise estimate it ('auto')
     if seg.get("fg_threshold") is not None:
         args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
     if seg.get("min_size") is not None:

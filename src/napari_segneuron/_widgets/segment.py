@@ -64,6 +64,15 @@ PREVIEW_IN_PROCESS_VOXELS = 4_000_000
 #: a preview region up to this many voxels is predicted as one tile (about twice the default
 #: 32x192x192 tile); larger regions use the tile/overlap of the advanced settings
 PREVIEW_ONE_TILE_VOXELS = 2_500_000
+AUTO_MAGNIFY = 0.0  # the Magnify box's lowest value, shown as 'auto': estimated from the image
+
+
+@dataclass
+class _PendingScale:
+    """'auto' magnification not estimated yet: the stack's own voxel size and the estimate's key."""
+
+    voxel: Optional[tuple]
+    key: tuple
 
 
 def _segmentation():
@@ -212,11 +221,15 @@ class SegNeuronWidget(QWidget):
         )
         form.addRow("Voxel (nm)", self.voxel_field)
         self.magnify = double_spin(
-            1.0, 0.25, 4.0, 0.25,
+            AUTO_MAGNIFY, AUTO_MAGNIFY, 4.0, 0.25,
             tooltip="Show the stack to the model this many times larger than its true scale (1 = true scale). "
                     ">1 helps tissue whose neurites and membranes are finer than the model's training data "
-                    "(e.g. larval ssTEM). The training dock's 'Calibrate' picks it from one painted block.")
+                    "(e.g. larval ssTEM). 'auto' (the lowest value) estimates it from the image when you predict, "
+                    "without labels, and keeps 1 for stacks like the training data. The training dock's "
+                    "'Calibrate' picks it from one painted block.")
+        self.magnify.setSpecialValueText("auto")
         self.magnify.setSuffix(" ×")
+        self._scale_estimates: dict = {}  # (image layer id, voxel size, weights sha256) -> ScaleEstimate
         self.magnify.valueChanged.connect(lambda _v: self._show_voxel_note())
         form.addRow("Magnify", self.magnify)
         self.voxel_note = wrap_label("")
@@ -473,19 +486,24 @@ class SegNeuronWidget(QWidget):
             self.voxel_note.setVisible(False)
             return
         mv = "×".join(f"{v:g}" for v in model_voxel)
-        magnify = float(self.magnify.value())
-        if magnify != 1.0:
-            text = (f"<small>Magnified {magnify:g}× onto the model's {mv} nm grid"
+        magnify = self.magnification()
+        est = self._scale_estimates.get(self._estimate_key(self.image_combo.value(), voxel))
+        auto = ""
+        if self.magnify_is_auto():
+            auto = (f"Magnify auto: {est.magnify:g}× estimated from the image. " if est is not None else
+                    "Magnify auto: estimated from the image when you predict (no labels needed). ")
+        if magnify is not None and magnify != 1.0:
+            text = (f"<small>{auto}Magnified {magnify:g}× onto the model's {mv} nm grid"
                     + (" (voxel size unknown: the model's own assumed)" if voxel is None else "")
                     + ", then resampled back.</small>")
         elif voxel is None:
-            text = (f"<small>Voxel size unknown: the model's own {mv} nm is assumed. Type the stack's voxel size "
+            text = (f"<small>{auto}Voxel size unknown: the model's own {mv} nm is assumed. Type the stack's voxel size "
                     "(z, y, x in nm) above if it differs.</small>")
         else:
             from ..resample import needs_resampling
 
-            text = (f"<small>Resampled to the model's {mv} nm and back.</small>" if needs_resampling(voxel, model_voxel)
-                    else f"<small>Matches the model's {mv} nm: no resampling.</small>")
+            text = (f"<small>{auto}Resampled to the model's {mv} nm and back.</small>" if needs_resampling(voxel, model_voxel)
+                    else f"<small>{auto}Matches the model's {mv} nm: no resampling.</small>")
         self.voxel_note.setText(text)
         self.voxel_note.setVisible(True)
 
@@ -540,7 +558,8 @@ class SegNeuronWidget(QWidget):
             "device": self.device_combo.currentText(),
             "half": bool(self.half.isChecked()),
             "tta": bool(self.tta.isChecked()),
-            "magnify": float(self.magnify.value()),
+            "magnify": self.magnification() or 1.0,
+            "magnify_auto": self.magnify_is_auto(),
         }
 
     def _segment_settings(self) -> dict:
@@ -557,6 +576,54 @@ class SegNeuronWidget(QWidget):
     def set_threshold(self, value: float) -> None:
         self.slider.setValue(int(round(value * SLIDER_STEPS)))
 
+    def magnify_is_auto(self) -> bool:
+        return float(self.magnify.value()) == AUTO_MAGNIFY
+
+    def _estimate_key(self, layer, voxel) -> tuple:
+        sha = (getattr(self.model, "info", None) or {}).get("sha256") if self.model is not None else None
+        return (id(layer), tuple(voxel) if voxel else None, sha)
+
+    def magnification(self, layer=None) -> Optional[float]:
+        """The magnification predictions use: the box's number; with 'auto', the estimate made for
+        ``layer`` (default: the chosen image) with these weights, 1 when the weights cannot be
+        compared, None when it is not estimated yet."""
+        if not self.magnify_is_auto():
+            return float(self.magnify.value())
+        from ..scale_estimate import reference_halfwidth
+
+        if self.model is None or reference_halfwidth(self.model) is None or \
+                not (getattr(self.model, "info", None) or {}).get("voxel_size_nm"):
+            return 1.0
+        layer = layer if layer is not None else self.image_combo.value()
+        est = self._scale_estimates.get(self._estimate_key(layer, self.voxel_field.value()))
+        return None if est is None else est.magnify
+
+    def _resolved_voxel(self, planned, predictor, volume, progress, cancel, provenance: Optional[dict] = None):
+        """In a worker: ``planned`` from ``_voxel_size``; a pending 'auto' is estimated on ``volume``
+        (``scale_estimate``, label-free), remembered for the image, and turned into the voxel size
+        to predict with. The provenance records the magnification and the estimate."""
+        if not isinstance(planned, _PendingScale):
+            return planned
+        from ..calibration import magnified_voxel_size
+        from ..scale_estimate import estimate_magnification
+
+        est = estimate_magnification(predictor, volume, planned.voxel, progress=progress, cancel=cancel)
+        self._scale_estimates[planned.key] = est
+        if provenance is not None:
+            provenance.setdefault("predict", {})["magnify"] = est.magnify
+            provenance["predict"]["magnify_estimate"] = est.record()
+        return magnified_voxel_size(planned.voxel, predictor.model_voxel_size, est.magnify)
+
+    def _after_estimate(self, layer) -> None:
+        """On the GUI thread after a task that may have estimated the magnification: say it."""
+        if not self.magnify_is_auto():
+            return
+        est = self._scale_estimates.get(self._estimate_key(layer, self.voxel_field.value()))
+        if est is not None and not getattr(est, "_shown", False):
+            est._shown = True
+            notify_info(f"Magnify auto for '{layer.name}': {est.summary()}")
+        self._show_voxel_note()
+
     def _voxel_size(self, layer, predictor, provenance: Optional[dict] = None):
         """The voxel size in nm to predict with: the dock's voxel-size field (prefilled from the
         layer scale or the file), times the magnification; says once when it is unknown. The
@@ -568,7 +635,11 @@ class SegNeuronWidget(QWidget):
         if voxel is not None and provenance is not None:
             provenance["voxel_size_nm"] = list(voxel)
         model_voxel = predictor.model_voxel_size
-        magnify = float(self.magnify.value())
+        magnify = self.magnification(layer)
+        if magnify is None:  # 'auto', not estimated yet for this image: the worker estimates it first
+            return _PendingScale(voxel, self._estimate_key(layer, voxel))
+        if provenance is not None:
+            provenance.setdefault("predict", {})["magnify"] = magnify
         if magnify != 1.0 and model_voxel is None:
             notify_warning("The loaded weights declare no voxel size, so there is no grid to magnify onto: "
                            "predicting at magnification 1")
@@ -761,11 +832,13 @@ class SegNeuronWidget(QWidget):
 
         def work(progress, cancel):
             grid: dict = {}
-            aff, fg = predictor.predict(volume, progress=progress, cancel=cancel, voxel_size=voxel, model_grid=grid)
+            shown = self._resolved_voxel(voxel, predictor, volume, progress, cancel, provenance)
+            aff, fg = predictor.predict(volume, progress=progress, cancel=cancel, voxel_size=shown, model_grid=grid)
             return aff, fg, grid
 
         def done(result):
             aff, fg, grid = result
+            self._after_estimate(layer)
             self._invalidate_segmentation("the prediction changed: press Segment again")
             self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance, grid)
             self._show_prediction(self.prediction)
@@ -780,7 +853,7 @@ class SegNeuronWidget(QWidget):
 
         voxel = self.voxel_field.value()
         model_voxel = predictor.model_voxel_size
-        if float(self.magnify.value()) != 1.0:
+        if not self.magnify_is_auto() and float(self.magnify.value()) != 1.0:
             raise InputError(f"'{layer.name}' is predicted block by block (it is larger than memory allows), which "
                              "does not resample: set Magnify to 1, or resample the stack first")
         if voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
@@ -870,10 +943,12 @@ class SegNeuronWidget(QWidget):
         voxel = self._voxel_size(layer, predictor, provenance)
 
         def work(progress, cancel):
-            return self._predict_and_segment(predictor, volume, voxel, seg_settings, progress, cancel)
+            shown = self._resolved_voxel(voxel, predictor, volume, progress, cancel, provenance)
+            return self._predict_and_segment(predictor, volume, shown, seg_settings, progress, cancel)
 
         def done(result):
             aff, fg, grid, agg, labels = result
+            self._after_estimate(layer)
             self._invalidate_segmentation("a new prediction was made")
             self.prediction = Prediction(aff, fg, layer.name, scale, translate, squeeze, provenance, grid)
             self._show_prediction(self.prediction, suffix)
@@ -962,13 +1037,16 @@ class SegNeuronWidget(QWidget):
         voxel = self._voxel_size(layer, predictor, provenance)
 
         def work(progress, cancel):
+            # 'auto' is estimated on the whole image (once per image), not on the previewed region
+            shown = self._resolved_voxel(voxel, predictor, volume, progress, cancel, provenance)
             _, _, _, agg, labels = self._predict_and_segment(
-                predictor, np.asarray(volume[region]), voxel, seg_settings, progress, cancel,
+                predictor, np.asarray(volume[region]), shown, seg_settings, progress, cancel,
                 worker=False if small else None)
             return agg, labels
 
         def done(result):
             agg, labels = result
+            self._after_estimate(layer)
             self._install_segmentation(
                 agg, labels, f"{layer.name} preview", provenance, scale, offset, squeeze,
             )

@@ -725,13 +725,22 @@ class TrainingWidget(QWidget):
             from ..training.finetune import TrainingCancelled, finetune
             from ..training.grid import block_on_model_grid
 
-            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, magnify)
+            m = magnify
+            extra = {}
+            if m is None:  # the SegNeuron dock's 'auto', not estimated for this image yet: as prediction would
+                m = self._estimated_magnify(model, image, voxel, progress, cancel)
+            elif hasattr(model, "info") and not self._magnify_auto():
+                # a magnification chosen by hand: the starting weights' reference neurite width no
+                # longer describes the grid these weights learn, so 'auto' must not use it with them
+                extra["neurite_halfwidth"] = None
+            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, m)
             try:
                 return finetune(
                     model, img, lab, mask=msk, checkpoint=ckpt,
                     progress=self._budget_progress(progress, settings), cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
-                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock", **grid}, **settings,
+                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock", **grid, **extra},
+                    **settings,
                 )
             except TrainingCancelled as exc:
                 return exc.result
@@ -743,7 +752,12 @@ class TrainingWidget(QWidget):
         declared voxel size, the dock's magnification): training runs on the grid prediction uses."""
         dock = find_segneuron_dock(self.viewer)
         voxel = dock.voxel_field.value() if dock is not None and hasattr(dock, "voxel_field") else None
-        magnify = float(dock.magnify.value()) if dock is not None and hasattr(dock, "magnify") else 1.0
+        magnify = 1.0
+        if dock is not None and hasattr(dock, "magnification"):
+            if dock.magnify_is_auto() and not hasattr(model, "info"):
+                magnify = 1.0  # pretrained or fresh weights: no reference neurite width to estimate with
+            else:
+                magnify = dock.magnification(self.image_combo.value())  # None: 'auto', not estimated yet
         if voxel is None:
             from ..resample import voxel_size_from_scale
 
@@ -759,6 +773,22 @@ class TrainingWidget(QWidget):
         if not model_voxel:
             magnify = 1.0  # nothing to magnify onto
         return voxel, (tuple(model_voxel) if model_voxel else None), magnify
+
+    def _magnify_auto(self) -> bool:
+        dock = find_segneuron_dock(self.viewer)
+        return bool(dock is not None and hasattr(dock, "magnify_is_auto") and dock.magnify_is_auto())
+
+    @staticmethod
+    def _estimated_magnify(model, image, voxel, progress, cancel) -> float:
+        """'auto' for a finetune: the label-free estimate (``scale_estimate``) on the training image
+        with the starting weights; 1 when they cannot be compared (no reference, fresh weights)."""
+        if not hasattr(model, "info"):
+            return 1.0
+        from ..inference import Predictor
+        from ..scale_estimate import estimate_magnification
+
+        return estimate_magnification(Predictor(model, device="cpu"), image, voxel, progress=progress,
+                                      cancel=cancel).magnify
 
     def _finetune_done(self, result) -> None:
         from .._model import load_model

@@ -25,6 +25,10 @@ from .augment import AugmentConfig
 from .checkpoints import read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
 
+# checkpoint metadata a finetune keeps from its starting weights (the model's reference neurite
+# half-width, ``scale_estimate``: finetuning on the user's stack does not change the training scale)
+INHERITED_METADATA = ("neurite_halfwidth",)
+
 ModelLike = Union["torch.nn.Module", str, Path, None]
 
 
@@ -397,7 +401,9 @@ def finetune(
         meta0 = ck["metadata"]
     else:
         net = resolve_model(model, kn, fmu)
-        meta0 = {}
+        # what the starting weights declare about their data still holds after finetuning
+        info = getattr(net, "info", None) or getattr(model, "info", None) or {}
+        meta0 = {k: info[k] for k in INHERITED_METADATA if info.get(k) is not None}
     dev = pick_device(device)
     net = net.to(dev).float()
     net.train()
