@@ -42,6 +42,7 @@ N_BLOCKS = 3
 # parts of them give noisy half-widths)
 WHOLE = 4
 MIN_INTERIOR = 2000  # fewer neurite voxels than this in all blocks: no estimate
+MIN_BOUNDARY = 0.02  # sections with fewer boundary voxels than this fraction are not measured
 
 
 @dataclass
@@ -69,7 +70,8 @@ class ScaleEstimate:
 
 def neurite_halfwidth(affinities: Any, foreground: Any, margin: int = 0) -> tuple[float, int]:
     """Mean in-section distance (voxels) from neurite interior to the nearest boundary, and how
-    many interior voxels it averaged. Interior: y and x affinities and foreground > 0.5."""
+    many interior voxels it averaged. Interior: y and x affinities and foreground > 0.5.
+    Sections with almost no boundary (``MIN_BOUNDARY``) show no neurites and are skipped."""
     from scipy import ndimage
 
     aff = np.asarray(affinities)
@@ -77,6 +79,8 @@ def neurite_halfwidth(affinities: Any, foreground: Any, margin: int = 0) -> tupl
     interior = (aff[1] > 0.5) & (aff[2] > 0.5)
     total, count = 0.0, 0
     for z in range(interior.shape[0]):
+        if interior[z].mean() > 1.0 - MIN_BOUNDARY:
+            continue  # (almost) no boundary in this section: no neurite to measure
         dist = ndimage.distance_transform_edt(interior[z])
         keep = interior[z] & (fg[z] > 0.5)
         if margin:
@@ -181,6 +185,10 @@ def estimate_magnification(
         raise InputError(f"the stack must be 3D (z, y, x), got shape {tuple(volume.shape)}")
     voxel = parse_voxel_size(voxel_size)
     blocks = _blocks(volume, voxel or model_voxel, model_voxel)
+    from .image_checks import content_warning
+
+    if all(content_warning(b) for b in blocks):  # constant or noise: no neurites to measure
+        return ScaleEstimate(1.0, None, ref, note="the image shows no structure to measure its scale on")
     rounds = max(1, int(rounds))
     steps = rounds * len(blocks)
     done = 0
