@@ -152,6 +152,7 @@ def test_adaptation_trains_on_the_model_grid(adapt, qtbot, notifications):
 
     viewer, seg, train = adapt
     seg.voxel_field.set_value((10.0, 10.0, 10.0))
+    seg.magnify.setValue(1.0)  # by hand: no label-free magnification ('auto' would find ~2 here)
     train.settings.minutes.value = 0.0
     train.settings.iterations.value = 2
     train.train()
@@ -233,3 +234,45 @@ def test_calibrate_can_be_cancelled_and_changes_nothing(adapt, qtbot, notificati
     assert not hasattr(train, "last_calibration")
     assert (seg.magnify.value(), seg.fg_threshold.value(), seg.threshold(), len(viewer.layers)) == before
     assert not seg.runner.busy and train.calibrate_button.isEnabled()
+
+
+def test_magnify_auto_estimates_from_the_image_and_training_follows(adapt, qtbot, notifications):
+    """Magnify 'auto' (the default): the stack typed in as 10 nm (it is ~20 nm) looks to the model
+    like neurites half as wide; Predict estimates about 2 from the image alone, records it,
+    and Copy as CLI and a finetune use the same number."""
+    from napari_segneuron.training.checkpoints import read_checkpoint
+
+    viewer, seg, train = adapt
+    assert seg.magnify_is_auto() and seg.magnify.text() == "auto"
+    seg.voxel_field.set_value((10.0, 10.0, 10.0))
+    assert seg.magnification() is None  # not estimated yet
+    assert "Magnify auto: estimated from the image when you predict" in seg.voxel_note.text()
+    seg.predict()
+    wait_idle(qtbot, seg)
+    assert errors(notifications) == [], notifications
+    m = seg.magnification()
+    assert 1.7 <= m <= 2.5
+    prov = viewer.layers["em affinities"].metadata["segneuron"]["predict"]
+    assert prov["magnify"] == m and prov["magnify_auto"] is True and prov["magnify_estimate"]["magnify"] == m
+    assert f"Magnify auto: {m:g}× estimated from the image" in seg.voxel_note.text()
+    assert any(f"Magnify auto for 'em': magnification {m:g}" in text for _, text in notifications)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert f"--magnify {m:g}" in seg.copy_cli_command()
+    # finetuning trains where prediction looked, and keeps the reference width ('auto' stays usable)
+    train.settings.minutes.value = 0.0
+    train.settings.iterations.value = 1
+    train.train()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    assert meta["magnify"] == m and meta["voxel_size_nm"] == pytest.approx([20.0 / m] * 3, rel=1e-3)
+    assert meta["neurite_halfwidth"] == pytest.approx(5.627)
+    # a magnification typed in by hand is written out as such (the command line would estimate otherwise)
+    seg.set_model(default_model())
+    seg.magnify.setValue(1.0)
+    seg.predict()
+    wait_idle(qtbot, seg)
+    seg.segment()
+    wait_idle(qtbot, seg)
+    assert " --magnify 1 " in seg.copy_cli_command() + " "
