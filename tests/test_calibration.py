@@ -154,13 +154,23 @@ def test_cli_calibrate_prints_and_writes_the_choice(tmp_path, sample_block, caps
     tifffile.imwrite(tmp_path / "painted.tif", painted)
     out = tmp_path / "cal.json"
     rc = main(["calibrate", str(tmp_path / "raw.tif"), str(tmp_path / "painted.tif"), "--voxel-size", "10,10,10",
-               "--magnifications", "1,2", "--fg-thresholds", "0.75", "--json", str(out)])
+               "--magnifications", "1,2", "--fg-thresholds", "0.75", "--magnify", "1", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "--magnify 2" in text and "napari-segneuron segment" in text
+    assert "defaults (magnification 1): VI" in text
     doc = json.loads(out.read_text())
     assert doc["magnify"] == 2.0 and doc["vi"] < 0.5 * doc["default_vi"]
     assert doc["box"] == [[5, 45], [0, 100], [10, 90]]
+    # without --magnify the defaults to beat are segment's own: the label-free estimate (~2) already
+    # takes most of the damage away, so that is what the block is scored against
+    auto = tmp_path / "auto.json"
+    assert main(["calibrate", str(tmp_path / "raw.tif"), str(tmp_path / "painted.tif"), "--voxel-size", "10,10,10",
+                 "--magnifications", "1", "--fg-thresholds", "0.75", "--json", str(auto)]) == 0
+    doc_auto = json.loads(auto.read_text())
+    assert 1.7 <= doc_auto["default"]["magnify"] <= 2.3
+    assert doc_auto["default_vi"] < 0.5 * doc["default_vi"]
+    assert "magnify auto: magnification" in capsys.readouterr().err
     # refusals: --magnify is calibrate's to choose; labels of another shape
     assert main(["calibrate", str(tmp_path / "raw.tif"), str(tmp_path / "painted.tif"), "--magnify", "2"]) == 2
     tifffile.imwrite(tmp_path / "small.tif", painted[:, :50])

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_common import TerminalProgress, add_model_arguments, checked_volume, load_weights, make_predictor
+from ._cli_common import TerminalProgress, add_model_arguments, checked_volume, load_weights, make_predictor, resolve_magnify
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -80,11 +80,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     voxel = args.voxel_size or voxel
     print(f"{model.describe()} on {predictor.device}; image {tuple(volume.shape)}, voxel size "
           f"{'×'.join(f'{v:g}' for v in voxel) + ' nm' if voxel else 'unknown'}", file=sys.stderr)
+    # the default to beat: what 'segment' would do, the label-free magnification included
+    default_magnify = resolve_magnify(args, predictor, volume, voxel)
     bar = TerminalProgress("calibrate")
     try:
         result = calibrate(predictor, volume, labels, voxel_size=voxel, mask=mask,
                            magnifications=args.magnifications, fg_thresholds=args.fg_thresholds,
-                           per_section=args.per_section, progress=bar)
+                           default_magnify=default_magnify, per_section=args.per_section, progress=bar)
     finally:
         bar.close()
     print("best per magnification (VI on the block; split / merge):")
@@ -92,7 +94,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         r = min((r for r in result.table if r["magnify"] == m), key=lambda r: r["vi"])
         print(f"  magnify {m:<5g} foreground ≥ {r['fg_threshold']:<5g} merge {r['threshold']:<5g} "
               f"VI {r['vi']:.3f} ({r['vi_split']:.3f} / {r['vi_merge']:.3f})")
-    print(f"defaults: VI {result.default_vi:.3f}")
+    print(f"defaults (magnification {result.default['magnify']:g}): VI {result.default_vi:.3f}")
     print(f"chosen: {result.summary()}")
     voxel_arg = f" --voxel-size {','.join(f'{v:g}' for v in voxel)}" if args.voxel_size else ""
     weights_arg = f" --weights {args.weights}" if args.weights != "default" else ""

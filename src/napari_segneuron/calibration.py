@@ -158,6 +158,7 @@ def calibrate(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     default_threshold: Optional[float] = None,
     default_fg_threshold: Optional[float] = None,
+    default_magnify: float = 1.0,
     per_section: Optional[bool] = None,
     worker: bool = False,
     progress: ProgressFn = None,
@@ -169,8 +170,9 @@ def calibrate(
     image's shape, neuron ids in one block (0 = membrane / unpainted); the
     block is the bounding box of the painted voxels, or of ``mask`` when given. Only voxels with
     an id are scored (as ``metrics.evaluate`` does). ``per_section`` None: decided by
-    ``sections_only``. The defaults (magnification 1, the weights' foreground threshold, the package
-    merge threshold) are always scored too and are kept unless another setting beats them by
+    ``sections_only``. The defaults (``default_magnify``: 1, or the label-free estimate the plugin
+    predicts with, ``scale_estimate``; the weights' foreground threshold; the package merge
+    threshold) are always scored too and are kept unless another setting beats them by
     ``MIN_GAIN``; otherwise the merge threshold is the middle of the best setting's plateau
     (``plateau_centre``).
     """
@@ -196,9 +198,12 @@ def calibrate(
         per_section = sections_only(truth)
     model_voxel = predictor.model_voxel_size
     voxel = parse_voxel_size(voxel_size)
-    magnifications = sorted({float(z) for z in magnifications} | {1.0})
+    default_magnify = float(default_magnify)
+    if not (math.isfinite(default_magnify) and default_magnify > 0):
+        raise InputError(f"The default magnification must be a positive number, got {default_magnify!r}")
+    magnifications = sorted({float(z) for z in magnifications} | {1.0, default_magnify})
     if model_voxel is None and magnifications != [1.0]:
-        magnifications = [1.0]  # nothing to magnify on: the weights declare no voxel size
+        magnifications, default_magnify = [1.0], 1.0  # nothing to magnify on: the weights declare no voxel size
     default_fg = float(default_fg_threshold if default_fg_threshold is not None
                        else foreground_threshold_for(predictor.model))
     fgs = sorted({float(f) for f in (fg_thresholds or (0.5,))} | {default_fg})
@@ -249,9 +254,11 @@ def calibrate(
                               "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
                               "arand": round(s.arand, 4)})
             report(i, 0.7 + 0.3 * (j + 1) / len(fgs), f"scored {label}, foreground ≥ {fg_t:g}")
-    default = next(r for r in table if r["magnify"] == 1.0 and r["fg_threshold"] == default_fg and r["threshold"] == default_t)
-    # ties: the magnification nearest 1, then the threshold nearest the default
-    best = min(table, key=lambda r: (r["vi"], abs(math.log(r["magnify"])), abs(r["threshold"] - default_t)))
+    default = next(r for r in table if r["magnify"] == default_magnify and r["fg_threshold"] == default_fg
+                   and r["threshold"] == default_t)
+    # ties: the magnification nearest the default, then the threshold nearest the default
+    best = min(table, key=lambda r: (r["vi"], abs(math.log(r["magnify"] / default_magnify)),
+                                     abs(r["threshold"] - default_t)))
     chosen = plateau_centre(table, best) if best["vi"] < default["vi"] - MIN_GAIN else default
     return Calibration(magnify=chosen["magnify"], fg_threshold=chosen["fg_threshold"], threshold=chosen["threshold"],
                        vi=chosen["vi"], default_vi=default["vi"], default=default, box=box,

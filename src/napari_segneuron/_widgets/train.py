@@ -973,6 +973,9 @@ class TrainingWidget(QWidget):
             predictor = dock._predictor()
             voxel = dock.voxel_field.value()
             fg_default, t_default = float(dock.fg_threshold.value()), float(dock.threshold())
+            # the default to beat is what the dock predicts with: its magnification, or 'auto' (estimated below)
+            m_default = dock.magnification(image_layer)
+            pending = dock._voxel_size(image_layer, predictor) if m_default is None else None
         except Exception as exc:  # noqa: BLE001
             self.runner.show_error(error_message(exc, "Calibrate"))
             return False
@@ -982,17 +985,22 @@ class TrainingWidget(QWidget):
         def work(progress, cancel):
             from ..calibration import calibrate
 
+            m = m_default
+            if m is None:  # 'auto' not estimated for this image yet: as Predict would
+                dock._resolved_voxel(pending, predictor, image, progress, cancel)
+                m = dock.magnification(image_layer) or 1.0
             return calibrate(predictor, image, labels, voxel_size=voxel, mask=mask, default_threshold=t_default,
-                             default_fg_threshold=fg_default, worker=dock.agglomerate_in_worker,
+                             default_fg_threshold=fg_default, default_magnify=m, worker=dock.agglomerate_in_worker,
                              progress=progress, cancel=cancel)
 
         def done(result) -> None:
             from ..calibration import MIN_GAIN
 
             self.last_calibration = result
-            dock.magnify.setValue(result.magnify)
-            dock.fg_threshold.setValue(result.fg_threshold)
-            dock.set_threshold(result.threshold)
+            if result.improved:  # else the dock's settings were the defaults that stayed best: left as they are
+                dock.magnify.setValue(result.magnify)
+                dock.fg_threshold.setValue(result.fg_threshold)
+                dock.set_threshold(result.threshold)
             if result.improved:
                 msg = (f"Calibrated on the painted block: {result.summary()}. The SegNeuron dock now uses these "
                        "settings; re-segmenting into new '… (calibrated)' layers.")
