@@ -69,7 +69,7 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="show the stack to the model magnified M times (1: its true scale; >1 for tissue with finer "
                         "neurites and membranes than the training data's). Default 'auto': estimated from the image, "
                         "without labels (the model's neurite width on sample blocks against its training data's; "
-                        "estimates within 25%% of 1 count as 1). 'napari-segneuron calibrate' picks it from one "
+                        "estimates below 1.25 count as 1; it never shrinks). 'napari-segneuron calibrate' picks it from one "
                         "painted block instead")
 
 
