@@ -8,6 +8,7 @@ Writes:
   docs/images/after_segment.png   after Segment + Evaluate (labels over the EM, scores in the dock)
   docs/images/training_dock.png   the training dock after a short finetune (loss curve)
   docs/images/calibrate_dock.png  Calibrate on a painted block of the sample typed in at the wrong voxel size
+  docs/images/magnify_auto.png    Magnify 'auto' on the sample typed in at the wrong voxel size (no labels)
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-iterations", type=int, default=30)
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--calibrate-only", action="store_true", help="only calibrate_dock.png")
+    parser.add_argument("--auto-only", action="store_true", help="only magnify_auto.png")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -111,6 +113,8 @@ def _run(args, width, height) -> int:
 
     if args.calibrate_only:
         return _calibrate_shot(args, viewer, app, dock, out)
+    if args.auto_only:
+        return _auto_shot(args, viewer, app, dock, out)
 
     # 1. Model
     if Path(args.weights).is_file():
@@ -173,6 +177,7 @@ def _calibrate_shot(args, viewer, app, dock, out: Path) -> int:
     dock.load_weights()
     wait_for(app, dock)
     dock.voxel_field.set_value((10.0, 10.0, 10.0))
+    dock.magnify.setValue(1.0)  # by hand, so Calibrate has the damage to undo ('auto' would find ~2 itself)
     gt = viewer.layers["fib25 ground truth"]
     painted = np.zeros_like(gt.data)
     box = (slice(5, 45), slice(0, 100), slice(40, 160))
@@ -194,6 +199,33 @@ def _calibrate_shot(args, viewer, app, dock, out: Path) -> int:
     settle(app)
     save(viewer, out / "calibrate_dock.png")
     print(train.last_calibration.summary())
+    viewer.close()
+    return 0
+
+
+def _auto_shot(args, viewer, app, dock, out: Path) -> int:
+    """A user types 10 nm for the sample (it is ~20 nm) and leaves Magnify at 'auto': Predict
+    estimates the magnification from the image; Segment + Evaluate show the result."""
+    from napari_segneuron import segmentation
+
+    dock.weights_combo.setCurrentText(args.weights)
+    dock.load_weights()
+    wait_for(app, dock)
+    dock.voxel_field.set_value((10.0, 10.0, 10.0))
+    viewer.dims.set_point(0, 25)
+    dock.predict()
+    wait_for(app, dock)
+    viewer.layers["fib25 EM affinities"].visible = False
+    dock.segment()
+    wait_for(app, dock)
+    dock.set_threshold(segmentation.DEFAULT_THRESHOLD)
+    dock.gt_combo.set_value(viewer.layers["fib25 ground truth"])
+    dock.evaluate()
+    wait_for(app, dock)
+    viewer.layers.selection.active = viewer.layers["fib25 EM segmentation"]
+    settle(app)
+    save(viewer, out / "magnify_auto.png")
+    print(f"magnification {dock.magnification()}; scores {dock.scores}")
     viewer.close()
     return 0
 

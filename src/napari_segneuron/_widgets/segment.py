@@ -581,7 +581,8 @@ class SegNeuronWidget(QWidget):
 
     def _estimate_key(self, layer, voxel) -> tuple:
         sha = (getattr(self.model, "info", None) or {}).get("sha256") if self.model is not None else None
-        return (id(layer), tuple(voxel) if voxel else None, sha)
+        shape = tuple(getattr(getattr(layer, "data", None), "shape", ()) or ())
+        return (id(layer), getattr(layer, "name", None), shape, tuple(voxel) if voxel else None, sha)
 
     def magnification(self, layer=None) -> Optional[float]:
         """The magnification predictions use: the box's number; with 'auto', the estimate made for
