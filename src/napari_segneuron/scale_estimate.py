@@ -12,12 +12,12 @@ as those of the training data, so the estimate is
     magnify = reference half-width / measured half-width
 
 iterated once more at the first estimate (the statistic is not exactly proportional to the
-scale). The reference is the model's half-width on the FIB-25 crop it was trained on at its
-true scale; checkpoints declare it as ``neurite_halfwidth`` (metadata), the registry for the
-bundled default. Estimates below ``DEAD_ZONE`` count as 1 (stacks like the training data are
-predicted as before), and the estimate never shrinks a stack (``LIMITS``). Measured with the default model (MODEL_CARD.md): fib25_b 0.95 -> 1,
-the unlabeled FIB-25 cube at its documented 10 nm 1.05 -> 1, fib25_b given as 10 nm 1.9, the
-larval VNC stack at its true 4.6 nm 1.45.
+scale). The reference is the model's half-width on the FIB-25 crop it was trained on, at its
+true scale; checkpoints declare it as ``neurite_halfwidth`` in their metadata. Estimates below
+``DEAD_ZONE`` count as 1, so stacks like the training data are predicted as before, and the
+estimate never shrinks a stack (``LIMITS``). Measured with the default model
+(benchmarks/bench_scale_estimate.py): fib25_b 0.96 -> 1, the unlabeled FIB-25 cube at its
+documented 10 nm 1.16 -> 1, fib25_b given as 10 nm 1.9, the larval VNC stack at its true 4.6 nm 1.45.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .cancel import CancelToken
 from .io import InputError, as_volume
 
 # estimates below this are taken as 1: the statistic's spread between crops of the same tissue
-# reaches 20 % (fib25_b 0.96, the unlabeled FIB-25 cube at its documented 10 nm 1.19, fib25_c 0.77)
+# reaches 20 % (fib25_b 0.96, the unlabeled FIB-25 cube at its documented 10 nm 1.16, fib25_c 0.80)
 DEAD_ZONE = 1.25
 # never shrinks: the model segments neurites wider than its training data's well (fib25_b shown 2x
 # too large: VI 0.340 against 0.365 at its true scale; fib25_c, estimate 0.77: 0.249 at 1, 0.300
