@@ -493,9 +493,15 @@ class SegNeuronWidget(QWidget):
             auto = (f"Magnify auto: {est.magnify:g}× estimated from the image. " if est is not None else
                     "Magnify auto: estimated from the image when you predict (no labels needed). ")
         if magnify is not None and magnify != 1.0:
+            from ..calibration import magnified_voxel_size
+            from ..resample import DEFAULT_TOLERANCE, needs_resampling
+
+            shown = magnified_voxel_size(voxel, model_voxel, magnify)
+            back = (", then resampled back." if needs_resampling(shown, model_voxel)
+                    else f": within {DEFAULT_TOLERANCE:.0%} of that grid, so it is predicted as it is.")
             text = (f"<small>{auto}Magnified {magnify:g}× onto the model's {mv} nm grid"
                     + (" (voxel size unknown: the model's own assumed)" if voxel is None else "")
-                    + ", then resampled back.</small>")
+                    + back + "</small>")
         elif voxel is None:
             text = (f"<small>{auto}Voxel size unknown: the model's own {mv} nm is assumed. Type the stack's voxel size "
                     "(z, y, x in nm) above if it differs.</small>")
