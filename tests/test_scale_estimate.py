@@ -156,3 +156,12 @@ def test_scale_estimate_dataclass_summary():
     e = ScaleEstimate(1.45, 1.46, 5.63, [(1.0, 4.19), (1.34, 5.17)])
     assert e.summary().startswith("magnification 1.45 (estimate 1.46")
     assert e.record()["halfwidths"] == [[1.0, 4.19], [1.34, 5.17]]
+
+
+def test_estimate_can_be_cancelled(predictor, sample_raw):
+    from napari_segneuron.cancel import CancelToken, Cancelled
+
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        estimate_magnification(predictor, sample_raw, (10, 10, 10), cancel=token)

@@ -145,7 +145,7 @@ def measured_halfwidth(
         if cancel is not None:
             cancel.raise_if_cancelled()
         grid: dict = {}
-        aff, fg = predictor.predict(data, voxel_size=shown, model_grid=grid)
+        aff, fg = predictor.predict(data, voxel_size=shown, model_grid=grid, cancel=cancel)
         if grid.get("affinities") is not None:
             aff, fg = grid["affinities"], grid["foreground"]
         width, n = neurite_halfwidth(aff, fg)

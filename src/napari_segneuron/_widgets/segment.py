@@ -860,7 +860,10 @@ class SegNeuronWidget(QWidget):
 
         voxel = self.voxel_field.value()
         model_voxel = predictor.model_voxel_size
-        if not self.magnify_is_auto() and float(self.magnify.value()) != 1.0:
+        if self.magnify_is_auto():
+            notify_info(f"'{layer.name}' is predicted block by block (it is larger than memory allows), which does "
+                        "not resample: Magnify 'auto' is not applied (magnification 1)")
+        elif float(self.magnify.value()) != 1.0:
             raise InputError(f"'{layer.name}' is predicted block by block (it is larger than memory allows), which "
                              "does not resample: set Magnify to 1, or resample the stack first")
         if voxel is not None and needs_resampling(voxel, model_voxel, predictor.tolerance):
