@@ -34,7 +34,7 @@ from .io import InputError, as_volume
 # reaches 20 % (fib25_b 0.96, the unlabeled FIB-25 cube at its documented 10 nm 1.16, fib25_c 0.80)
 DEAD_ZONE = 1.25
 # never shrinks: the model segments neurites wider than its training data's well (fib25_b shown 2x
-# too large: VI 0.340 against 0.365 at its true scale; fib25_c, estimate 0.77: 0.249 at 1, 0.300
+# too large: VI 0.340 against 0.365 at its true scale; fib25_c, estimate 0.80: 0.249 at 1, 0.300
 # shrunk to 0.75), while finer ones are what it misses (MODEL_CARD.md)
 LIMITS = (1.0, 3.0)
 STEP = 0.05  # estimates are rounded to this, so a re-run gives the same number
@@ -71,7 +71,7 @@ class ScaleEstimate:
                 f"model voxels, the model's reference {self.reference:.2f})")
 
 
-def neurite_halfwidth(affinities: Any, foreground: Any, margin: int = 0) -> tuple[float, int]:
+def neurite_halfwidth(affinities: Any, foreground: Any) -> tuple[float, int]:
     """Mean in-section distance (voxels) from neurite interior to the nearest boundary, and how
     many interior voxels it averaged. Interior: y and x affinities and foreground > 0.5.
     Sections with almost no boundary (``MIN_BOUNDARY``) show no neurites and are skipped."""
@@ -86,8 +86,6 @@ def neurite_halfwidth(affinities: Any, foreground: Any, margin: int = 0) -> tupl
             continue  # (almost) no boundary in this section: no neurite to measure
         dist = ndimage.distance_transform_edt(interior[z])
         keep = interior[z] & (fg[z] > 0.5)
-        if margin:
-            keep[:margin], keep[-margin:], keep[:, :margin], keep[:, -margin:] = False, False, False, False
         total += float(dist[keep].sum())
         count += int(keep.sum())
     return (total / count if count else float("nan")), count

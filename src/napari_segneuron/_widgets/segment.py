@@ -229,7 +229,8 @@ class SegNeuronWidget(QWidget):
                     "'Calibrate' picks it from one painted block.")
         self.magnify.setSpecialValueText("auto")
         self.magnify.setSuffix(" ×")
-        self._scale_estimates: dict = {}  # (image layer id, voxel size, weights sha256) -> ScaleEstimate
+        self._scale_estimates: dict = {}  # (image layer id, name, shape, voxel size, weights sha256) -> ScaleEstimate
+        self._estimates_shown: set = set()  # ids of the estimates already announced
         self.magnify.valueChanged.connect(lambda _v: self._show_voxel_note())
         form.addRow("Magnify", self.magnify)
         self.voxel_note = wrap_label("")
@@ -626,8 +627,8 @@ class SegNeuronWidget(QWidget):
         if not self.magnify_is_auto():
             return
         est = self._scale_estimates.get(self._estimate_key(layer, self.voxel_field.value()))
-        if est is not None and not getattr(est, "_shown", False):
-            est._shown = True
+        if est is not None and id(est) not in self._estimates_shown:
+            self._estimates_shown.add(id(est))
             notify_info(f"Magnify auto for '{layer.name}': {est.summary()}")
         self._show_voxel_note()
 
