@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import TerminalProgress, triple
+from ._cli_common import TerminalProgress, magnify_of, triple
 from .io import InputError
 
 
@@ -50,9 +50,7 @@ def _read_input(args: argparse.Namespace, meta: dict):
     volume, voxel = read_volume(args.input)
     volume = as_volume(volume, name=args.input)
     volume = apply_roi(volume, args.roi, meta)
-    if getattr(args, "magnify", 1.0) == "auto":
-        args.magnify = 1.0  # blockwise prediction does not resample: nothing to magnify with
-    if float(args.magnify if hasattr(args, "magnify") else 1.0) != 1.0:
+    if magnify_of(args) != 1.0:  # 'auto' counts as 1: blockwise prediction does not resample
         raise InputError("--magnify resamples the stack, which blockwise prediction (--block / --scheduler) does not do: "
                          "resample the volume first, or predict it whole")
     if getattr(args, "voxel_size", None) is not None or voxel is not None:

@@ -106,7 +106,7 @@ def resolve_magnify(args: argparse.Namespace, predictor, volume, voxel) -> float
         bar.close()
     args.magnify = est.magnify
     args.magnify_estimate = est
-    if est.raw is not None or getattr(predictor.model, "info", {}).get("neurite_halfwidth"):
+    if est.reference is not None:  # weights without a reference stay silent
         print(f"magnify auto: {est.summary()}", file=sys.stderr)
     return est.magnify
 

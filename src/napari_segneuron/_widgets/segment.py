@@ -646,8 +646,6 @@ class SegNeuronWidget(QWidget):
         magnify = self.magnification(layer)
         if magnify is None:  # 'auto', not estimated yet for this image: the worker estimates it first
             return _PendingScale(voxel, self._estimate_key(layer, voxel))
-        if provenance is not None:
-            provenance.setdefault("predict", {})["magnify"] = magnify
         if magnify != 1.0 and model_voxel is None:
             notify_warning("The loaded weights declare no voxel size, so there is no grid to magnify onto: "
                            "predicting at magnification 1")

@@ -720,19 +720,23 @@ class TrainingWidget(QWidget):
         bridge = self._loss_bridge
         self._trained_image = self.image_combo.value()
         voxel, model_voxel, magnify = self._training_grid(model)
+        dock = find_segneuron_dock(self.viewer)
+        extra = {}
+        if hasattr(model, "info") and not (dock is not None and dock.magnify_is_auto()):
+            # a magnification chosen by hand: the starting weights' reference neurite width no
+            # longer describes the grid these weights learn, so 'auto' must not use it with them
+            extra["neurite_halfwidth"] = None
 
         def work(progress, cancel):
+            from ..inference import Predictor
+            from ..scale_estimate import estimate_magnification
             from ..training.finetune import TrainingCancelled, finetune
             from ..training.grid import block_on_model_grid
 
             m = magnify
-            extra = {}
-            if m is None:  # the SegNeuron dock's 'auto', not estimated for this image yet: as prediction would
-                m = self._estimated_magnify(model, image, voxel, progress, cancel)
-            elif hasattr(model, "info") and not self._magnify_auto():
-                # a magnification chosen by hand: the starting weights' reference neurite width no
-                # longer describes the grid these weights learn, so 'auto' must not use it with them
-                extra["neurite_halfwidth"] = None
+            if m is None:  # the dock's 'auto', not estimated for this image yet: estimated as prediction would
+                m = estimate_magnification(Predictor(model, device="cpu"), image, voxel, progress=progress,
+                                           cancel=cancel).magnify
             img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, m)
             try:
                 return finetune(
@@ -752,12 +756,9 @@ class TrainingWidget(QWidget):
         declared voxel size, the dock's magnification): training runs on the grid prediction uses."""
         dock = find_segneuron_dock(self.viewer)
         voxel = dock.voxel_field.value() if dock is not None and hasattr(dock, "voxel_field") else None
-        magnify = 1.0
-        if dock is not None and hasattr(dock, "magnification"):
-            if dock.magnify_is_auto() and not hasattr(model, "info"):
-                magnify = 1.0  # pretrained or fresh weights: no reference neurite width to estimate with
-            else:
-                magnify = dock.magnification(self.image_combo.value())  # None: 'auto', not estimated yet
+        magnify = 1.0  # also for 'auto' with pretrained or fresh weights: no reference width to compare with
+        if dock is not None and (hasattr(model, "info") or not dock.magnify_is_auto()):
+            magnify = dock.magnification(self.image_combo.value())  # None: 'auto', not estimated yet
         if voxel is None:
             from ..resample import voxel_size_from_scale
 
@@ -773,22 +774,6 @@ class TrainingWidget(QWidget):
         if not model_voxel:
             magnify = 1.0  # nothing to magnify onto
         return voxel, (tuple(model_voxel) if model_voxel else None), magnify
-
-    def _magnify_auto(self) -> bool:
-        dock = find_segneuron_dock(self.viewer)
-        return bool(dock is not None and hasattr(dock, "magnify_is_auto") and dock.magnify_is_auto())
-
-    @staticmethod
-    def _estimated_magnify(model, image, voxel, progress, cancel) -> float:
-        """'auto' for a finetune: the label-free estimate (``scale_estimate``) on the training image
-        with the starting weights; 1 when they cannot be compared (no reference, fresh weights)."""
-        if not hasattr(model, "info"):
-            return 1.0
-        from ..inference import Predictor
-        from ..scale_estimate import estimate_magnification
-
-        return estimate_magnification(Predictor(model, device="cpu"), image, voxel, progress=progress,
-                                      cancel=cancel).magnify
 
     def _finetune_done(self, result) -> None:
         from .._model import load_model
@@ -986,9 +971,9 @@ class TrainingWidget(QWidget):
             from ..calibration import calibrate
 
             m = m_default
-            if m is None:  # 'auto' not estimated for this image yet: as Predict would
+            if m is None:  # 'auto' not estimated for this image yet: as Predict would (and remembered there)
                 dock._resolved_voxel(pending, predictor, image, progress, cancel)
-                m = dock.magnification(image_layer) or 1.0
+                m = dock._scale_estimates[pending.key].magnify
             return calibrate(predictor, image, labels, voxel_size=voxel, mask=mask, default_threshold=t_default,
                              default_fg_threshold=fg_default, default_magnify=m, worker=dock.agglomerate_in_worker,
                              progress=progress, cancel=cancel)
