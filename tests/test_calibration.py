@@ -18,7 +18,6 @@ from napari_segneuron.calibration import (
     painted_box,
     plateau_centre,
     sections_only,
-    split_by_section,
 )
 from napari_segneuron.io import InputError
 
@@ -65,7 +64,7 @@ def test_magnified_voxel_size():
             magnified_voxel_size((10, 10, 10), (20, 20, 20), bad)
 
 
-def test_sections_only_and_split_by_section():
+def test_sections_only():
     ids3d = np.zeros((3, 4, 4), np.uint32)
     ids3d[:, :2] = 1  # one neuron through all sections
     ids3d[:, 2:] = 2
@@ -73,9 +72,6 @@ def test_sections_only_and_split_by_section():
     ids2d = ids3d + np.arange(3, dtype=np.uint32)[:, None, None] * 10  # fresh ids per section
     assert sections_only(ids2d)
     assert not sections_only(ids3d[:1])
-    split = split_by_section(ids3d)
-    assert len(np.unique(split)) == 6  # 2 segments x 3 sections
-    assert all(len(np.unique(split[z])) == 2 for z in range(3))
 
 
 def test_finds_the_magnification_that_undoes_a_wrong_voxel_size(halved, sample_block):

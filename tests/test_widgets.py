@@ -137,7 +137,17 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
     expected = segmentation.evaluate(np.asarray(labels.data), np.asarray(gt.data))
     assert w.scores["vi_split"] == pytest.approx(expected.vi_split)
     assert w.scores["arand"] == pytest.approx(expected.arand)
-    assert "ARAND" in w.eval_label.text()
+    assert "ARAND" in w.eval_label.text() and "section by section" not in w.eval_label.text()
+    # ground truth labelled section by section (2D ids) is scored per section, pieces against pieces
+    from napari_segneuron.metrics import evaluate_sections, section_pieces
+
+    gt2d = viewer.add_labels(section_pieces(np.asarray(gt.data)), name="truth 2D")
+    w.gt_combo.set_value(gt2d)
+    w.evaluate()
+    wait_idle(qtbot, w)
+    expected = evaluate_sections(np.asarray(labels.data), gt2d.data)
+    assert w.scores["vi_merge"] == pytest.approx(expected.vi_merge)
+    assert "section by section" in w.eval_label.text()
 
     # re-running predict invalidates the agglomeration (the slider is disabled)
     w.predict()

@@ -83,7 +83,8 @@ def add_parser(subparsers) -> None:
         help="VI (split/merge) and adapted Rand error of a segmentation against ground truth",
         description="Score SEG against GT (both label volumes of the same shape, .tif or .zarr). VI split = "
         "H(SEG|GT) (over-segmentation), VI merge = H(GT|SEG) (under-segmentation), in bits; ARAND = adapted "
-        "Rand error. Ground-truth voxels labelled 0 are ignored.",
+        "Rand error. Ground-truth voxels labelled 0 are ignored. Ground truth labelled section by section (no id "
+        "spans two z sections) is scored per section, connected pieces against connected pieces.",
     )
     e.add_argument("seg", metavar="SEG", help="segmentation labels")
     e.add_argument("gt", metavar="GT", help="ground-truth labels")
@@ -92,6 +93,11 @@ def add_parser(subparsers) -> None:
                         "those voxels out, 'segment' = count 0 as one segment like skimage "
                         f"(default {DEFAULT_BACKGROUND})")
     e.add_argument("--no-ignore-gt", action="store_true", help="also score ground-truth voxels labelled 0")
+    sections = e.add_mutually_exclusive_group()
+    sections.add_argument("--per-section", dest="per_section", action="store_true", default=None,
+                          help="score section by section: each segment's connected pieces in a z section against "
+                               "the ground truth's (default when no ground-truth id spans two sections)")
+    sections.add_argument("--3d", dest="per_section", action="store_false", help="score in 3D")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e.set_defaults(func=run_evaluate)
 
@@ -286,7 +292,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate
+    from .calibration import sections_only
+    from .metrics import evaluate, evaluate_sections
 
     seg = _read_labels(args.seg, "segmentation")
     gt = _read_labels(args.gt, "ground truth")
@@ -295,11 +302,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{Path(args.seg).name} {seg.shape} and {Path(args.gt).name} {gt.shape} have different shapes; "
             "crop them to the same region first"
         )
-    s = evaluate(seg, gt, ignore_gt=() if args.no_ignore_gt else (0,), background=args.background)
+    per_section = sections_only(gt) if args.per_section is None else bool(args.per_section)
+    score = evaluate_sections if per_section else evaluate
+    s = score(seg, gt, ignore_gt=() if args.no_ignore_gt else (0,), background=args.background)
     if args.json:
         print(json.dumps(dict(vi_split=s.vi_split, vi_merge=s.vi_merge, vi=s.vi, arand=s.arand,
                               precision=s.precision, recall=s.recall, voxels=s.n_voxels,
-                              background=args.background, ignore_gt_zero=not args.no_ignore_gt)))
+                              background=args.background, ignore_gt_zero=not args.no_ignore_gt,
+                              per_section=per_section)))
     else:
         print(f"VI split  {s.vi_split:.4f}   (H(SEG|GT): over-segmentation)")
         print(f"VI merge  {s.vi_merge:.4f}   (H(GT|SEG): under-segmentation)")
@@ -307,4 +317,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"ARAND     {s.arand:.4f}   (precision {s.precision:.4f}, recall {s.recall:.4f})")
         print(f"scored {s.n_voxels} voxels; ground-truth 0 {'scored' if args.no_ignore_gt else 'ignored'}; "
               f"predicted background: {args.background}")
+        if per_section:
+            print("scored section by section (connected pieces in each z section"
+                  + (": no ground-truth id spans two sections)" if args.per_section is None else ")"))
     return 0

@@ -69,7 +69,8 @@ def magnified_voxel_size(voxel: Optional[Sequence[float]], model_voxel: Optional
 
 def sections_only(labels: np.ndarray) -> bool:
     """True when no id spans two z sections (ids painted or derived section by section): such
-    labels are scored per section, so a neuron's sections are not counted as splits."""
+    labels are scored per section (``metrics.evaluate_sections``: connected pieces against
+    connected pieces), so a neuron's sections are not counted as splits."""
     lab = np.asarray(labels)
     if lab.ndim != 3 or lab.shape[0] < 2:
         return False
@@ -80,17 +81,6 @@ def sections_only(labels: np.ndarray) -> bool:
             return False
         seen |= ids
     return True
-
-
-def split_by_section(seg: np.ndarray) -> np.ndarray:
-    """Ids made unique per z section (a 3D segment becomes one per section), background filled
-    from its neighbours first, as ``metrics.evaluate`` would."""
-    from .metrics import fill_background
-
-    seg = fill_background(np.asarray(seg)).astype(np.int64)
-    keyed = seg + np.arange(seg.shape[0], dtype=np.int64)[:, None, None] * (int(seg.max()) + 1)
-    _, inv = np.unique(keyed.ravel(), return_inverse=True)
-    return (inv.reshape(seg.shape) + 1).astype(np.uint32)
 
 
 @dataclass
@@ -176,7 +166,7 @@ def calibrate(
     ``MIN_GAIN``; otherwise the merge threshold is the middle of the best setting's plateau
     (``plateau_centre``).
     """
-    from .metrics import evaluate
+    from .metrics import evaluate, evaluate_sections
     from .segmentation import DEFAULT_THRESHOLD, agglomerate, foreground_threshold_for
 
     labels = np.asarray(labels)
@@ -249,7 +239,7 @@ def calibrate(
                 ag = ag.on_grid(sub.shape)
             for t in ts:
                 seg = ag.labels(t, region=crop_back)  # the block only, not its context
-                s = evaluate(split_by_section(seg) if per_section else seg, truth)
+                s = evaluate_sections(seg, truth) if per_section else evaluate(seg, truth)
                 table.append({"magnify": magnify, "fg_threshold": fg_t, "threshold": t, "vi": round(s.vi, 4),
                               "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
                               "arand": round(s.arand, 4)})

@@ -1315,22 +1315,29 @@ class SegNeuronWidget(QWidget):
         seg_data, gt_data = np.asarray(seg_layer.data), np.asarray(gt_data)
 
         def work(progress, cancel):
-            progress(0, 1, "comparing with the ground truth")
-            scores = _segmentation().evaluate(seg_data, gt_data)
-            progress(1, 1, "done")
-            return scores
+            from ..calibration import sections_only
+            from ..metrics import evaluate_sections
 
-        def done(scores):
-            self.show_scores(seg_layer.name, gt_layer.name, scores)
+            progress(0, 1, "comparing with the ground truth")
+            per_section = sections_only(gt_data)  # 2D truth: connected pieces per section
+            scores = (evaluate_sections if per_section else _segmentation().evaluate)(seg_data, gt_data)
+            progress(1, 1, "done")
+            return scores, per_section
+
+        def done(result):
+            self.show_scores(seg_layer.name, gt_layer.name, *result)
 
         self.runner.start("Evaluate", work, done)
 
-    def show_scores(self, seg_name, gt_name, scores) -> None:
+    def show_scores(self, seg_name, gt_name, scores, per_section: bool = False) -> None:
         self.scores = {"vi_split": scores.vi_split, "vi_merge": scores.vi_merge, "arand": scores.arand}
         self.eval_label.setText(
             f"<b>{seg_name}</b> vs <b>{gt_name}</b><br>"
             f"VI split {scores.vi_split:.3f} · VI merge {scores.vi_merge:.3f} · VI {scores.vi:.3f}<br>"
             f"ARAND {scores.arand:.3f}<br><small>Lower is better. Split = over-segmentation, merge = "
             "under-segmentation; ground-truth 0 is ignored, unlabelled voxels of the segmentation "
-            "are filled from the nearest segment.</small>"
+            "are filled from the nearest segment."
+            + (" No ground-truth id spans two sections, so it was scored section by section (connected "
+               "pieces in each z section)." if per_section else "")
+            + "</small>"
         )
