@@ -10,7 +10,13 @@ from skimage.metrics import adapted_rand_error as sk_arand
 from skimage.metrics import variation_of_information as sk_vi
 
 from napari_segneuron.io import InputError
-from napari_segneuron.metrics import evaluate, evaluate_sections, fill_background, section_pieces
+from napari_segneuron.metrics import (
+    evaluate,
+    evaluate_sections,
+    fill_background,
+    section_pieces,
+    section_segments,
+)
 from napari_segneuron.segmentation import adapted_rand_error, variation_of_information
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -115,59 +121,76 @@ def test_bad_input(fib25_b: np.ndarray) -> None:
         evaluate(fib25_b, np.zeros_like(fib25_b))
 
 
-def test_a_fold_through_a_section_is_not_a_merge_against_2d_truth() -> None:
-    """One neuron (id 1) shaped like a U: two separate profiles in section 0, joined in section 1.
-    Truth labelled section by section has two ids there; the correct 3D segment must score 0,
-    while a real merge of touching profiles is still charged."""
+def test_2d_truth_rules_on_a_fold() -> None:
+    """One neuron (id 1) shaped like a U: two separate profiles in section 0, joined in section 1;
+    2D truth (connected regions per section) has two ids there. "pieces" scores the correct 3D
+    segment 0, "segments" charges the fold; a real merge of touching profiles costs by both."""
     seg = np.full((2, 4, 9), 2, np.uint32)
     seg[:, :, 0:3] = 1
     seg[:, :, 6:9] = 1
     seg[1, 3, :] = 1  # the bottom of the U closes in section 1
     truth = section_pieces(seg)
     assert [len(np.unique(truth[z])) for z in range(2)] == [3, 2]  # section 0: left, middle, right
-    assert evaluate_sections(seg, truth).vi == 0.0
-    assert evaluate(seg, truth).vi_merge > 0.1  # scored in 3D it is charged for the fold
+    assert evaluate_sections(seg, truth, rule="pieces").vi == 0.0
+    folded = evaluate_sections(seg, truth)  # "segments", the default
+    assert folded.vi_split == 0.0 and folded.vi_merge > 0.1
+    sections = section_segments(seg)
+    assert sections.max() == 4 and len(np.unique(sections[0])) == 2  # one segment per id and section
     merged = seg.copy()
     merged[0][merged[0] == 2] = 1  # the middle profile merged into the U in section 0
-    s = evaluate_sections(merged, truth)
-    assert s.vi_split == 0.0 and s.vi_merge > 0.5
+    for rule in ("pieces", "segments"):
+        s = evaluate_sections(merged, truth, rule=rule)
+        assert s.vi_split == 0.0 and s.vi_merge > 0.5
+    with pytest.raises(InputError, match="rule must be"):
+        evaluate_sections(seg, truth, rule="voxels")
 
 
-def test_section_pieces_on_real_3d_truth(fib25_b: np.ndarray) -> None:
+def test_2d_truth_rules_on_real_3d_bodies(fib25_b: np.ndarray) -> None:
     """fib25_b's 3D bodies against their own section-by-section pieces (as 2D truth is made):
-    many bodies leave a section in several pieces. Pieces against pieces the true bodies score
-    near 0 (what remains: filling the membrane joins pieces of one body across it), and merging
-    two touching bodies is charged."""
+    many bodies leave a section in several pieces. The bodies score near 0 by pieces (what is
+    left comes from filling the membranes, which joins pieces of one body across them) and ~0.3
+    by segments (every fold is a merge); a 3D merge of two touching bodies costs by both."""
     truth = section_pieces(fib25_b)
     assert truth.max() > 1.3 * sum(len(np.unique(s)) - 1 for s in fib25_b)  # bodies in several pieces
     assert np.array_equal(truth == 0, fib25_b == 0)
-    exact = evaluate_sections(fib25_b, truth)
-    assert exact.vi_split == 0.0 and exact.vi < 0.1 and exact.arand < 0.02
+    pieces = evaluate_sections(fib25_b, truth, rule="pieces")
+    segments = evaluate_sections(fib25_b, truth, rule="segments")
+    assert pieces.vi_split == 0.0 and pieces.vi < 0.1 and pieces.arand < 0.02
+    assert segments.vi_split == 0.0 and 0.2 < segments.vi_merge < 0.4
     ids, counts = np.unique(fib25_b[fib25_b > 0], return_counts=True)
     big = ids[np.argsort(counts)[-2:]]
     merged = np.where(fib25_b == big[0], big[1], fib25_b)
-    assert evaluate_sections(merged, truth).vi_merge > exact.vi_merge + 0.01
+    assert evaluate_sections(merged, truth, rule="pieces").vi_merge > pieces.vi_merge + 0.01
+    assert evaluate_sections(merged, truth, rule="segments").vi_merge > segments.vi_merge + 0.01
+    # against its own 3D ids cut per section, "segments" is exact
+    assert evaluate_sections(fib25_b, section_segments(fib25_b), rule="segments").vi == 0.0
     with pytest.raises(InputError, match="Z, Y, X"):
         section_pieces(fib25_b[0])
 
 
 def test_cli_scores_2d_truth_per_section(fib25_b: np.ndarray, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    """`napari-segneuron evaluate` notices truth labelled section by section and scores pieces;
-    scored in 3D (`--3d`) the true bodies would look like one huge merge per body."""
+    """`napari-segneuron evaluate` notices truth labelled section by section, scores it per section
+    by both rules; scored in 3D (`--3d`) the true bodies would look like one huge merge each."""
     import json
 
     from napari_segneuron.cli import main
 
     seg, truth = tmp_path / "seg.tif", tmp_path / "truth2d.tif"
+    t2d = section_pieces(fib25_b)
     tifffile.imwrite(seg, fib25_b)
-    tifffile.imwrite(truth, section_pieces(fib25_b))
+    tifffile.imwrite(truth, t2d)
     assert main(["evaluate", str(seg), str(truth), "--json"]) == 0
     auto = json.loads(capsys.readouterr().out)
-    assert auto["per_section"] and auto["vi"] == pytest.approx(evaluate_sections(fib25_b, section_pieces(fib25_b)).vi)
-    assert auto["vi"] < 0.1
+    assert auto["per_section"] and auto["section_rule"] == "segments"
+    assert auto["vi"] == pytest.approx(evaluate_sections(fib25_b, t2d).vi)
+    assert auto["pieces"]["vi"] == pytest.approx(evaluate_sections(fib25_b, t2d, rule="pieces").vi)
+    assert auto["pieces"]["vi"] < 0.1 < 0.2 < auto["vi"]
+    assert main(["evaluate", str(seg), str(truth), "--section-rule", "pieces"]) == 0
+    text = capsys.readouterr().out
+    assert "rule 'pieces'" in text and "by the 'segments' rule" in text
     assert main(["evaluate", str(seg), str(truth), "--3d", "--json"]) == 0
     flat = json.loads(capsys.readouterr().out)
     assert not flat["per_section"] and flat["vi_merge"] > 3.0
-    assert main(["evaluate", str(seg), str(seg)]) == 0  # 3D truth: scored in 3D, no per-section line
+    assert main(["evaluate", str(seg), str(seg)]) == 0  # 3D truth: scored in 3D
     assert "section by section" not in capsys.readouterr().out

@@ -145,9 +145,10 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
     w.gt_combo.set_value(gt2d)
     w.evaluate()
     wait_idle(qtbot, w)
-    expected = evaluate_sections(np.asarray(labels.data), gt2d.data)
+    expected = evaluate_sections(np.asarray(labels.data), gt2d.data, rule="segments")
+    pieces = evaluate_sections(np.asarray(labels.data), gt2d.data, rule="pieces")
     assert w.scores["vi_merge"] == pytest.approx(expected.vi_merge)
-    assert "section by section" in w.eval_label.text()
+    assert "section by section" in w.eval_label.text() and f"VI {pieces.vi:.3f}" in w.eval_label.text()
 
     # re-running predict invalidates the agglomeration (the slider is disabled)
     w.predict()

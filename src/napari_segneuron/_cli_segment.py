@@ -34,7 +34,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND
+    from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND, DEFAULT_SECTION_RULE, SECTION_RULES
     from .segmentation import (
         BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING,
         DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
@@ -95,9 +95,14 @@ def add_parser(subparsers) -> None:
     e.add_argument("--no-ignore-gt", action="store_true", help="also score ground-truth voxels labelled 0")
     sections = e.add_mutually_exclusive_group()
     sections.add_argument("--per-section", dest="per_section", action="store_true", default=None,
-                          help="score section by section: each segment's connected pieces in a z section against "
-                               "the ground truth's (default when no ground-truth id spans two sections)")
+                          help="score section by section (default when no ground-truth id spans two sections)")
     sections.add_argument("--3d", dest="per_section", action="store_false", help="score in 3D")
+    e.add_argument("--section-rule", choices=SECTION_RULES, default=DEFAULT_SECTION_RULE,
+                   help="per section: 'segments' = a segment's voxels in a section are one segment (merges made "
+                        "through other sections count, and so does a neuron folding through the section); "
+                        "'pieces' = its connected pieces against the ground truth's (folds free, merges made only "
+                        f"through z unseen). Both are printed; this one is the main score (default "
+                        f"{DEFAULT_SECTION_RULE})")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e.set_defaults(func=run_evaluate)
 
@@ -293,7 +298,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .calibration import sections_only
-    from .metrics import evaluate, evaluate_sections
+    from .metrics import SECTION_RULES, evaluate, evaluate_sections
 
     seg = _read_labels(args.seg, "segmentation")
     gt = _read_labels(args.gt, "ground truth")
@@ -303,13 +308,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "crop them to the same region first"
         )
     per_section = sections_only(gt) if args.per_section is None else bool(args.per_section)
-    score = evaluate_sections if per_section else evaluate
-    s = score(seg, gt, ignore_gt=() if args.no_ignore_gt else (0,), background=args.background)
+    ignore = () if args.no_ignore_gt else (0,)
+    other = None
+    if per_section:
+        s = evaluate_sections(seg, gt, rule=args.section_rule, ignore_gt=ignore, background=args.background)
+        other_rule = next(r for r in SECTION_RULES if r != args.section_rule)
+        other = evaluate_sections(seg, gt, rule=other_rule, ignore_gt=ignore, background=args.background)
+    else:
+        s = evaluate(seg, gt, ignore_gt=ignore, background=args.background)
     if args.json:
-        print(json.dumps(dict(vi_split=s.vi_split, vi_merge=s.vi_merge, vi=s.vi, arand=s.arand,
-                              precision=s.precision, recall=s.recall, voxels=s.n_voxels,
-                              background=args.background, ignore_gt_zero=not args.no_ignore_gt,
-                              per_section=per_section)))
+        out = dict(vi_split=s.vi_split, vi_merge=s.vi_merge, vi=s.vi, arand=s.arand,
+                   precision=s.precision, recall=s.recall, voxels=s.n_voxels,
+                   background=args.background, ignore_gt_zero=not args.no_ignore_gt, per_section=per_section)
+        if other is not None:
+            out["section_rule"] = args.section_rule
+            out[other_rule] = dict(vi_split=other.vi_split, vi_merge=other.vi_merge, vi=other.vi, arand=other.arand)
+        print(json.dumps(out))
     else:
         print(f"VI split  {s.vi_split:.4f}   (H(SEG|GT): over-segmentation)")
         print(f"VI merge  {s.vi_merge:.4f}   (H(GT|SEG): under-segmentation)")
@@ -317,7 +331,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"ARAND     {s.arand:.4f}   (precision {s.precision:.4f}, recall {s.recall:.4f})")
         print(f"scored {s.n_voxels} voxels; ground-truth 0 {'scored' if args.no_ignore_gt else 'ignored'}; "
               f"predicted background: {args.background}")
-        if per_section:
-            print("scored section by section (connected pieces in each z section"
-                  + (": no ground-truth id spans two sections)" if args.per_section is None else ")"))
+        if other is not None:
+            why = ": no ground-truth id spans two sections" if args.per_section is None else ""
+            print(f"scored section by section{why}, rule '{args.section_rule}'; by the '{other_rule}' rule: "
+                  f"VI {other.vi:.4f} (split {other.vi_split:.4f}, merge {other.vi_merge:.4f}), ARAND {other.arand:.4f}")
     return 0
