@@ -1341,9 +1341,8 @@ class SegNeuronWidget(QWidget):
             f"ARAND {scores.arand:.3f}<br><small>Lower is better. Split = over-segmentation, merge = "
             "under-segmentation; ground-truth 0 is ignored, unlabelled voxels of the segmentation "
             "are filled from the nearest segment."
-            + (" No ground-truth id spans two sections, so it was scored section by section: above, a segment's "
-               "voxels in a section count as one segment (merges made through other sections count); by "
-               f"connected pieces (folds free, merges made only through z unseen) VI {pieces.vi:.3f}, "
-               f"ARAND {pieces.arand:.3f}." if pieces is not None else "")
+            + (" The ground truth is 2D (no id spans two sections): scored section by section. By connected "
+               f"pieces (folds free, merges made only through z unseen): VI {pieces.vi:.3f}, ARAND {pieces.arand:.3f}."
+               if pieces is not None else "")
             + "</small>"
         )
