@@ -84,7 +84,7 @@ def add_parser(subparsers) -> None:
         description="Score SEG against GT (both label volumes of the same shape, .tif or .zarr). VI split = "
         "H(SEG|GT) (over-segmentation), VI merge = H(GT|SEG) (under-segmentation), in bits; ARAND = adapted "
         "Rand error. Ground-truth voxels labelled 0 are ignored. Ground truth labelled section by section (no id "
-        "spans two z sections) is scored per section, connected pieces against connected pieces.",
+        "spans two z sections) is scored per section, by two rules (see --section-rule).",
     )
     e.add_argument("seg", metavar="SEG", help="segmentation labels")
     e.add_argument("gt", metavar="GT", help="ground-truth labels")

@@ -69,8 +69,8 @@ def magnified_voxel_size(voxel: Optional[Sequence[float]], model_voxel: Optional
 
 def sections_only(labels: np.ndarray) -> bool:
     """True when no id spans two z sections (ids painted or derived section by section): such
-    labels are scored per section (``metrics.evaluate_sections``: connected pieces against
-    connected pieces), so a neuron's sections are not counted as splits."""
+    labels are scored per section (``metrics.evaluate_sections``, rule "segments"), so a
+    neuron's sections are not counted as splits."""
     lab = np.asarray(labels)
     if lab.ndim != 3 or lab.shape[0] < 2:
         return False
