@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tile", default=None, help="Z,Y,X tile for the model rows (default: the predictor's choice)")
     p.add_argument("--overlap", default=None, help="Z,Y,X halo with --tile")
+    p.add_argument("--blend", default=None, choices=("crop", "gaussian"), help="tile blending (default: the predictor's)")
     p.add_argument("--calibrated", nargs="*", default=[],
                    help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on every "
                         "volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
             print(json.dumps(r), flush=True)
     overrides = {k: float(v) for k, v in (spec.split("=", 1) for spec in a.model_voxel)}
     tiles = {k: tuple(int(v) for v in getattr(a, k).split(",")) for k in ("tile", "overlap") if getattr(a, k)}
+    if a.blend:
+        tiles["blend"] = a.blend
     calibrations = {k: json.loads(Path(v).read_text()) for k, v in (spec.split("=", 1) for spec in a.calibrated)}
     for spec in a.models:
         name, path = spec.split("=", 1)
