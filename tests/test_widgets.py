@@ -143,8 +143,15 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
 
     gt2d = viewer.add_labels(section_pieces(np.asarray(gt.data)), name="truth 2D")
     w.gt_combo.set_value(gt2d)
+    w._scroll.setFixedHeight(250)  # a short dock: the scores (at its bottom) must be scrolled into view
     w.evaluate()
     wait_idle(qtbot, w)
+    from qtpy.QtCore import QPoint
+
+    top = w.eval_label.mapTo(w._scroll.viewport(), QPoint(0, 0)).y()
+    qtbot.waitUntil(lambda: 0 <= w.eval_label.mapTo(w._scroll.viewport(), QPoint(0, 0)).y()
+                    < w._scroll.viewport().height(), timeout=2000)
+    assert w._scroll.verticalScrollBar().value() > 0, top
     expected = evaluate_sections(np.asarray(labels.data), gt2d.data, rule="segments")
     pieces = evaluate_sections(np.asarray(labels.data), gt2d.data, rule="pieces")
     assert w.scores["vi_merge"] == pytest.approx(expected.vi_merge)

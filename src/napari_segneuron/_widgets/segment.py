@@ -171,6 +171,7 @@ class SegNeuronWidget(QWidget):
         root.setContentsMargins(0, 0, 0, 0)
         scroll.setWidget(body)
         outer.addWidget(scroll)
+        self._scroll = scroll
 
         # ---- 1. Model -------------------------------------------------------------------
         box = QGroupBox("1. Model")
@@ -1346,3 +1347,14 @@ class SegNeuronWidget(QWidget):
                if pieces is not None else "")
             + "</small>"
         )
+        QTimer.singleShot(0, self._reveal_scores)
+
+    def _reveal_scores(self) -> None:
+        """Scroll the dock so the scores (at its bottom) are in view, once they are laid out."""
+        try:
+            body = self._scroll.widget()
+            body.layout().activate()  # lay the new text out now, so its height is known
+            body.adjustSize()
+            self._scroll.ensureWidgetVisible(self.eval_label, 0, 8)
+        except RuntimeError:  # the dock was closed meanwhile
+            pass
