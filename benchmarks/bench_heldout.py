@@ -127,6 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--tile", default=None, help="Z,Y,X tile for the model rows (default: the predictor's choice)")
     p.add_argument("--overlap", default=None, help="Z,Y,X halo with --tile")
     p.add_argument("--blend", default=None, choices=("crop", "gaussian"), help="tile blending (default: the predictor's)")
+    p.add_argument("--tile-plans", nargs="*", default=[], metavar="Z,Y,X",
+                   help="score every model row with each of these tiles (halo --overlap, default 8,32,32) and print "
+                        "the mean and range per model and volume: the tile plan alone moves VI by 0.03-0.06 on "
+                        "these volumes, so compare means, e.g. --tile-plans 24,160,160 32,192,192 40,224,224")
     p.add_argument("--calibrated", nargs="*", default=[],
                    help="NAME=JSON: a calibration ('napari-segneuron calibrate --json') used by model NAME on every "
                         "volume: its magnification, foreground threshold and merge threshold (as the fixed one)")
@@ -168,6 +172,8 @@ def main(argv=None) -> int:
     if a.blend:
         tiles["blend"] = a.blend
     calibrations = {k: json.loads(Path(v).read_text()) for k, v in (spec.split("=", 1) for spec in a.calibrated)}
+    overlap = tiles.get("overlap", (8, 32, 32))
+    plans = [{"tile": tuple(int(v) for v in t.split(",")), "overlap": overlap} for t in a.tile_plans] or [{}]
     for spec in a.models:
         name, path = spec.split("=", 1)
         model = load_model(path, device="cpu")
@@ -175,7 +181,6 @@ def main(argv=None) -> int:
         if name in overrides:
             vs = (overrides[name],) * 3
         for vname, (raw, gt, voxel, two_d) in vols.items():
-            t = time.time()
             cal = calibrations.get(name)
             fg_t = foreground_threshold_for(model) if cal is None else cal["fg_threshold"]
             magnify = 1.0 if cal is None else cal["magnify"]
@@ -186,13 +191,18 @@ def main(argv=None) -> int:
                 magnify = est.magnify
                 print(f"{name} {vname}: {est.summary()}", flush=True)
             vox = magnified_voxel_size(voxel, vs, magnify)
-            ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=tiles, fg_threshold=fg_t)
-            r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]), fg_threshold=fg_t,
-                     magnify=magnify,
-                     model=name + (", per section" if a.sections and two_d else ""), volume=vname,
-                     model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+            for plan in plans:
+                t = time.time()
+                ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
+                                   fg_threshold=fg_t)
+                r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
+                         fg_threshold=fg_t, magnify=magnify,
+                         model=name + (", per section" if a.sections and two_d else ""), volume=vname,
+                         model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
+                if plan:
+                    r["tile"] = list(plan["tile"])
+                rows.append(r)
+                print(json.dumps(r), flush=True)
     print("\n| model | volume | VI (fixed t) | split | merge | ARAND | t | best VI (t) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -207,6 +217,19 @@ def main(argv=None) -> int:
             o = r["pieces"]
             print(f"| {r['model']} | {r['volume']} | {o['vi']:.3f} | {o['vi_split']:.3f} | {o['vi_merge']:.3f} | "
                   f"{o['arand']:.3f} |")
+    if len(plans) > 1:
+        print(f"\nOver {len(plans)} tile plans ({', '.join(a.tile_plans)}), fixed t: VI mean (min-max)")
+        print("| model | volume | VI | pieces VI (2D truth) |")
+        print("|---|---|---|---|")
+        groups: dict = {}
+        for r in rows:
+            if "tile" in r:
+                groups.setdefault((r["model"], r["volume"]), []).append(r)
+        for (model_name, vname), rs in groups.items():
+            vi = [r["vi"] for r in rs]
+            pcs = [r["pieces"]["vi"] for r in rs if "pieces" in r]
+            pcs_text = f"{np.mean(pcs):.3f} ({min(pcs):.3f}-{max(pcs):.3f})" if pcs else "–"
+            print(f"| {model_name} | {vname} | {np.mean(vi):.3f} ({min(vi):.3f}-{max(vi):.3f}) | {pcs_text} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0
