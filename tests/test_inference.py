@@ -288,6 +288,19 @@ def test_test_time_augmentation_keeps_the_affinity_offsets(em):
     a1, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False).predict(vol)
     a2, _ = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False, tta=True).predict(vol)
     assert np.abs(a1 - a2).mean() > 1e-3 and 0 <= a2.min() and a2.max() <= 1
+    # "min": each affinity's lowest view (identity included), the foreground averaged as with "mean"
+    exact, _ = Predictor(NeighbourNet(), tile=(12, 64, 80), overlap=(0, 0, 0), tta="min").predict(vol)
+    np.testing.assert_allclose(exact, plain_aff, atol=1e-6)
+    mean_pred = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False, tta="mean")
+    min_pred = Predictor(net, tile=(12, 64, 80), overlap=(0, 0, 0), channels_last=False, tta="min")
+    assert mean_pred.tta == "mean" and min_pred.tta == "min"
+    (a_mean, f_mean), (a_min, f_min) = mean_pred.predict(vol), min_pred.predict(vol)
+    assert (a_min <= a1 + 1e-6).all() and (a_min <= a_mean + 1e-6).all()
+    assert (a_mean - a_min).mean() > 1e-3
+    np.testing.assert_allclose(f_min, f_mean, atol=1e-6)
+    assert Predictor(net, tile=(12, 64, 80), tta=None).tta is False
+    with pytest.raises(InputError, match="Test-time augmentation"):
+        Predictor(net, tile=(12, 64, 80), tta="max")
 
 
 class TensorNet(torch.nn.Module):

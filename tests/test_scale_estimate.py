@@ -37,6 +37,13 @@ def test_default_weights_declare_the_reference_they_measure(predictor, sample_ra
     width, count = measured_halfwidth(predictor, [sample_raw], None)
     assert count > 100_000
     assert width == pytest.approx(declared, rel=0.01)
+    # a predictor with "min" test-time augmentation is measured without it, as the reference was
+    predictor.tta = "min"
+    try:
+        assert measured_halfwidth(predictor, [sample_raw], None) == (width, count)
+        assert predictor.tta == "min"
+    finally:
+        predictor.tta = False
 
 
 def test_true_scale_keeps_one_and_half_scale_finds_two(predictor, sample_raw):

@@ -50,7 +50,9 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
     assert w.model is not None, notifications
     assert "tiny" in w.model_label.text() and "parameters" in w.model_label.text()
 
-    # 2. predict: outputs keep the image's scale and translate
+    # 2. predict (with the "min of 4 flips" test-time augmentation): outputs keep the image's
+    # scale and translate
+    w.tta.setCurrentIndex(w.tta.findData("min"))
     w.predict()
     assert w.runner.busy  # off the GUI thread
     wait_idle(qtbot, w)
@@ -100,6 +102,7 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
 
     args = build_parser().parse_args(shlex.split(cmd)[1:])
     assert args.threshold == pytest.approx(0.7) and args.fg_threshold == 0.0
+    assert "--tta min" in cmd and args.tta == "min"
     assert tuple(args.tile) == SMALL_TILE
 
     # 5. export to tif, read back with provenance; never overwrite without asking

@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -401,7 +401,7 @@ def predict_blockwise(
     batch_size: Optional[int] = None,
     device: Optional[str] = None,
     half: bool = False,
-    tta: bool = False,
+    tta: Union[bool, str, None] = False,
     model_voxel_size: Optional[Sequence[float]] = None,
     blend: Optional[str] = None,
     threads: Optional[int] = None,
@@ -421,7 +421,7 @@ def predict_blockwise(
     on the model's voxel size. Returns a ``BlockRun`` (done / skipped / failed ids, peak RSS
     per worker); raises when blocks still fail after ``retries`` (rerun to resume).
     """
-    from .inference import DEFAULT_TILING, intensity_scale
+    from .inference import DEFAULT_TILING, intensity_scale, tta_mode
     from .io import as_volume, read_volume
 
     if isinstance(volume, (str, os.PathLike)):
@@ -432,7 +432,7 @@ def predict_blockwise(
     overlap_t = tuple(int(o) for o in overlap) if overlap is not None else (
         DEFAULT_TILING.overlap if tile is None else tuple(t // 4 for t in tile_t))
     settings = dict(weights=str(weights), tile=tuple(tile_t), overlap=tuple(overlap_t), batch_size=batch_size,
-                    device=device, half=bool(half), tta=bool(tta), threads=threads, blend=blend,
+                    device=device, half=bool(half), tta=tta_mode(tta), threads=threads, blend=blend,
                     model_voxel_size=tuple(model_voxel_size) if model_voxel_size else None)
     grid = grid_for(shape, block)
     offset, scale = intensity_scale(volume)

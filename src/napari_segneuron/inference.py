@@ -235,6 +235,21 @@ def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+#: test-time augmentation modes (``Predictor(tta=...)``, CLI ``--tta [mean|min]``)
+TTA_MODES = ("mean", "min")
+
+
+def tta_mode(tta: Union[bool, str, None]) -> Union[str, bool]:
+    """``tta`` as the predictor keeps it: False (off), "mean" (True means "mean") or "min"."""
+    if tta is None or tta is False or tta in ("", "off", "none"):
+        return False
+    if tta is True:
+        return "mean"
+    if isinstance(tta, str) and tta in TTA_MODES:
+        return tta
+    raise InputError(f"Test-time augmentation must be off, 'mean' or 'min', not {tta!r}")
+
+
 def _parse_triple(value: Union[None, int, Sequence[int]], name: str) -> Optional[Triple]:
     if value is None:
         return None
@@ -275,13 +290,13 @@ class Predictor:
         model_voxel_size: Optional[Sequence[float]] = None,
         tolerance: Optional[float] = None,
         fit_tiles: bool = True,
-        tta: bool = False,
+        tta: Union[bool, str, None] = False,
         tune: Any = None,
         blend: Optional[str] = None,
     ) -> None:
         self.device = resolve_device(device)
         self.tile_given = tile is not None or tiling is not None
-        self.tta = bool(tta)
+        self.tta = tta_mode(tta)
         self.auto_tile = tile is None and tiling is None and self.device.type == "cuda"
         base = tiling or (GPU_TILING if self.auto_tile else DEFAULT_TILING)
         tile_t = _parse_triple(tile, "tile") or base.tile
@@ -378,11 +393,14 @@ class Predictor:
         out = self._forward_once(batch)
         if not self.tta:
             return out
-        # test-time augmentation: mean over the y, x and y+x flips (4x the work); the first
-        # three channels of a tuple output (MNet's affinities; or ``model.affinity_channels``) are
-        # offset -1 affinities: they are moved back to their voxel after flipping
+        # test-time augmentation over the y, x and y+x flips (4x the work); the first three
+        # channels of a tuple output (MNet's affinities; or ``model.affinity_channels``) are
+        # offset -1 affinities: they are moved back to their voxel after flipping. "mean"
+        # averages every channel; "min" keeps the lowest affinity of the four views (a boundary
+        # any view sees stays) and averages the rest
         n_aff = int(getattr(self.model, "affinity_channels", 3 if self._tuple_output else 0))
         total = out.clone()
+        lowest = out[:, :n_aff].clone() if self.tta == "min" and n_aff else None
         for dims in ((3,), (4,), (3, 4)):
             flipped = self._forward_once(batch.flip(dims)).flip(dims)
             for d in dims:
@@ -395,7 +413,12 @@ class Predictor:
                 flipped[:, c].narrow(d - 1, 1, flipped.shape[d] - 1).copy_(src)
                 flipped[:, c].narrow(d - 1, 0, 1).copy_(out[:, c].narrow(d - 1, 0, 1))
             total += flipped
-        return total / 4.0
+            if lowest is not None:
+                torch.minimum(lowest, flipped[:, :n_aff], out=lowest)
+        total /= 4.0
+        if lowest is not None:
+            total[:, :n_aff] = lowest
+        return total
 
     def _forward_with_backoff(self, batch: torch.Tensor) -> torch.Tensor:
         try:

@@ -22,8 +22,9 @@ documented 10 nm 1.16 -> 1, fib25_b given as 10 nm 1.9, the larval VNC stack at 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -125,6 +126,18 @@ def _blocks(volume: Any, voxel: Sequence[float], model_voxel: Sequence[float]) -
     return [np.asarray(volume[box]) for box in sample_boxes(volume.shape, block)]
 
 
+@contextmanager
+def _plain(predictor: Any) -> Iterator[None]:
+    """``predictor`` with test-time augmentation off for the duration ("min" would thin every
+    neurite's interior and inflate the estimate)."""
+    saved = getattr(predictor, "tta", False)
+    predictor.tta = False
+    try:
+        yield
+    finally:
+        predictor.tta = saved
+
+
 def measured_halfwidth(
     predictor: Any,
     blocks: Sequence[np.ndarray],
@@ -143,7 +156,8 @@ def measured_halfwidth(
         if cancel is not None:
             cancel.raise_if_cancelled()
         grid: dict = {}
-        aff, fg = predictor.predict(data, voxel_size=shown, model_grid=grid, cancel=cancel)
+        with _plain(predictor):  # the reference was measured without test-time augmentation
+            aff, fg = predictor.predict(data, voxel_size=shown, model_grid=grid, cancel=cancel)
         if grid.get("affinities") is not None:
             aff, fg = grid["affinities"], grid["foreground"]
         width, n = neurite_halfwidth(aff, fg)

@@ -307,7 +307,7 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
     if pred.get("half"):
         args += ["--half"]
     if pred.get("tta"):
-        args += ["--tta"]
+        args += ["--tta", "min" if pred["tta"] == "min" else "mean"]
     if pred.get("magnify") not in (None, 1, 1.0):
         args += ["--magnify", f"{pred['magnify']:g}"]
     elif pred.get("magnify_auto") is False:

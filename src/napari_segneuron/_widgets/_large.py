@@ -61,6 +61,7 @@ def predict_large(predictor: Any, settings: dict, volume: Any, output: Path, pro
     returns (affinities, foreground) as dask arrays over it. The predictor is handed to the
     core's per-process model cache, so no weights are loaded from disk."""
     from .. import distributed
+    from ..inference import tta_mode
 
     tile = tuple(int(t) for t in settings["tile"])
     overlap = tuple(int(o) for o in settings["overlap"])
@@ -68,7 +69,7 @@ def predict_large(predictor: Any, settings: dict, volume: Any, output: Path, pro
     weights = f"napari-dock-model-{id(predictor.model)}"
     # the cache key predict_blockwise computes for these settings
     cached = dict(weights=weights, tile=tile, overlap=overlap, batch_size=settings.get("batch_size"), device=device,
-                  half=bool(settings.get("half")), tta=bool(settings.get("tta")), threads=None, blend=None,
+                  half=bool(settings.get("half")), tta=tta_mode(settings.get("tta")), threads=None, blend=None,
                   model_voxel_size=None)
     key = tuple(sorted((k, repr(v)) for k, v in cached.items()))
     distributed._PREDICTORS.clear()

@@ -75,6 +75,11 @@ class _PendingScale:
     key: tuple
 
 
+#: the dock's test-time augmentation choices: (shown text, ``Predictor(tta=...)``)
+TTA_CHOICES = (("off", False), ("mean of 4 flips (4x slower)", "mean"),
+               ("min of 4 flips: fewer merges (4x slower)", "min"))
+
+
 def _segmentation():
     from .. import segmentation
 
@@ -255,9 +260,13 @@ class SegNeuronWidget(QWidget):
         self.half = QCheckBox("Half precision (faster on GPU)")
         self.half.setToolTip("Run the network in 16-bit floats: about 2x faster on GPUs, tiny differences")
         af.addRow(self.half)
-        self.tta = QCheckBox("Test-time augmentation (4x slower)")
-        self.tta.setToolTip("Average the prediction over y/x flips: fewer split and merge errors, 4x the compute")
-        af.addRow(self.tta)
+        self.tta = QComboBox()
+        for text, mode in TTA_CHOICES:
+            self.tta.addItem(text, mode)
+        self.tta.setToolTip("Test-time augmentation: predict the y, x and y+x flips too (4x the compute). 'mean' "
+                            "averages the four views; 'min' keeps each affinity's lowest view, so a boundary any view "
+                            "sees stays: fewer merges (on an unseen ssTEM stack VI 0.449 -> 0.380)")
+        af.addRow("Flips", self.tta)
         self.preview_depth = int_spin(PREVIEW_DEPTH, 1, 256, tooltip="Preview: slices above and below the current one "
                                       "(a thin slab keeps the preview to seconds)", suffix=" slices")
         af.addRow("Preview ±", self.preview_depth)
@@ -565,7 +574,7 @@ class SegNeuronWidget(QWidget):
             "batch_size": int(self.batch.value()) or None,
             "device": self.device_combo.currentText(),
             "half": bool(self.half.isChecked()),
-            "tta": bool(self.tta.isChecked()),
+            "tta": self.tta.currentData() or False,
             "magnify": self.magnification() or 1.0,
             "magnify_auto": self.magnify_is_auto(),
         }
