@@ -76,8 +76,7 @@ class _PendingScale:
 
 
 #: the dock's test-time augmentation choices: (shown text, ``Predictor(tta=...)``)
-TTA_CHOICES = (("off", False), ("mean of 4 flips (4x slower)", "mean"),
-               ("min of 4 flips: fewer merges (4x slower)", "min"))
+TTA_CHOICES = (("off", False), ("mean, 4x slower", "mean"), ("min: fewer merges, 4x slower", "min"))
 
 
 def _segmentation():
@@ -263,6 +262,9 @@ class SegNeuronWidget(QWidget):
         self.tta = QComboBox()
         for text, mode in TTA_CHOICES:
             self.tta.addItem(text, mode)
+        # the dock keeps its width: the combo does not grow to its longest item
+        self.tta.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.tta.setMinimumContentsLength(8)
         self.tta.setToolTip("Test-time augmentation: predict the y, x and y+x flips too (4x the compute). 'mean' "
                             "averages the four views; 'min' keeps each affinity's lowest view, so a boundary any view "
                             "sees stays: fewer merges (on an unseen ssTEM stack VI 0.449 -> 0.380)")
