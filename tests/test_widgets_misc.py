@@ -99,3 +99,15 @@ def test_demo_viewer_has_sample_and_docks(qtbot, monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     if not demo.sys.platform.startswith(("win", "darwin")):
         assert not demo.has_display()
+
+
+def test_merge_hint_only_when_merges_dominate():
+    from napari_segneuron._widgets.segment import merge_hint
+    from napari_segneuron.metrics import Scores
+
+    def scores(split, merge):
+        return Scores(split, merge, 0.1, 0.9, 0.9, 1000)
+
+    assert "Mostly merges" in merge_hint(scores(0.07, 0.35))  # the VNC at the defaults
+    assert merge_hint(scores(0.20, 0.16)) == ""  # fib25_b: balanced
+    assert merge_hint(scores(0.01, 0.05)) == ""  # small errors: no advice

@@ -79,6 +79,14 @@ class _PendingScale:
 TTA_CHOICES = (("off", False), ("mean, 4x slower", "mean"), ("min: fewer merges, 4x slower", "min"))
 
 
+def merge_hint(scores) -> str:
+    """A next step when merges dominate the error (what a user can change without training)."""
+    if scores.vi_merge >= 0.2 and scores.vi_merge >= 2 * scores.vi_split:
+        return (" <b>Mostly merges:</b> move the merge slider left, or predict again with Advanced settings "
+                "▸ Flips ▸ min (a boundary any flipped view sees stays; 4x slower).")
+    return ""
+
+
 def _segmentation():
     from .. import segmentation
 
@@ -1356,6 +1364,7 @@ class SegNeuronWidget(QWidget):
             + (" The ground truth is 2D (no id spans two sections): scored section by section. By connected "
                f"pieces (folds free, merges made only through z unseen): VI {pieces.vi:.3f}, ARAND {pieces.arand:.3f}."
                if pieces is not None else "")
+            + merge_hint(scores)
             + "</small>"
         )
         QTimer.singleShot(0, self._reveal_scores)
