@@ -50,6 +50,19 @@ def wait_idle(qtbot, w, timeout=120_000):
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=timeout)
 
 
+def trained_metadata(train, qtbot, notifications, iterations: int) -> dict:
+    """Finetune ``iterations`` steps from the training dock (no time budget), check that nothing
+    went wrong, and return the saved checkpoint's metadata."""
+    from napari_segneuron.training.checkpoints import read_checkpoint
+
+    train.settings.minutes.value = 0.0
+    train.settings.iterations.value = iterations
+    train.train()
+    wait_idle(qtbot, train)
+    assert errors(notifications) == [], notifications
+    return read_checkpoint(train.last_result.checkpoint)["metadata"]
+
+
 def test_painted_box_is_the_mask(adapt, qtbot):
     viewer, seg, train = adapt
     assert train.mask_combo.currentText() == MASK_BOX  # the default: no extra layer to make
@@ -148,17 +161,10 @@ def test_adaptation_trains_on_the_model_grid(adapt, qtbot, notifications):
     """With the stack's voxel size known (10 nm, the default model declares 20 nm), the painted
     block is resampled to the model's grid before training, as prediction does, and the adapted
     checkpoint declares that grid."""
-    from napari_segneuron.training.checkpoints import read_checkpoint
-
     viewer, seg, train = adapt
     seg.voxel_field.set_value((10.0, 10.0, 10.0))
     seg.magnify.setValue(1.0)  # by hand: no label-free magnification ('auto' would find ~2 here)
-    train.settings.minutes.value = 0.0
-    train.settings.iterations.value = 2
-    train.train()
-    wait_idle(qtbot, train)
-    assert errors(notifications) == [], notifications
-    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    meta = trained_metadata(train, qtbot, notifications, iterations=2)
     assert meta["voxel_size_nm"] == [20.0, 20.0, 20.0]
     assert meta["adapted_on_voxel_size_nm"] == [10.0, 10.0, 10.0]
     assert meta["resampled_from_shape"] == [16, 64, 96]
@@ -171,8 +177,6 @@ def test_calibrate_fits_the_dock_to_the_painted_block(adapt, qtbot, notification
     grid): the dock shrinks it 2x and merges and splits follow. Calibrate finds magnification 2
     on the painted block, sets the SegNeuron dock's settings and re-segments into new layers;
     the user's layers are untouched. A finetune afterwards trains at that magnification."""
-    from napari_segneuron.training.checkpoints import read_checkpoint
-
     viewer, seg, train = adapt
     seg.voxel_field.set_value((10.0, 10.0, 10.0))
     seg.magnify.setValue(1.0)  # by hand: the defaults to beat are magnification 1 ('auto' finds ~2 itself)
@@ -198,12 +202,7 @@ def test_calibrate_fits_the_dock_to_the_painted_block(adapt, qtbot, notification
     np.testing.assert_array_equal(viewer.layers["painted"].data, painted_before)
     assert "--magnify 2" in seg.copy_cli_command()
     # finetuning next trains at the chosen magnification: 10 nm x 2 = the model's grid, the checkpoint says 10 nm
-    train.settings.minutes.value = 0.0
-    train.settings.iterations.value = 1
-    train.train()
-    wait_idle(qtbot, train)
-    assert errors(notifications) == [], notifications
-    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    meta = trained_metadata(train, qtbot, notifications, iterations=1)
     assert meta["voxel_size_nm"] == [10.0, 10.0, 10.0] and meta["magnify"] == 2.0
     # the adapted weights declare that grid, so the dock stops magnifying (else it would do it twice)
     assert seg.magnify.value() == 1.0 and "Magnify is back to 1" in train.status_label.text()
@@ -241,8 +240,6 @@ def test_magnify_auto_estimates_from_the_image_and_training_follows(adapt, qtbot
     """Magnify 'auto' (the default): the stack typed in as 10 nm (it is ~20 nm) looks to the model
     like neurites half as wide; Predict estimates about 2 from the image alone, records it,
     and Copy as CLI and a finetune use the same number."""
-    from napari_segneuron.training.checkpoints import read_checkpoint
-
     viewer, seg, train = adapt
     assert seg.magnify_is_auto() and seg.magnify.text() == "auto"
     seg.voxel_field.set_value((10.0, 10.0, 10.0))
@@ -261,12 +258,7 @@ def test_magnify_auto_estimates_from_the_image_and_training_follows(adapt, qtbot
     wait_idle(qtbot, seg)
     assert f"--magnify {m:g}" in seg.copy_cli_command()
     # finetuning trains where prediction looked, and keeps the reference width ('auto' stays usable)
-    train.settings.minutes.value = 0.0
-    train.settings.iterations.value = 1
-    train.train()
-    wait_idle(qtbot, train)
-    assert errors(notifications) == [], notifications
-    meta = read_checkpoint(train.last_result.checkpoint)["metadata"]
+    meta = trained_metadata(train, qtbot, notifications, iterations=1)
     assert meta["magnify"] == m and meta["voxel_size_nm"] == pytest.approx([20.0 / m] * 3, rel=1e-3)
     assert meta["neurite_halfwidth"] == pytest.approx(5.627)
     # a magnification typed in by hand is written out as such (the command line would estimate otherwise)
