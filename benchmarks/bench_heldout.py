@@ -49,25 +49,28 @@ def region(text: str | None) -> tuple:
     return tuple(slice(*[int(v) if v else None for v in part.split(":")]) for part in text.split(","))
 
 
-def score(seg, gt, two_d: bool, rule: str = "segments") -> dict:
+def score(seg, truth, two_d: bool, rule: str = "segments") -> dict:
     """3D scores, or for 2D-labelled truth the per-section scores (``metrics.evaluate_sections``:
     "segments", a segment's voxels in a section as one segment, as in every earlier table; or
-    "pieces", connected pieces against the truth's pieces)."""
-    from napari_segneuron.metrics import evaluate, evaluate_sections
-    s = evaluate_sections(seg, gt, rule=rule) if two_d else evaluate(seg, gt)
+    "pieces", connected pieces against the truth's pieces); 2D ``truth`` comes cut by
+    ``metrics.section_truth`` with the same rule."""
+    from napari_segneuron.metrics import evaluate, evaluate_cut_sections
+    s = evaluate_cut_sections(seg, truth, rule=rule) if two_d else evaluate(seg, truth)
     return {"vi": round(s.vi, 4), "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
             "arand": round(s.arand, 4)}
 
 
 def rows_for(ag, gt, two_d: bool, fixed: float) -> dict:
     """Score at the fixed threshold and, for reference, the best of a sweep."""
+    from napari_segneuron.metrics import section_truth
+    truth = section_truth(gt) if two_d else gt  # cut once for the whole sweep
     seg = ag.labels(fixed)
-    out = dict(score(seg, gt, two_d), threshold=fixed)
+    out = dict(score(seg, truth, two_d), threshold=fixed)
     if two_d:
-        out["pieces"] = score(seg, gt, two_d, rule="pieces")
+        out["pieces"] = score(seg, section_truth(gt, rule="pieces"), two_d, rule="pieces")
     best = None
     for t in THRESHOLDS:
-        r = score(ag.labels(float(t)), gt, two_d)
+        r = score(ag.labels(float(t)), truth, two_d)
         if best is None or r["vi"] < best["vi"]:
             best = dict(r, threshold=float(t))
     out["best"] = best

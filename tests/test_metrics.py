@@ -12,10 +12,12 @@ from skimage.metrics import variation_of_information as sk_vi
 from napari_segneuron.io import InputError
 from napari_segneuron.metrics import (
     evaluate,
+    evaluate_cut_sections,
     evaluate_sections,
     fill_background,
     section_pieces,
     section_segments,
+    section_truth,
 )
 from napari_segneuron.segmentation import adapted_rand_error, variation_of_information
 
@@ -162,6 +164,9 @@ def test_2d_truth_rules_on_real_3d_bodies(fib25_b: np.ndarray) -> None:
     merged = np.where(fib25_b == big[0], big[1], fib25_b)
     assert evaluate_sections(merged, truth, rule="pieces").vi_merge > pieces.vi_merge + 0.01
     assert evaluate_sections(merged, truth, rule="segments").vi_merge > segments.vi_merge + 0.01
+    # truth cut once (as calibration does for its ~200 settings) scores the same
+    for rule, direct in (("pieces", pieces), ("segments", segments)):
+        assert evaluate_cut_sections(fib25_b, section_truth(truth, rule=rule), rule=rule) == direct
     # against its own 3D ids cut per section, "segments" is exact
     assert evaluate_sections(fib25_b, section_segments(fib25_b), rule="segments").vi == 0.0
     with pytest.raises(InputError, match="Z, Y, X"):

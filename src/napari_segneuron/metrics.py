@@ -151,18 +151,36 @@ def evaluate_sections(
     The truth is cut by the same rule (no change for 2D ids with "segments"); ignore and background
     rules as in ``evaluate`` (predicted background is filled before cutting with "fill")."""
     seg, gt = _check_pair(seg, gt)
+    return evaluate_cut_sections(seg, section_truth(gt, rule=rule, ignore_gt=ignore_gt), rule=rule,
+                                 background=background)
+
+
+def _section_cut(rule: str):
     if rule not in SECTION_RULES:
         raise InputError(f"rule must be one of {SECTION_RULES}, not {rule!r}")
+    return section_pieces if rule == "pieces" else section_segments
+
+
+def section_truth(gt: np.ndarray, *, rule: str = DEFAULT_SECTION_RULE, ignore_gt: Sequence[int] = (0,)) -> np.ndarray:
+    """2D truth cut by ``rule`` as ``evaluate_sections`` scores it (ignored ids become 0): cut once
+    and score many segmentations against it with ``evaluate_cut_sections``."""
+    gt = np.asarray(gt)
+    ignored = np.isin(gt, list(ignore_gt)) if len(ignore_gt) else np.zeros(gt.shape, bool)
+    truth = _section_cut(rule)(gt.astype(np.int64) + 1)  # every voxel in a segment first, ignored ones dropped after
+    truth[ignored] = 0
+    return truth
+
+
+def evaluate_cut_sections(seg: np.ndarray, truth: np.ndarray, *, rule: str = DEFAULT_SECTION_RULE,
+                          background: str = DEFAULT_BACKGROUND) -> "Scores":
+    """``evaluate_sections`` against truth already cut by ``section_truth`` with the same ``rule``."""
+    seg, truth = _check_pair(seg, truth)
+    cut = _section_cut(rule)
     if background not in BACKGROUND_MODES:
         raise InputError(f"background must be one of {BACKGROUND_MODES}, not {background!r}")
-    fill = background == "fill"
     if background == "segment":  # 0 is an ordinary segment: give it an id before cutting
         seg = seg.astype(np.int64) + 1
-    cut = section_pieces if rule == "pieces" else section_segments
-    ignored = np.isin(gt, list(ignore_gt)) if len(ignore_gt) else np.zeros(gt.shape, bool)
-    truth = cut(gt.astype(np.int64) + 1)  # every voxel in a segment first, ignored ones dropped after
-    truth[ignored] = 0
-    return evaluate(cut(seg, fill=fill), truth, ignore_gt=(0,), background=background)
+    return evaluate(cut(seg, fill=background == "fill"), truth, ignore_gt=(0,), background=background)
 
 
 def contingency(
