@@ -84,12 +84,12 @@ def _cut_z(aff):
     return aff
 
 
-def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None):
+def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None, tta=False):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid."""
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import agglomerate, foreground_threshold_for
-    pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, **(tiles or {}))
+    pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, tta=tta, **(tiles or {}))
     fg_t = foreground_threshold_for(model) if fg_threshold is None else fg_threshold  # declared, as the plugin does
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--auto-magnify", action="store_true",
                    help="the plugin's label-free magnification ('--magnify auto', scale_estimate): estimated on each "
                         "scored volume from the image alone, then predicted at it with the default thresholds")
+    p.add_argument("--tta", nargs="*", default=["min"], choices=["off", "mean", "min"],
+                   help="test-time augmentation of the model rows (default: min, the plugin's default); several "
+                        "modes score each model once per mode, side by side")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -194,13 +197,14 @@ def main(argv=None) -> int:
                 magnify = est.magnify
                 print(f"{name} {vname}: {est.summary()}", flush=True)
             vox = magnified_voxel_size(voxel, vs, magnify)
-            for plan in plans:
+            for tta, plan in ((tta, plan) for tta in a.tta for plan in plans):
                 t = time.time()
                 ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
-                                   fg_threshold=fg_t)
+                                   fg_threshold=fg_t, tta=tta)
                 r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
-                         fg_threshold=fg_t, magnify=magnify,
-                         model=name + (", per section" if a.sections and two_d else ""), volume=vname,
+                         fg_threshold=fg_t, magnify=magnify, tta=tta,
+                         model=name + (f", flips {tta}" if len(a.tta) > 1 else "")
+                         + (", per section" if a.sections and two_d else ""), volume=vname,
                          model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
                 if plan:
                     r["tile"] = list(plan["tile"])

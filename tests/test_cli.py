@@ -108,17 +108,21 @@ def test_roi_predicts_a_box_of_the_stack(tmp_path, stack, tiny_ckpt, capsys):
 
 
 def test_tta_flag_takes_an_optional_mode(tmp_path, stack, tiny_ckpt, capsys):
-    """`--tta` alone averages the flips as before; `--tta min` keeps each affinity's lowest view
-    (never above the plain prediction); the metadata records the mode."""
+    """The default is `min` (each affinity's lowest flip view, never above the plain prediction);
+    `--tta off` predicts once; `--tta` alone averages the flips; the metadata records the mode."""
+    from napari_segneuron.inference import DEFAULT_TTA
+
     base = ["--weights", str(tiny_ckpt), "--tile", "8,32,32", "--overlap", "2,8,8"]
     runs = {}
-    for name, extra in (("plain", []), ("mean", ["--tta"]), ("min", ["--tta", "min"])):
+    for name, extra in (("default", []), ("off", ["--tta", "off"]), ("mean", ["--tta"]), ("min", ["--tta", "min"])):
         out = tmp_path / f"{name}.zarr"
         assert main(["predict", str(stack), "-o", str(out), *base, *extra]) == 0
         runs[name] = read_prediction(out)[0]
-        assert read_metadata(out)["tta"] == (False if name == "plain" else name)
-    assert (runs["min"] <= runs["plain"] + 1e-6).all() and (runs["min"] <= runs["mean"] + 1e-6).all()
-    assert not np.allclose(runs["mean"], runs["plain"])
+        assert read_metadata(out)["tta"] == {"default": DEFAULT_TTA, "off": False}.get(name, name)
+    assert DEFAULT_TTA == "min"
+    np.testing.assert_array_equal(runs["default"], runs["min"])
+    assert (runs["min"] <= runs["off"] + 1e-6).all() and (runs["min"] <= runs["mean"] + 1e-6).all()
+    assert not np.allclose(runs["mean"], runs["off"]) and not np.allclose(runs["min"], runs["off"])
     with pytest.raises(SystemExit):
         main(["predict", str(stack), "-o", str(tmp_path / "x.zarr"), *base, "--tta", "max"])
     assert "invalid choice" in capsys.readouterr().err

@@ -393,7 +393,7 @@ def test_cli_segment_and_evaluate(snemi: dict, tmp_path: Path, capsys: pytest.Ca
 def test_cli_predicts_then_segments_an_em_stack(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from napari_segneuron._model import load_model
     from napari_segneuron.cli import main
-    from napari_segneuron.inference import Predictor
+    from napari_segneuron.inference import DEFAULT_TTA, Predictor
     from napari_segneuron.io import read_prediction
 
     raw = tifffile.imread(DATA / "fib25_b_raw.tif")[:16, :64, :64]
@@ -408,7 +408,8 @@ def test_cli_predicts_then_segments_an_em_stack(tmp_path: Path, tiny_checkpoint:
     labels = np.asarray(zarr.open_group(str(out), mode="r")["labels"][...])
     assert labels.shape == raw.shape and labels.max() > 0
     aff, fg = read_prediction(pred)
-    ref_aff, ref_fg = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu").predict(raw)
+    # the command line predicts with the plugin's default test-time augmentation
+    ref_aff, ref_fg = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu", tta=DEFAULT_TTA).predict(raw)
     np.testing.assert_allclose(aff, ref_aff, atol=1e-6)
     ref = agglomerate(ref_aff, ref_fg, fg_threshold=0.0, worker=False).labels(0.5)
     assert same_partition(labels, ref)
@@ -418,7 +419,7 @@ def test_cli_segments_a_resampled_prediction_on_the_model_grid(tmp_path: Path, t
     """A 2x finer stack with its voxel size: agglomerated on the model grid, labels on the input grid."""
     from napari_segneuron._model import load_model
     from napari_segneuron.cli import main
-    from napari_segneuron.inference import Predictor
+    from napari_segneuron.inference import DEFAULT_TTA, Predictor
     from napari_segneuron.resample import resize_labels
 
     raw = tifffile.imread(DATA / "fib25_b_raw.tif")[:16, :64, :64]
@@ -432,7 +433,8 @@ def test_cli_segments_a_resampled_prediction_on_the_model_grid(tmp_path: Path, t
     labels = tifffile.imread(out)
     assert labels.shape == raw.shape and labels.max() > 0
     grid: dict = {}
-    pred = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu", model_voxel_size=(10, 10, 10))
+    pred = Predictor(load_model(tiny_checkpoint, device="cpu"), device="cpu", model_voxel_size=(10, 10, 10),
+                     tta=DEFAULT_TTA)
     pred.predict(raw, voxel_size=(10, 5, 5), model_grid=grid)
     coarse = agglomerate(grid["affinities"], grid["foreground"], fg_threshold=0.0, min_size=0, worker=False).labels(0.5)
     assert coarse.shape == (16, 32, 32)

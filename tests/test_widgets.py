@@ -50,9 +50,12 @@ def test_workflow_predict_segment_slider_export_evaluate(dock, qtbot, tiny_check
     assert w.model is not None, notifications
     assert "tiny" in w.model_label.text() and "parameters" in w.model_label.text()
 
-    # 2. predict (with the "min of 4 flips" test-time augmentation): outputs keep the image's
-    # scale and translate
-    w.tta.setCurrentIndex(w.tta.findData("min"))
+    # 2. predict (with the default test-time augmentation, the "min of 4 flips", which the CLI
+    # shares): outputs keep the image's scale and translate
+    from napari_segneuron._widgets.segment import DEFAULT_TTA as DOCK_TTA
+    from napari_segneuron.inference import DEFAULT_TTA
+
+    assert w.tta.currentData() == DOCK_TTA == DEFAULT_TTA == "min"
     w.predict()
     assert w.runner.busy  # off the GUI thread
     wait_idle(qtbot, w)

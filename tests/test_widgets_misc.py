@@ -109,5 +109,23 @@ def test_merge_hint_only_when_merges_dominate():
         return Scores(split, merge, 0.1, 0.9, 0.9, 1000)
 
     assert "Mostly merges" in merge_hint(scores(0.07, 0.35))  # the VNC at the defaults
+    assert "Flips" not in merge_hint(scores(0.07, 0.35), "min")  # already predicted with min: slider only
+    assert "Flips ▸ min" in merge_hint(scores(0.07, 0.35), False)
     assert merge_hint(scores(0.20, 0.16)) == ""  # fib25_b: balanced
     assert merge_hint(scores(0.01, 0.05)) == ""  # small errors: no advice
+
+
+@pytest.mark.parametrize("tta, flag", [(False, "off"), (None, "off"), ("mean", "mean"), (True, "mean"), ("min", "min")])
+def test_copy_as_cli_spells_out_the_flips(tta, flag):
+    """The command line's default is min, so a dock run without flips must say `--tta off` to be
+    reproduced; every mode round-trips through the parser."""
+    import shlex
+
+    from napari_segneuron._widgets._common import cli_command
+    from napari_segneuron.cli import build_parser
+    from napari_segneuron.inference import tta_mode
+
+    cmd = cli_command({"source_path": "stack.tif", "predict": {"tta": tta}})
+    assert f"--tta {flag}" in cmd
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert tta_mode(args.tta) == tta_mode(tta)

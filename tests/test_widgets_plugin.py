@@ -183,7 +183,8 @@ def test_partly_nan_constant_and_noise_images_are_warned_about(plugin_docks, qtb
     from napari_segneuron.inference import Predictor
 
     filled = np.where(np.isnan(nan), np.nanmin(nan), nan)
-    ref, _ = Predictor(tiny_model_cpu, tile=(8, 64, 64), overlap=(0, 0, 0), device="cpu").predict(filled)
+    ref, _ = Predictor(tiny_model_cpu, tile=(8, 64, 64), overlap=(0, 0, 0), device="cpu",
+                       tta=seg.tta.currentData()).predict(filled)
     np.testing.assert_allclose(seg.prediction.affinities, ref, atol=1e-5)
 
     for data, name, word in ((np.full((8, 64, 64), 7, np.uint8), "flat", "constant"),

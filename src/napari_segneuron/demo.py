@@ -81,7 +81,7 @@ def run_headless(out_dir="demo_out", weights: str = "default", device=None, thre
     from ._cli_common import TerminalProgress
     from ._model import load_named
     from ._sample_data import load_labels, load_raw
-    from .inference import Predictor
+    from .inference import DEFAULT_TTA, Predictor
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     out = Path(out_dir)
@@ -92,7 +92,7 @@ def run_headless(out_dir="demo_out", weights: str = "default", device=None, thre
     model = load_named(weights, device=device)
     say(f"model: MNet kn={model.info['kn']}, {model.info['n_parameters'] / 1e6:.2f} M parameters on {model.info['device']}")
     bar = TerminalProgress("predict")
-    aff, fg = Predictor(model, device=device).predict(raw, progress=None if quiet else bar)
+    aff, fg = Predictor(model, device=device, tta=DEFAULT_TTA).predict(raw, progress=None if quiet else bar)
     bar.close()
     t_pred = time.perf_counter() - t0
     bar = TerminalProgress("agglomerate")

@@ -235,13 +235,17 @@ def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-#: test-time augmentation modes (``Predictor(tta=...)``, CLI ``--tta [mean|min]``)
+#: test-time augmentation modes (``Predictor(tta=...)``, CLI ``--tta [off|mean|min]``)
 TTA_MODES = ("mean", "min")
+#: the plugin's default (command line, SegNeuron dock, demo): each affinity's lowest of the four
+#: y/x flip views (4x the compute; fewer merges on every held-out volume, see the model card).
+#: ``Predictor`` itself stays plain unless asked, so library calls cost one pass.
+DEFAULT_TTA = "min"
 
 
 def tta_mode(tta: Union[bool, str, None]) -> Union[str, bool]:
     """``tta`` as the predictor keeps it: False (off), "mean" (True means "mean") or "min"."""
-    if tta is None or tta is False or tta in ("", "off", "none"):
+    if tta is None or tta is False or (isinstance(tta, str) and tta.lower() in ("", "off", "none", "false")):
         return False
     if tta is True:
         return "mean"

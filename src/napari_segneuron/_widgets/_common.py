@@ -306,8 +306,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--device", str(pred["device"])]
     if pred.get("half"):
         args += ["--half"]
-    if pred.get("tta"):
-        args += ["--tta", "min" if pred["tta"] == "min" else "mean"]
+    # always spelled out: the command line's default ('min') may not be what the dock used
+    args += ["--tta", {"min": "min", "mean": "mean", True: "mean"}.get(pred.get("tta") or False, "off")]
     if pred.get("magnify") not in (None, 1, 1.0):
         args += ["--magnify", f"{pred['magnify']:g}"]
     elif pred.get("magnify_auto") is False:

@@ -75,15 +75,20 @@ class _PendingScale:
     key: tuple
 
 
+#: the dock's default test-time augmentation: ``inference.DEFAULT_TTA`` (spelled out so that opening the
+#: dock does not import torch; a test keeps the two equal)
+DEFAULT_TTA = "min"
 #: the dock's test-time augmentation choices: (shown text, ``Predictor(tta=...)``)
-TTA_CHOICES = (("off", False), ("mean, 4x slower", "mean"), ("min: fewer merges, 4x slower", "min"))
+TTA_CHOICES = (("off: 4x faster", False), ("mean of 4 views", "mean"), ("min: fewer merges", "min"))
 
 
-def merge_hint(scores) -> str:
-    """A next step when merges dominate the error (what a user can change without training)."""
+def merge_hint(scores, tta: Any = DEFAULT_TTA) -> str:
+    """A next step when merges dominate the error (what a user can change without training); ``tta``:
+    the Flips setting the prediction used (min is suggested when it was not)."""
     if scores.vi_merge >= 0.2 and scores.vi_merge >= 2 * scores.vi_split:
-        return (" <b>Mostly merges:</b> move the merge slider left, or predict again with Advanced settings "
-                "▸ Flips ▸ min (a boundary any flipped view sees stays; 4x slower).")
+        flips = ("" if tta == "min" else ", or predict again with Advanced settings ▸ Flips ▸ min (a boundary "
+                 "any flipped view sees stays)")
+        return f" <b>Mostly merges:</b> move the merge slider left{flips}."
     return ""
 
 
@@ -273,9 +278,11 @@ class SegNeuronWidget(QWidget):
         # the dock keeps its width: the combo does not grow to its longest item
         self.tta.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.tta.setMinimumContentsLength(8)
-        self.tta.setToolTip("Test-time augmentation: predict the y, x and y+x flips too (4x the compute). 'mean' "
-                            "averages the four views; 'min' keeps each affinity's lowest view, so a boundary any view "
-                            "sees stays: fewer merges (on an unseen ssTEM stack VI 0.449 -> 0.380)")
+        self.tta.setCurrentIndex(self.tta.findData(DEFAULT_TTA))
+        self.tta.setToolTip("Test-time augmentation: predict the y, x and y+x flips too (4x the compute). 'min' "
+                            "(default) keeps each affinity's lowest view, so a boundary any view sees stays: fewer "
+                            "merges (unseen ssTEM stack VI 0.449 -> 0.404); 'mean' averages the four views; 'off' "
+                            "predicts once, 4x faster")
         af.addRow("Flips", self.tta)
         self.preview_depth = int_spin(PREVIEW_DEPTH, 1, 256, tooltip="Preview: slices above and below the current one "
                                       "(a thin slab keeps the preview to seconds)", suffix=" slices")
@@ -1364,7 +1371,7 @@ class SegNeuronWidget(QWidget):
             + (" The ground truth is 2D (no id spans two sections): scored section by section. By connected "
                f"pieces (folds free, merges made only through z unseen): VI {pieces.vi:.3f}, ARAND {pieces.arand:.3f}."
                if pieces is not None else "")
-            + merge_hint(scores)
+            + merge_hint(scores, self.tta.currentData())
             + "</small>"
         )
         QTimer.singleShot(0, self._reveal_scores)
