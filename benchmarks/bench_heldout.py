@@ -25,6 +25,7 @@ The best threshold per volume is printed too, for reference only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
                 magnify = est.magnify
                 print(f"{name} {vname}: {est.summary()}", flush=True)
             vox = magnified_voxel_size(voxel, vs, magnify)
-            for tta, plan in ((tta, plan) for tta in a.tta for plan in plans):
+            for tta, plan in itertools.product(a.tta, plans):
                 t = time.time()
                 ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
                                    fg_threshold=fg_t, tta=tta)

@@ -245,7 +245,7 @@ DEFAULT_TTA = "min"
 
 def tta_mode(tta: Union[bool, str, None]) -> Union[str, bool]:
     """``tta`` as the predictor keeps it: False (off), "mean" (True means "mean") or "min"."""
-    if tta is None or tta is False or (isinstance(tta, str) and tta.lower() in ("", "off", "none", "false")):
+    if tta is None or tta is False or tta in ("", "off", "none"):
         return False
     if tta is True:
         return "mean"

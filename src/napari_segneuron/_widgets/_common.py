@@ -307,7 +307,9 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
     if pred.get("half"):
         args += ["--half"]
     # always spelled out: the command line's default ('min') may not be what the dock used
-    args += ["--tta", {"min": "min", "mean": "mean", True: "mean"}.get(pred.get("tta") or False, "off")]
+    from ..inference import tta_mode
+
+    args += ["--tta", tta_mode(pred.get("tta")) or "off"]
     if pred.get("magnify") not in (None, 1, 1.0):
         args += ["--magnify", f"{pred['magnify']:g}"]
     elif pred.get("magnify_auto") is False:
