@@ -15,7 +15,8 @@ Volumes
   exactly as the plugin does; a model without one (e.g. finetuned on the stack itself) predicts
   on the native grid.
 
-Rule: plugin defaults (median scoring, foreground "cut" at the threshold the weights declare,
+Rule: plugin defaults (edge score by the plugin's "auto" rule: median-all for serial sections such
+as the VNC, median otherwise; foreground "cut" at the threshold the weights declare,
 segments < 100 voxels merged) at the package's DEFAULT_THRESHOLD, the same for every volume; the classical baseline (smoothed
 intensity as affinities, plain waterz, no merging) at the threshold that is best on fib25_b.
 The best threshold per volume is printed too, for reference only.
@@ -85,21 +86,27 @@ def _cut_z(aff):
     return aff
 
 
-def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None, tta=False):
+def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None, tta=False,
+                  scorings=("median",)):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
-    agglomerate with the package defaults on the model grid, carry back to the input grid."""
+    agglomerate with the package defaults on the model grid, carry back to the input grid; one
+    agglomeration per edge score in ``scorings`` (a dict score -> agglomeration)."""
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import agglomerate, foreground_threshold_for
     pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, tta=tta, **(tiles or {}))
     fg_t = foreground_threshold_for(model) if fg_threshold is None else fg_threshold  # declared, as the plugin does
     mg = {}
     aff, fg = pred.predict(raw, voxel_size=voxel, model_grid=mg)
-    if mg.get("affinities") is not None:
-        ag = agglomerate(_cut_z(mg["affinities"]) if sections else np.ascontiguousarray(mg["affinities"], np.float32),
-                         np.ascontiguousarray(mg["foreground"], np.float32), fg_threshold=fg_t, worker=False)
-        return ag.on_grid(raw.shape)
-    return agglomerate(_cut_z(aff) if sections else np.ascontiguousarray(aff, np.float32),
-                       np.ascontiguousarray(fg, np.float32), fg_threshold=fg_t, worker=False)
+    grid = mg.get("affinities") is not None
+    if grid:
+        aff, fg = mg["affinities"], mg["foreground"]
+    aff = _cut_z(aff) if sections else np.ascontiguousarray(aff, np.float32)
+    fg = np.ascontiguousarray(fg, np.float32)
+    out = {}
+    for scoring in scorings:
+        ag = agglomerate(aff, fg, fg_threshold=fg_t, scoring=scoring, worker=False)
+        out[scoring] = ag.on_grid(raw.shape) if grid else ag
+    return out
 
 
 def classical_ag(raw, sigma: float = 0.5, sections=False):
@@ -144,12 +151,15 @@ def main(argv=None) -> int:
     p.add_argument("--tta", nargs="*", default=["min"], choices=["off", "mean", "min"],
                    help="test-time augmentation of the model rows (default: min, the plugin's default); several "
                         "modes score each model once per mode, side by side")
+    p.add_argument("--scoring", nargs="*", default=["auto"], metavar="SCORE",
+                   help="edge scores for the model rows, side by side on one prediction: 'auto' (the plugin's rule: "
+                        "median-all for serial sections, median otherwise), median, median-all, mean")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from napari_segneuron._model import load_model
     from napari_segneuron.calibration import magnified_voxel_size
-    from napari_segneuron.segmentation import DEFAULT_THRESHOLD, foreground_threshold_for
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD, foreground_threshold_for, resolve_scoring
 
     vols = {}
     names = a.volumes.split(",")
@@ -198,19 +208,24 @@ def main(argv=None) -> int:
                 magnify = est.magnify
                 print(f"{name} {vname}: {est.summary()}", flush=True)
             vox = magnified_voxel_size(voxel, vs, magnify)
+            # edge scores named as asked ('auto' resolved by this volume's voxel size, as the plugin does)
+            scorings = {s: resolve_scoring(s if cal is None else cal.get("scoring", s), voxel) for s in a.scoring}
             for tta, plan in itertools.product(a.tta, plans):
                 t = time.time()
-                ag = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
-                                   fg_threshold=fg_t, tta=tta)
-                r = dict(rows_for(ag, gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
-                         fg_threshold=fg_t, magnify=magnify, tta=tta,
-                         model=name + (f", flips {tta}" if len(a.tta) > 1 else "")
-                         + (", per section" if a.sections and two_d else ""), volume=vname,
-                         model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
-                if plan:
-                    r["tile"] = list(plan["tile"])
-                rows.append(r)
-                print(json.dumps(r), flush=True)
+                ags = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
+                                    fg_threshold=fg_t, tta=tta, scorings=sorted(set(scorings.values())))
+                for asked, scoring in scorings.items():
+                    shown = asked if asked == scoring else f"{asked}={scoring}"
+                    r = dict(rows_for(ags[scoring], gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
+                             fg_threshold=fg_t, magnify=magnify, tta=tta, scoring=scoring,
+                             model=name + (f", flips {tta}" if len(a.tta) > 1 else "")
+                             + (f", {shown}" if len(a.scoring) > 1 else "")
+                             + (", per section" if a.sections and two_d else ""), volume=vname,
+                             model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
+                    if plan:
+                        r["tile"] = list(plan["tile"])
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
     print("\n| model | volume | VI (fixed t) | split | merge | ARAND | t | best VI (t) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -85,8 +85,10 @@ def test_finds_the_magnification_that_undoes_a_wrong_voxel_size(halved, sample_b
     assert c.improved and c.vi < 0.5 * c.default_vi
     assert c.default["magnify"] == 1.0 and c.default["threshold"] == DEFAULT_THRESHOLD
     assert c.default["fg_threshold"] == 0.75  # what the bundled weights declare
-    # every setting was scored: 2 magnifications x {0.5, 0.75} x the thresholds
-    assert len(c.table) == 2 * 2 * len({r["threshold"] for r in c.table})
+    # every setting was scored: 2 magnifications x {0.5, 0.75} x {median, median-all} x the thresholds
+    assert len(c.table) == 2 * 2 * 2 * len({r["threshold"] for r in c.table})
+    assert {r["scoring"] for r in c.table} == {"median", "median-all"}
+    assert c.default["scoring"] == "median"  # 'auto' for an isotropic stack
     assert min(r["vi"] for r in c.table) <= c.vi <= min(r["vi"] for r in c.table) + MIN_GAIN
     assert "magnification 2" in c.summary()
     done = [d for d, t, _ in c.progress_calls]
@@ -157,6 +159,7 @@ def test_cli_calibrate_prints_and_writes_the_choice(tmp_path, sample_block, caps
     assert "defaults (magnification 1): VI" in text
     doc = json.loads(out.read_text())
     assert doc["magnify"] == 2.0 and doc["vi"] < 0.5 * doc["default_vi"]
+    assert doc["scoring"] in ("median", "median-all") and doc["default"]["scoring"] == "median"
     assert doc["box"] == [[5, 45], [0, 100], [10, 90]]
     # without --magnify the defaults to beat are segment's own: the label-free estimate (~2) already
     # takes most of the damage away, so that is what the block is scored against

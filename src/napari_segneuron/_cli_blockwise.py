@@ -56,6 +56,7 @@ def _read_input(args: argparse.Namespace, meta: dict):
     if getattr(args, "voxel_size", None) is not None or voxel is not None:
         print("note: blockwise prediction does not resample; the volume is predicted on its own grid",
               file=sys.stderr)
+        meta["voxel_size_nm"] = [float(v) for v in (getattr(args, "voxel_size", None) or voxel)]
     return volume
 
 
@@ -114,10 +115,14 @@ def run_segment(args: argparse.Namespace) -> int:
                 bar.close()
             print(run.summary() + f"; prediction in {prediction}", file=sys.stderr)
         t1 = time.perf_counter()
-        from ._cli_segment import resolve_fg_threshold
+        from ._cli_segment import resolve_fg_threshold, resolve_scoring_arg
         from .io import read_metadata
+        from .segmentation.graph import SCORINGS
 
         resolve_fg_threshold(args, read_metadata(prediction))
+        # the blockwise merge has median and mean: serial sections get mean there (see defaults.py)
+        resolve_scoring_arg(args, getattr(args, "voxel_size", None) or meta.get("voxel_size_nm")
+                            or read_metadata(prediction).get("voxel_size_nm"), available=SCORINGS)
         bar = TerminalProgress("segment", unit="step")
         try:
             agg = segment_blockwise(

@@ -1,4 +1,4 @@
-"""``napari-segneuron calibrate``: fit magnification and thresholds to one painted block."""
+"""``napari-segneuron calibrate``: fit magnification, thresholds and edge score to one painted block."""
 from __future__ import annotations
 
 import argparse
@@ -20,14 +20,26 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Parse comma-separated edge scores (``median,mean``) for argparse."""
+    from .segmentation.defaults import SCORING_FUNCTIONS
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in SCORING_FUNCTIONS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"expected comma-separated edge scores among {sorted(SCORING_FUNCTIONS)}, "
+                                         f"got {text!r}")
+    return values
+
+
 def add_parser(subparsers) -> None:
-    from .calibration import DEFAULT_MAGNIFICATIONS
+    from .calibration import DEFAULT_MAGNIFICATIONS, DEFAULT_SCORINGS
 
     p = subparsers.add_parser(
         "calibrate",
-        help="pick magnification and thresholds for your stack from one painted block (no training)",
+        help="pick magnification, thresholds and edge score for your stack from one painted block (no training)",
         description="Predict the painted block of LABELS at several magnifications, segment it at several "
-        "foreground and merge thresholds, score each against the painted ids (VI) and print the best setting "
+        "foreground thresholds with each edge score and at every merge threshold, score each against the painted ids (VI) and print the best setting "
         "with the command that uses it. Minutes on a CPU (most of it the magnified predictions); finetune afterwards with the same --magnify.",
     )
     p.add_argument("image", help="EM stack (.tif or .zarr, z-y-x)")
@@ -38,6 +50,9 @@ def add_parser(subparsers) -> None:
                    help=f"magnifications to try (default {','.join(f'{m:g}' for m in DEFAULT_MAGNIFICATIONS)})")
     p.add_argument("--fg-thresholds", type=_floats, default=None, metavar="F1,F2,...",
                    help="foreground thresholds to try (default: 0.5 and the one the weights declare)")
+    p.add_argument("--scorings", type=_names, default=DEFAULT_SCORINGS, metavar="S1,S2,...",
+                   help=f"edge scores to try (default {','.join(DEFAULT_SCORINGS)}; the one segment's "
+                        "'--scoring auto' picks for this voxel size is always tried)")
     sections = p.add_mutually_exclusive_group()
     sections.add_argument("--per-section", dest="per_section", action="store_true", default=None,
                           help="score section by section (labels painted as 2D ids); default: when no id spans "
@@ -55,6 +70,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from .atomic import atomic_output
     from .calibration import calibrate
     from .io import InputError, as_volume, read_volume
+    from .segmentation import resolve_scoring
 
     if args.threads:
         import torch
@@ -86,22 +102,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
     try:
         result = calibrate(predictor, volume, labels, voxel_size=voxel, mask=mask,
                            magnifications=args.magnifications, fg_thresholds=args.fg_thresholds,
-                           default_magnify=default_magnify, per_section=args.per_section, progress=bar)
+                           scorings=args.scorings, default_magnify=default_magnify, per_section=args.per_section, progress=bar)
     finally:
         bar.close()
     print("best per magnification (VI on the block; split / merge):")
     for m in sorted({r["magnify"] for r in result.table}):
         r = min((r for r in result.table if r["magnify"] == m), key=lambda r: r["vi"])
-        print(f"  magnify {m:<5g} foreground ≥ {r['fg_threshold']:<5g} merge {r['threshold']:<5g} "
+        print(f"  magnify {m:<5g} foreground ≥ {r['fg_threshold']:<5g} {r['scoring']:<6s} merge {r['threshold']:<5g} "
               f"VI {r['vi']:.3f} ({r['vi_split']:.3f} / {r['vi_merge']:.3f})")
     print(f"defaults (magnification {result.default['magnify']:g}): VI {result.default_vi:.3f}")
     print(f"chosen: {result.summary()}")
     voxel_arg = f" --voxel-size {','.join(f'{v:g}' for v in voxel)}" if args.voxel_size else ""
     weights_arg = f" --weights {args.weights}" if args.weights != "default" else ""
+    scoring_arg = f" --scoring {result.scoring}" if result.scoring != resolve_scoring("auto", voxel) else ""
     print(f"use: napari-segneuron segment {args.image}{weights_arg}{voxel_arg} --magnify {result.magnify:g} "
-          f"--fg-threshold {result.fg_threshold:g} --threshold {result.threshold:g} -o labels.tif")
+          f"--fg-threshold {result.fg_threshold:g}{scoring_arg} --threshold {result.threshold:g} -o labels.tif")
     if args.json:
-        doc = {"magnify": result.magnify, "fg_threshold": result.fg_threshold, "threshold": result.threshold,
+        doc = {"magnify": result.magnify, "fg_threshold": result.fg_threshold, "scoring": result.scoring,
+               "threshold": result.threshold,
                "vi": result.vi, "default_vi": result.default_vi, "default": result.default,
                "box": [list(b) for b in result.box], "per_section": result.per_section, "table": result.table}
         with atomic_output(Path(args.json)) as tmp:

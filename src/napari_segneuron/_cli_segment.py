@@ -36,8 +36,9 @@ def _non_negative_int(text: str) -> int:
 def add_parser(subparsers) -> None:
     from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND, DEFAULT_SECTION_RULE, SECTION_RULES
     from .segmentation import (
-        BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING,
-        DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
+        ANISOTROPIC_SCORING, ANISOTROPY, AUTO_SCORING, BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE,
+        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
+        SMALL_SEGMENTS,
     )
 
     p = subparsers.add_parser(
@@ -67,8 +68,12 @@ def add_parser(subparsers) -> None:
                    help="'mask': agglomerate everything, then clear background voxels; 'cut': the same without "
                         "agglomerating background with itself (faster on noisy backgrounds); 'exclude': background "
                         f"leaves waterz's graph (lower thresholds work best) (default {DEFAULT_BACKGROUND_MODE})")
-    g.add_argument("--scoring", choices=sorted(SCORING_FUNCTIONS), default=DEFAULT_SCORING,
-                   help=f"edge score: 1 - mean (waterz default) or 1 - median affinity (default {DEFAULT_SCORING})")
+    g.add_argument("--scoring", choices=[AUTO_SCORING, *sorted(SCORING_FUNCTIONS)], default=AUTO_SCORING,
+                   help="edge score: 1 - median affinity, starting from the highest one along each contact (SegNeuron's; "
+                        "keeps thin necks whole), 1 - median over the whole contact ('median-all': resists leaks "
+                        "through a few bright voxels) or 1 - mean (waterz's default). Default 'auto': "
+                        f"{ANISOTROPIC_SCORING} for serial sections (z voxel >= {ANISOTROPY:g}x the xy voxel), "
+                        f"else {DEFAULT_SCORING}")
     g.add_argument("--save-prediction", metavar="PRED", default=None,
                    help="also write the network's prediction (.zarr or .tif) when IN is an EM stack")
     add_model_arguments(p)
@@ -209,6 +214,21 @@ def resolve_fg_threshold(args: argparse.Namespace, source) -> float:
     return args.fg_threshold
 
 
+def resolve_scoring_arg(args: argparse.Namespace, voxel_size, available=None) -> str:
+    """Replace ``--scoring auto`` by the edge score for this stack's voxel size
+    (``segmentation.resolve_scoring``; ``available``: the scores this code path can run) and say
+    which when it is not the package default."""
+    from .segmentation import AUTO_SCORING, DEFAULT_SCORING, resolve_scoring
+
+    auto = args.scoring in (None, AUTO_SCORING)
+    chosen = resolve_scoring(args.scoring, voxel_size, available)
+    if auto and chosen != DEFAULT_SCORING:
+        shown = "×".join(f"{v:g}" for v in voxel_size)
+        print(f"edge score {chosen}: serial sections ({shown} nm; --scoring to change it)", file=sys.stderr)
+    args.scoring = chosen
+    return chosen
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from . import _cli_blockwise
 
@@ -230,6 +250,7 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
         meta["prediction"] = str(args.input)
         resolve_fg_threshold(args, read_metadata(args.input))
+        resolve_scoring_arg(args, read_metadata(args.input).get("voxel_size_nm"))
     else:
         if args.save_prediction:
             check_output_path(args.save_prediction, args.overwrite)
@@ -249,6 +270,7 @@ def run_segment(args: argparse.Namespace) -> int:
         meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"),
                     inference=predictor.settings(), model_fg_threshold=model.info.get("fg_threshold"))
         resolve_fg_threshold(args, model)
+        resolve_scoring_arg(args, voxel)
         if voxel:
             meta["voxel_size_nm"] = list(voxel)  # as predicted: the stack's own times --magnify
         meta["magnify"] = magnify_of(args)

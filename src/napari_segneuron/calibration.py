@@ -2,9 +2,9 @@
 
 A biologist paints every neuron in one small block of their stack. Calibration predicts the
 block (with some context around it) at a few magnifications, agglomerates it at a few
-foreground thresholds, replays every merge threshold, scores each against the painted ids and
-keeps the best: the magnification, foreground threshold and merge threshold for the rest of the
-stack. It takes minutes on a CPU (3.8 for a 40×118×120-voxel block on an idle 2-core machine),
+foreground thresholds with each edge score (median, median-all), replays every merge threshold,
+scores each against the painted ids and keeps the best: the magnification, foreground
+threshold, edge score and merge threshold for the rest of the stack. It takes minutes on a CPU (3.8 for a 40×118×120-voxel block on an idle 2-core machine),
 against 15 for finetuning, and the two combine
 (calibrate, then finetune at the chosen magnification).
 
@@ -30,6 +30,9 @@ DEFAULT_MAGNIFICATIONS = (0.75, 1.0, 1.25, 1.5, 2.0)
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.02, 0.82, 0.04), 2))
 #: context around the block, in model voxels, so the block's border is predicted as inside a stack
 CONTEXT_MODEL_VOXELS = 16
+#: edge scores tried by default: "median" keeps thin necks whole, "median-all" resists leaks through
+#: a few bright boundary voxels (segmentation/defaults.py: what "auto" picks for serial sections)
+DEFAULT_SCORINGS = ("median", "median-all")
 #: a setting must beat the plugin defaults by this much VI to replace them (the block is small)
 MIN_GAIN = 0.02
 
@@ -96,6 +99,7 @@ class Calibration:
     box: tuple
     per_section: bool
     table: list = field(default_factory=list)
+    scoring: str = "median"
 
     @property
     def improved(self) -> bool:
@@ -103,18 +107,21 @@ class Calibration:
 
     def summary(self) -> str:
         d = self.default
-        return (f"magnification {self.magnify:g}, foreground ≥ {self.fg_threshold:g}, merge threshold {self.threshold:g}: "
+        return (f"magnification {self.magnify:g}, foreground ≥ {self.fg_threshold:g}, edge score {self.scoring}, "
+                f"merge threshold {self.threshold:g}: "
                 f"VI {self.vi:.3f} on the painted block, against {self.default_vi:.3f} with the defaults "
-                f"(magnification {d['magnify']:g}, foreground ≥ {d['fg_threshold']:g}, merge {d['threshold']:g})"
+                f"(magnification {d['magnify']:g}, foreground ≥ {d['fg_threshold']:g}, edge score "
+                f"{d.get('scoring', 'median')}, merge {d['threshold']:g})"
                 + (" (scored section by section: the ids are 2D)" if self.per_section else ""))
 
 
 def plateau_centre(table: Sequence[dict], best: dict, tolerance: float = MIN_GAIN) -> dict:
     """The row in the middle of the run of merge thresholds around ``best`` (same magnification
-    and foreground threshold) that score within ``tolerance`` of it. A small block's VI curve is
+    foreground threshold and edge score) that score within ``tolerance`` of it. A small block's VI curve is
     noisy and often flat; its minimum can sit at the edge of a cliff, the middle of the plateau
     does not (the rule the package's default threshold was picked by)."""
-    curve = sorted((r for r in table if r["magnify"] == best["magnify"] and r["fg_threshold"] == best["fg_threshold"]),
+    curve = sorted((r for r in table if r["magnify"] == best["magnify"] and r["fg_threshold"] == best["fg_threshold"]
+                    and r.get("scoring") == best.get("scoring")),
                    key=lambda r: r["threshold"])
     i = next(k for k, r in enumerate(curve) if r is best)
     lo = hi = i
@@ -149,25 +156,28 @@ def calibrate(
     default_threshold: Optional[float] = None,
     default_fg_threshold: Optional[float] = None,
     default_magnify: float = 1.0,
+    scorings: Optional[Sequence[str]] = None,
+    default_scoring: Optional[str] = None,
     per_section: Optional[bool] = None,
     worker: bool = False,
     progress: ProgressFn = None,
     cancel: Optional[CancelToken] = None,
 ) -> Calibration:
-    """Pick magnification, foreground threshold and merge threshold on the painted block of ``labels``.
+    """Pick magnification, foreground threshold, edge score and merge threshold on the painted block of ``labels``.
 
     ``image`` may be lazy (dask, zarr): only the block and its context are read. ``labels``: the
     image's shape, neuron ids in one block (0 = membrane / unpainted); the
     block is the bounding box of the painted voxels, or of ``mask`` when given. Only voxels with
     an id are scored (as ``metrics.evaluate`` does). ``per_section`` None: decided by
     ``sections_only``. The defaults (``default_magnify``: 1, or the label-free estimate the plugin
-    predicts with, ``scale_estimate``; the weights' foreground threshold; the package merge
-    threshold) are always scored too and are kept unless another setting beats them by
+    predicts with, ``scale_estimate``; the weights' foreground threshold; ``default_scoring``, where
+    "auto" or None is the edge score for ``voxel_size`` (``segmentation.resolve_scoring``); the
+    package merge threshold) are always scored too and are kept unless another setting beats them by
     ``MIN_GAIN``; otherwise the merge threshold is the middle of the best setting's plateau
     (``plateau_centre``).
     """
     from .metrics import evaluate, evaluate_cut_sections, section_truth
-    from .segmentation import DEFAULT_THRESHOLD, agglomerate, foreground_threshold_for
+    from .segmentation import DEFAULT_THRESHOLD, SCORING_FUNCTIONS, agglomerate, foreground_threshold_for, resolve_scoring
 
     labels = np.asarray(labels)
     shape = tuple(int(n) for n in getattr(image, "shape", np.shape(image)))
@@ -199,6 +209,11 @@ def calibrate(
                        else foreground_threshold_for(predictor.model))
     fgs = sorted({float(f) for f in (fg_thresholds or (0.5,))} | {default_fg})
     default_t = float(default_threshold if default_threshold is not None else DEFAULT_THRESHOLD)
+    default_s = resolve_scoring(default_scoring, voxel)
+    scores_tried = list(dict.fromkeys([default_s, *(DEFAULT_SCORINGS if scorings is None else scorings)]))
+    unknown = [s for s in scores_tried if s not in SCORING_FUNCTIONS]
+    if unknown:
+        raise InputError(f"Edge scores must be among {sorted(SCORING_FUNCTIONS)}, not {unknown}")
     ts = sorted({float(t) for t in thresholds} | {default_t})
     region = _context_box(box, shape, voxel or model_voxel, model_voxel)
     offset = tuple(a - r.start for (a, _), r in zip(box, region))
@@ -231,26 +246,27 @@ def calibrate(
                                         i, 0.7 * d / max(t, 1), f"predicting at {label}"))
         if grid.get("affinities") is not None:
             aff, fg = grid["affinities"], grid["foreground"]
-        for j, fg_t in enumerate(fgs):
+        runs = [(fg_t, scoring) for fg_t in fgs for scoring in scores_tried]
+        for j, (fg_t, scoring) in enumerate(runs):
             check(cancel)
             ag = agglomerate(np.ascontiguousarray(aff, np.float32),
                              None if fg is None else np.ascontiguousarray(fg, np.float32),
-                             fg_threshold=fg_t, worker=worker, cancel=cancel)
+                             fg_threshold=fg_t, scoring=scoring, worker=worker, cancel=cancel)
             if ag.shape != sub.shape:
                 ag = ag.on_grid(sub.shape)
             for t in ts:
                 seg = ag.labels(t, region=crop_back)  # the block only, not its context
                 s = evaluate_cut_sections(seg, cut_truth) if per_section else evaluate(seg, truth)
-                table.append({"magnify": magnify, "fg_threshold": fg_t, "threshold": t, "vi": round(s.vi, 4),
-                              "vi_split": round(s.vi_split, 4), "vi_merge": round(s.vi_merge, 4),
-                              "arand": round(s.arand, 4)})
-            report(i, 0.7 + 0.3 * (j + 1) / len(fgs), f"scored {label}, foreground ≥ {fg_t:g}")
+                table.append({"magnify": magnify, "fg_threshold": fg_t, "scoring": scoring, "threshold": t,
+                              "vi": round(s.vi, 4), "vi_split": round(s.vi_split, 4),
+                              "vi_merge": round(s.vi_merge, 4), "arand": round(s.arand, 4)})
+            report(i, 0.7 + 0.3 * (j + 1) / len(runs), f"scored {label}, foreground ≥ {fg_t:g}, {scoring} edge score")
     default = next(r for r in table if r["magnify"] == default_magnify and r["fg_threshold"] == default_fg
-                   and r["threshold"] == default_t)
-    # ties: the magnification nearest the default, then the threshold nearest the default
-    best = min(table, key=lambda r: (r["vi"], abs(math.log(r["magnify"] / default_magnify)),
+                   and r["scoring"] == default_s and r["threshold"] == default_t)
+    # ties: the default edge score, the magnification nearest the default, then the threshold nearest the default
+    best = min(table, key=lambda r: (r["vi"], r["scoring"] != default_s, abs(math.log(r["magnify"] / default_magnify)),
                                      abs(r["threshold"] - default_t)))
     chosen = plateau_centre(table, best) if best["vi"] < default["vi"] - MIN_GAIN else default
     return Calibration(magnify=chosen["magnify"], fg_threshold=chosen["fg_threshold"], threshold=chosen["threshold"],
                        vi=chosen["vi"], default_vi=default["vi"], default=default, box=box,
-                       per_section=bool(per_section), table=table)
+                       per_section=bool(per_section), table=table, scoring=chosen["scoring"])

@@ -82,13 +82,16 @@ DEFAULT_TTA = "min"
 TTA_CHOICES = (("off: 4x faster", False), ("mean of 4 views", "mean"), ("min: fewer merges", "min"))
 
 
-def merge_hint(scores, tta: Any = DEFAULT_TTA) -> str:
+def merge_hint(scores, tta: Any = DEFAULT_TTA, scoring: Optional[str] = None) -> str:
     """A next step when merges dominate the error (what a user can change without training); ``tta``:
-    the Flips setting the prediction used (min is suggested when it was not)."""
+    the Flips setting the prediction used (min is suggested when it was not); ``scoring``: the edge
+    score the segmentation used (median-all is suggested after median)."""
     if scores.vi_merge >= 0.2 and scores.vi_merge >= 2 * scores.vi_split:
         flips = ("" if tta == "min" else ", or predict again with Advanced settings ▸ Flips ▸ min (a boundary "
                  "any flipped view sees stays)")
-        return f" <b>Mostly merges:</b> move the merge slider left{flips}."
+        edge = (", or set Edge score to median-all (a contact must be bright along most of its length, not "
+                "at one voxel)" if scoring == "median" else "")
+        return f" <b>Mostly merges:</b> move the merge slider left{edge}{flips}."
     return ""
 
 
@@ -319,10 +322,14 @@ class SegNeuronWidget(QWidget):
         form.addRow("Min size", self.min_size)
         seg_mod = _segmentation()
         self.scoring = QComboBox()
-        self.scoring.addItems(sorted(getattr(seg_mod, "SCORING_FUNCTIONS", {"median": None})))
-        self.scoring.setCurrentText(getattr(seg_mod, "DEFAULT_SCORING", "median"))
-        self.scoring.setToolTip("How two touching pieces are compared: the median boundary affinity (SegNeuron's "
-                                "choice, fewer errors) or the mean (less memory on very large volumes)")
+        self.scoring.addItems([seg_mod.AUTO_SCORING, *sorted(seg_mod.SCORING_FUNCTIONS)])
+        self.scoring.setCurrentText(seg_mod.AUTO_SCORING)
+        self.scoring.setToolTip(
+            "How two touching pieces are compared. median: the median boundary affinity, starting from the "
+            "highest one along the contact (SegNeuron's choice: keeps thin necks whole); median-all: the median "
+            "over the whole contact (resists leaks through a few bright voxels between sections); mean: the mean. "
+            f"auto: {seg_mod.ANISOTROPIC_SCORING} for serial sections (Voxel z at least {seg_mod.ANISOTROPY:g}x y "
+            f"and x), else {seg_mod.DEFAULT_SCORING}. Calibrate in the training dock picks one from a painted block.")
         form.addRow("Edge score", self.scoring)
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip("Split the prediction into neurons (watershed + agglomeration)")
@@ -600,7 +607,8 @@ class SegNeuronWidget(QWidget):
         return {
             "fg_threshold": float(self.fg_threshold.value()),
             "min_size": int(self.min_size.value()),
-            "scoring": self.scoring.currentText(),
+            "scoring": _segmentation().resolve_scoring(self.scoring.currentText(), self.voxel_field.value()),
+            "scoring_choice": self.scoring.currentText(),
             "threshold": self.threshold(),
         }
 
@@ -1359,6 +1367,12 @@ class SegNeuronWidget(QWidget):
 
         self.runner.start("Evaluate", work, done)
 
+    def _scoring_of(self, layer_name: str) -> Optional[str]:
+        """The edge score a labels layer was segmented with (its provenance), None if unknown."""
+        layer = next((lay for lay in self.viewer.layers if lay.name == layer_name), None)
+        seg = ((getattr(layer, "metadata", None) or {}).get("segneuron") or {}).get("segment") or {}
+        return seg.get("scoring") if isinstance(seg, dict) else None
+
     def show_scores(self, seg_name, gt_name, scores, pieces=None) -> None:
         """Show the scores; ``pieces``: the same by connected pieces, when the truth is 2D."""
         self.scores = {"vi_split": scores.vi_split, "vi_merge": scores.vi_merge, "arand": scores.arand}
@@ -1371,7 +1385,7 @@ class SegNeuronWidget(QWidget):
             + (" The ground truth is 2D (no id spans two sections): scored section by section. By connected "
                f"pieces (folds free, merges made only through z unseen): VI {pieces.vi:.3f}, ARAND {pieces.arand:.3f}."
                if pieces is not None else "")
-            + merge_hint(scores, self.tta.currentData())
+            + merge_hint(scores, self.tta.currentData(), self._scoring_of(seg_name))
             + "</small>"
         )
         QTimer.singleShot(0, self._reveal_scores)

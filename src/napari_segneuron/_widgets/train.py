@@ -356,7 +356,7 @@ class TrainingWidget(QWidget):
         self.train_button.clicked.connect(self.train)
         self.calibrate_button = QPushButton("Calibrate (no training)")
         self.calibrate_button.setToolTip(
-            "EM: fit Magnify, Foreground ≥ and the merge threshold of the SegNeuron dock to the painted block "
+            "EM: fit Magnify, Foreground ≥, Edge score and the merge threshold of the SegNeuron dock to the painted block "
             "(minutes on a CPU, no training), then re-segment the image into new '… (calibrated)' layers. "
             "Finetuning afterwards trains at the chosen magnification.")
         self.calibrate_button.clicked.connect(self.calibrate)
@@ -937,7 +937,7 @@ class TrainingWidget(QWidget):
 
     # -- calibration -----------------------------------------------------------------------
     def calibrate(self) -> bool:
-        """Fit the SegNeuron dock's magnification and thresholds to the painted block
+        """Fit the SegNeuron dock's magnification, thresholds and edge score to the painted block
         (``calibration.calibrate``), then re-segment the image into new '(calibrated)' layers."""
         from ..io import InputError
 
@@ -958,6 +958,7 @@ class TrainingWidget(QWidget):
             predictor = dock._predictor()
             voxel = dock.voxel_field.value()
             fg_default, t_default = float(dock.fg_threshold.value()), float(dock.threshold())
+            scoring_default = dock.scoring.currentText()
             # the default to beat is what the dock predicts with: its magnification, or 'auto' (estimated below)
             m_default = dock.magnification(image_layer)
             pending = dock._voxel_size(image_layer, predictor) if m_default is None else None
@@ -975,7 +976,7 @@ class TrainingWidget(QWidget):
                 dock._resolved_voxel(pending, predictor, image, progress, cancel)
                 m = dock._scale_estimates[pending.key].magnify
             return calibrate(predictor, image, labels, voxel_size=voxel, mask=mask, default_threshold=t_default,
-                             default_fg_threshold=fg_default, default_magnify=m, worker=dock.agglomerate_in_worker,
+                             default_fg_threshold=fg_default, default_scoring=scoring_default, default_magnify=m, worker=dock.agglomerate_in_worker,
                              progress=progress, cancel=cancel)
 
         def done(result) -> None:
@@ -985,6 +986,7 @@ class TrainingWidget(QWidget):
             if result.improved:  # else the dock's settings were the defaults that stayed best: left as they are
                 dock.magnify.setValue(result.magnify)
                 dock.fg_threshold.setValue(result.fg_threshold)
+                dock.scoring.setCurrentText(result.scoring)
                 dock.set_threshold(result.threshold)
             if result.improved:
                 msg = (f"Calibrated on the painted block: {result.summary()}. The SegNeuron dock now uses these "

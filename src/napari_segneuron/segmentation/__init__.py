@@ -12,6 +12,9 @@ from __future__ import annotations
 from ..metrics import Scores, adapted_rand_error, evaluate, variation_of_information
 from .agglomeration import Agglomeration, agglomerate
 from .defaults import (
+    ANISOTROPIC_SCORING,
+    ANISOTROPY,
+    AUTO_SCORING,
     BACKGROUND_MODES_AGG,
     DEFAULT_BACKGROUND_MODE,
     DEFAULT_FG_THRESHOLD,
@@ -23,6 +26,8 @@ from .defaults import (
     SCORING_FUNCTIONS,
     SMALL_SEGMENTS,
     foreground_threshold_for,
+    resolve_scoring,
+    serial_sections,
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, distance_fragments
 from .inputs import affinities_from_boundaries, restrict_to_foreground
@@ -41,6 +46,11 @@ __all__ = [
     "BACKGROUND_MODES_AGG",
     "SMALL_SEGMENTS",
     "SCORING_FUNCTIONS",
+    "AUTO_SCORING",
+    "ANISOTROPIC_SCORING",
+    "ANISOTROPY",
+    "resolve_scoring",
+    "serial_sections",
     "DEFAULT_FRAGMENTS",
     "FRAGMENT_METHODS",
     "distance_fragments",

@@ -14,7 +14,7 @@ import resource
 from typing import Optional
 
 BYTES_PER_VOXEL = 40  # prepared affinities (12), fragments in and out (12), waterz's own copies
-BYTES_PER_EDGE = {"mean": 150, "median": 1400}
+BYTES_PER_EDGE = {"mean": 150, "median": 1400, "median-all": 1400}
 BYTES_PER_EDGE_OTHER = 1400  # a custom scoring type: assume a histogram
 #: waterz's own seeds on real predictions (issue 16): ~7.5 voxels per fragment, ~7 edges each
 WATERZ_SEED_VOXELS_PER_FRAGMENT = 7.5
