@@ -104,3 +104,9 @@ def test_cli_segment_picks_the_score_by_voxel_size(tmp_path, capsys):
                  "--min-size", "0", "--threshold", "0.4"]) == 0
     assert read_metadata(tmp_path / "again.tif")["scoring"] == "median-all"
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again.tif"), runs["serial"][1])
+    # and so does one written by `predict`
+    assert main(["predict", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "p.zarr"), "--weights", str(ckpt),
+                 "--tile", "8,32,32", "--overlap", "2,8,8", "--tta", "off", "--voxel-size", "50,5,5"]) == 0
+    assert read_metadata(tmp_path / "p.zarr")["voxel_size_nm"] == [50.0, 5.0, 5.0]
+    assert main(["segment", str(tmp_path / "p.zarr"), "-o", str(tmp_path / "p.tif"), "--no-foreground"]) == 0
+    assert read_metadata(tmp_path / "p.tif")["scoring"] == "median-all"

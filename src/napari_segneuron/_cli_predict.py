@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     voxel = input_voxel_size(args, _voxel, predictor, volume)
     dtype = np.float16 if args.float16 else np.float32
     meta = {**provenance(args, model, predictor), **roi_meta}
+    if voxel:  # as predicted (the stack's own times --magnify): `segment PRED` picks its edge score by it
+        meta["voxel_size_nm"] = [float(v) for v in voxel]
     bar = TerminalProgress("predict")
     try:
         if str(args.output).rstrip("/").lower().endswith(".zarr"):

@@ -95,16 +95,17 @@ DEFAULT_SCORING = "median"
 # one bright voxel joins two pieces: right for the thin necks of isotropic FIB-SEM neurites,
 # wrong where z is interpolated between thick sections and a membrane that moves from one
 # section to the next leaves bright voxels between two neurons. "median-all" takes the median over
-# every voxel of the contact from the start. Picked on ISBI 2012 (development data, 4x4x50 nm; VI
-# by section, 2D-connected truth, one tile plan, declared foreground 0.75, flips "min"):
-#   t           0.40  0.45  0.48  0.50  0.55  0.60  0.70  0.80
-#   median      1.127       1.144       1.167*                      (*0.56)
-#   median-all  0.729 0.727 0.728 0.728 0.729 0.758 0.796 0.850
-#   mean        0.810 0.788       0.803 0.860 0.923 1.316 1.656
-# so "median-all" at the package threshold 0.48 (the middle of its 0.40-0.55 plateau). Then
-# tested on the unseen larval VNC stack (3 tile plans, mean VI per section): y 0:512 0.33 -> 0.286,
-# y 512:1024 0.40 -> 0.282. On isotropic fib25_b it would split thin necks (0.355 -> 0.571 at
-# 0.48), hence a rule by voxel size and not a new default for every stack (MODEL_CARD.md).
+# every voxel of the contact from the start. Picked on ISBI 2012 (development data, 4x4x50 nm),
+# VI per section against its 2D-connected truth, mean of 3 tile plans, declared foreground 0.75,
+# flips "min", magnification auto (2.1):
+#   t           0.36  0.40  0.44  0.48  0.52  0.56  0.60
+#   median            1.087 1.106 1.120 1.133 1.172
+#   median-all  0.742 0.731 0.727 0.726 0.723 0.719 0.732
+#   mean              0.820 0.838 0.821 0.870
+# so "median-all" at the package threshold 0.48 (every t 0.40-0.56 within 0.01 of its best). Then
+# tested on the unseen larval VNC stack (MODEL_CARD.md). On isotropic fib25_b it would split thin
+# necks (0.355 -> 0.571 at 0.48, 3 plans), hence a rule by voxel size, not a new default for every
+# stack. The SNEMI3D membrane map (6x6x30 nm, classical boundaries): 2.98 -> 2.34 at 0.48.
 ANISOTROPY = 3.0
 ANISOTROPIC_SCORING = "median-all"
 AUTO_SCORING = "auto"
