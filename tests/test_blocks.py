@@ -119,7 +119,7 @@ def test_failed_blocks_are_retried_reported_by_id_and_resumed(tmp_path, tiny_che
     np.testing.assert_allclose(zarr.open_group(out, mode="r")["foreground"][...], fg, atol=1e-5)
 
 
-@pytest.mark.parametrize("scoring", ["mean", "median"])
+@pytest.mark.parametrize("scoring", ["mean", "median", "median-all"])
 def test_graph_merge_replays_like_waterz(scoring):
     """On fragments with distinct scores the Python merge gives waterz's segmentation at every threshold."""
     import waterz
@@ -134,7 +134,33 @@ def test_graph_merge_replays_like_waterz(scoring):
     cells = rng.permutation(2 * 4 * 6) + 1  # 3x3x3 cubes, numbered at random
     frag = np.kron(cells.reshape(2, 4, 6), np.ones((3, 3, 3), np.int64)).astype(np.uint64)
     aff = rng.uniform(0.0, 1.0, (3,) + shape).astype(np.float32)
-    graph = RegionGraph.combine([edge_table(frag, aff)], int(frag.max()) + 1)
+    if scoring == "median-all":
+        # medians of random faces tie (9 values per contact, 256 bins), and ties break in another
+        # order than waterz's heap. Instead each touching pair gets two bins of its own: one bright
+        # face (what "median" starts from) and all its other faces darker (what median-all sees)
+        faces = []
+        for d in range(3):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[d], hi[d] = slice(1, None), slice(None, -1)
+            a, b = frag[tuple(lo)].astype(np.int64), frag[tuple(hi)].astype(np.int64)
+            faces.append((d, tuple(lo), a != b, np.minimum(a, b) * 1000 + np.maximum(a, b)))
+        flat = np.concatenate([p.ravel() for _, _, _, p in faces])
+        touching = np.concatenate([m.ravel() for _, _, m, _ in faces])
+        pairs, first = np.unique(np.where(touching, flat, -1), return_index=True)
+        pairs, first = pairs[1:], first[1:]  # -1: faces inside one fragment
+        assert 2 * len(pairs) <= 256
+        order = rng.permutation(256)
+        dark, bright = np.sort(order[: 2 * len(pairs)].reshape(-1, 2), axis=1).T
+        value = (dark[np.minimum(np.searchsorted(pairs, flat), len(pairs) - 1)] + 0.5) / 256
+        value[first] = (bright + 0.5) / 256
+        value = np.where(touching, value, np.concatenate([aff[d][lo].ravel() for d, lo, _, _ in faces]))
+        offset = 0
+        for d, lo, m, _ in faces:
+            aff[d][lo] = value[offset:offset + m.size].reshape(m.shape).astype(np.float32)
+            offset += m.size
+    table = edge_table(frag, aff, histogram=scoring == "median-all")
+    graph = RegionGraph.combine([table], int(frag.max()) + 1)
     kept, gone, scores = merge_graph(graph, scoring)
     agg = _agglomeration(frag.astype(np.uint32), kept, gone, scores, np.bincount(frag.reshape(-1)).astype(np.int64),
                          (np.zeros(0, np.int64),) * 3, 1.0, 0, "merge", {})
@@ -149,3 +175,6 @@ def test_graph_merge_replays_like_waterz(scoring):
         mine = agg.labels(t)
         assert evaluate(mine, r, ignore_gt=(), background="segment").vi < 1e-9, t
     assert len(np.unique(ref[-1])) < len(np.unique(ref[0]))  # the thresholds did merge something
+    if scoring == "median-all":  # and not as "median" would (it starts from the bright faces)
+        median = merge_graph(graph, "median")[2]
+        assert not np.array_equal(np.sort(median), np.sort(scores))

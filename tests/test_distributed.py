@@ -103,6 +103,28 @@ def test_segment_on_the_cluster_matches_the_whole_volume(tmp_path, cluster_clien
     np.testing.assert_array_equal(again.labels(0.5), blocks.labels(0.5))
 
 
+def test_median_all_blockwise_matches_the_whole_volume(tmp_path, cluster_client, real_prediction):
+    """median-all (the score "auto" picks for serial sections) in the blockwise merge: the contacts'
+    histograms are summed over blocks and stitched fragments; the same as one block and as waterz."""
+    from napari_segneuron.segmentation import agglomerate, evaluate
+    from napari_segneuron.segmentation.blockwise import segment_blockwise
+
+    path, aff, fg = real_prediction
+    whole = segment_blockwise(aff, fg, str(tmp_path / "whole.zarr"), block=aff.shape[1:], scoring="median-all")
+    blocks = segment_blockwise(path, None, str(tmp_path / "blocks.zarr"), block=(16, 32, 64), client=cluster_client,
+                               scoring="median-all")
+    assert blocks.info["scoring"] == "median-all" and blocks.info["n_stitched"] > 0
+    ref = agglomerate(aff, fg, worker=False, scoring="median-all")
+    median = agglomerate(aff, fg, worker=False)
+    for t in (0.3, 0.48, 0.7):
+        a, b = whole.labels(t), blocks.labels(t)
+        assert evaluate(b, a, ignore_gt=(), background="segment").vi <= 0.01, t
+        # waterz: equal up to the order of equal scores (see the median test above)
+        assert evaluate(b, ref.labels(t), ignore_gt=(), background="segment").vi < 0.05, t
+    # and it is another segmentation than median's
+    assert evaluate(ref.labels(0.48), median.labels(0.48), ignore_gt=(), background="segment").vi > 0.05
+
+
 def test_cli_segment_on_an_existing_cluster(tmp_path, cluster_client, real_prediction):
     import zarr
 

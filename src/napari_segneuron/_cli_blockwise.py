@@ -117,12 +117,10 @@ def run_segment(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         from ._cli_segment import resolve_fg_threshold, resolve_scoring_arg
         from .io import read_metadata
-        from .segmentation.graph import SCORINGS
 
         resolve_fg_threshold(args, read_metadata(prediction))
-        # the blockwise merge has median and mean: serial sections get mean there (see defaults.py)
         resolve_scoring_arg(args, getattr(args, "voxel_size", None) or meta.get("voxel_size_nm")
-                            or read_metadata(prediction).get("voxel_size_nm"), available=SCORINGS)
+                            or read_metadata(prediction).get("voxel_size_nm"))
         bar = TerminalProgress("segment", unit="step")
         try:
             agg = segment_blockwise(

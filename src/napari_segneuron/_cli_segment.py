@@ -214,14 +214,13 @@ def resolve_fg_threshold(args: argparse.Namespace, source) -> float:
     return args.fg_threshold
 
 
-def resolve_scoring_arg(args: argparse.Namespace, voxel_size, available=None) -> str:
+def resolve_scoring_arg(args: argparse.Namespace, voxel_size) -> str:
     """Replace ``--scoring auto`` by the edge score for this stack's voxel size
-    (``segmentation.resolve_scoring``; ``available``: the scores this code path can run) and say
-    which when it is not the package default."""
+    (``segmentation.resolve_scoring``) and say which when it is not the package default."""
     from .segmentation import AUTO_SCORING, DEFAULT_SCORING, resolve_scoring
 
     auto = args.scoring in (None, AUTO_SCORING)
-    chosen = resolve_scoring(args.scoring, voxel_size, available)
+    chosen = resolve_scoring(args.scoring, voxel_size)
     if auto and chosen != DEFAULT_SCORING:
         shown = "×".join(f"{v:g}" for v in voxel_size)
         print(f"edge score {chosen}: serial sections ({shown} nm; --scoring to change it)", file=sys.stderr)

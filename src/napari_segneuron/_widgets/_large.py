@@ -92,14 +92,10 @@ def segment_large(affinities: Any, foreground: Any, output: Path, settings: dict
     """Blockwise segmentation with one global merge graph into the zarr group ``output``;
     returns the ``Agglomeration`` (its fragments stay on disk)."""
     from ..segmentation.blockwise import DEFAULT_SEG_BLOCK, segment_blockwise
-    from ..segmentation.graph import SCORINGS
 
-    scoring = settings["scoring"]
-    if settings.get("scoring_choice") == "auto" and scoring not in SCORINGS:
-        scoring = "mean"  # "auto" on serial sections where only the blockwise merge's median and mean exist
     return segment_blockwise(
         affinities, foreground, str(output), block=SEGMENT_BLOCK or DEFAULT_SEG_BLOCK,
-        fg_threshold=settings["fg_threshold"], min_size=settings["min_size"], scoring=scoring,
+        fg_threshold=settings["fg_threshold"], min_size=settings["min_size"], scoring=settings["scoring"],
         max_threshold=max_threshold, overwrite=True, progress=progress, cancel=cancel)
 
 

@@ -59,7 +59,7 @@ from .defaults import (
     SMALL_SEGMENTS,
 )
 from .fragments import DEFAULT_FRAGMENTS
-from .graph import RegionGraph, combine_contacts, contact_table, edge_table, merge_graph
+from .graph import SCORINGS, RegionGraph, combine_contacts, contact_table, edge_table, merge_graph
 from .history import _chain_history
 from .inputs import restrict_to_foreground
 
@@ -82,6 +82,7 @@ class _SegJob:
     offsets: Optional[np.ndarray] = None
     fragments: str = "waterz"
     fragment_options: Optional[dict] = None
+    histogram: bool = False  # median-all scoring: every block reports its contacts' histograms
 
 
 def _prepared(job: _SegJob, region: tuple[slice, slice, slice]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -189,7 +190,7 @@ def _graph_block(block_id: int, job: _SegJob) -> dict:
     frag = _global_ids(job, np.asarray(root["fragments_local"][region]), region)
     aff, bg = _prepared(job, region)
     origin = tuple(r.start for r in region)
-    edges = edge_table(frag, aff, core, origin=origin, volume_shape=job.grid.shape)
+    edges = edge_table(frag, aff, core, origin=origin, volume_shape=job.grid.shape, histogram=job.histogram)
     del aff
     # fragments cut by a lower face: one basin seen from both blocks -> stitched
     unions = []
@@ -269,8 +270,8 @@ def segment_blockwise(
     shape = tuple(int(s) for s in affinities.shape[1:])
     if foreground is not None and tuple(foreground.shape) != shape:
         raise InputError(f"The foreground {tuple(foreground.shape)} must have the shape {shape}")
-    if scoring not in ("median", "mean"):
-        raise InputError(f"blockwise segmentation supports scoring 'median' or 'mean', not {scoring!r}")
+    if scoring not in SCORINGS:
+        raise InputError(f"blockwise segmentation supports scoring {', '.join(SCORINGS)}, not {scoring!r}")
     if background_mode not in BACKGROUND_MODES_AGG:
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
     if small not in SMALL_SEGMENTS:
@@ -307,7 +308,8 @@ def segment_blockwise(
     if total >= 2**32 - 1:
         raise InputError(f"{total} fragments do not fit uint32 ids; use larger fragments")
     job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
-                  float(aff_threshold_low), float(aff_threshold_high), offsets, fragments, fragment_options)
+                  float(aff_threshold_low), float(aff_threshold_high), offsets, fragments, fragment_options,
+                  histogram=scoring == "median-all")
     run2 = run_blocks("graph", _graph_block, ids, (job,), client=client, retries=retries,
                       progress=stage("graph", 1), cancel=cancel)
     run2.raise_for_failures()

@@ -144,17 +144,11 @@ def serial_sections(voxel_size: Optional[Sequence[float]]) -> bool:
     return min(y, x) > 0 and z >= ANISOTROPY * max(y, x)
 
 
-def resolve_scoring(scoring: Optional[str], voxel_size: Optional[Sequence[float]] = None,
-                    available: Optional[Sequence[str]] = None) -> str:
+def resolve_scoring(scoring: Optional[str], voxel_size: Optional[Sequence[float]] = None) -> str:
     """The edge score to agglomerate with: ``scoring`` itself, or for "auto" (and None)
-    ``ANISOTROPIC_SCORING`` on serial-section stacks and ``DEFAULT_SCORING`` otherwise.
-    ``available``: the scores a code path can run (the blockwise merge has "median" and "mean");
-    "auto" falls back to "mean" there (the next best on serial sections, see above)."""
+    ``ANISOTROPIC_SCORING`` on serial-section stacks and ``DEFAULT_SCORING`` otherwise."""
     if scoring in (None, AUTO_SCORING):
-        chosen = ANISOTROPIC_SCORING if serial_sections(voxel_size) else DEFAULT_SCORING
-        if available is not None and chosen not in available:
-            chosen = "mean" if "mean" in available else available[0]
-        return chosen
+        return ANISOTROPIC_SCORING if serial_sections(voxel_size) else DEFAULT_SCORING
     if scoring not in SCORING_FUNCTIONS and "<" not in str(scoring):
         raise InputError(f"scoring must be 'auto' or one of {sorted(SCORING_FUNCTIONS)}, not {scoring!r}")
     return str(scoring)

@@ -7,7 +7,9 @@ links ``p`` to ``p - e_d``), reduced per fragment pair to what waterz's scoring 
 - median scoring (waterz's ``HistogramQuantileAffinity<.., 50, .., 256>`` with its default
   ``InitWithMax``): each initial edge's 256-bin histogram holds one count, at the bin of the
   *largest* affinity along the contact; merged edges add their histograms;
-- mean scoring: the sum and the number of affinities along the contact.
+- mean scoring: the sum and the number of affinities along the contact;
+- median-all scoring (``InitWithMax`` off): the 256-bin histogram of every affinity along the
+  contact (``edge_table(..., histogram=True)``: sparse rows pair, bin, count).
 
 Tables from different blocks are concatenated and reduced again (``RegionGraph.combine``),
 so a block only has to report the faces it owns. ``merge_graph`` then runs waterz's
@@ -35,7 +37,7 @@ from ..cancel import CancelToken, check
 from ..io import InputError
 
 BINS = 256
-SCORINGS = ("median", "mean")
+SCORINGS = ("median", "mean", "median-all")
 
 
 def _pairs(frag: np.ndarray, core: Optional[Sequence[slice]] = None):
@@ -60,14 +62,17 @@ def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Sequence[slice]] = None,
-               origin: Sequence[int] = (0, 0, 0), volume_shape: Optional[Sequence[int]] = None) -> dict:
+               origin: Sequence[int] = (0, 0, 0), volume_shape: Optional[Sequence[int]] = None,
+               histogram: bool = False) -> dict:
     """Edge statistics of every fragment pair touching across a voxel face whose upper voxel
     lies in ``core`` (slices into ``fragments``; default: everywhere). ``fragments`` holds ids
     below 2**32 (0 = none); ``affinities`` (3, ...) the same grid; ``origin`` is the array's
     position in a volume of ``volume_shape``. Returns a dict of arrays ``key`` (u << 32 | v,
     u < v), ``max`` (float32), ``sum`` (float64), ``count`` (int64) and ``first`` (int64: the
     smallest global position of the edge's voxel faces, ``3 * linear index + axis``; it breaks
-    ties between equal scores the same way whatever the blocks and the fragment numbering)."""
+    ties between equal scores the same way whatever the blocks and the fragment numbering).
+    ``histogram``: also ``hkey``, ``hbin``, ``hcount``, the contact's affinities binned as waterz
+    does (what median-all scoring needs), one row per pair and bin."""
     if int(fragments.max(initial=0)) >= 2**32:
         raise InputError("more than 2**32 fragments: use larger fragments or a smaller volume")
     vshape = tuple(volume_shape) if volume_shape is not None else fragments.shape
@@ -81,7 +86,22 @@ def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Seq
     key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     val = np.concatenate(vals) if vals else np.zeros(0, np.float32)
     pos = np.concatenate(poss) if poss else np.zeros(0, np.int64)
-    return _reduce(key, val, first=pos)
+    table = _reduce(key, val, first=pos)
+    if histogram:
+        table.update(_reduce_hist(key, discretize(val), np.ones(len(key), np.int64)))
+    return table
+
+
+def _reduce_hist(key: np.ndarray, bins: np.ndarray, count: np.ndarray) -> dict:
+    """Histogram rows grouped by (pair ``key``, bin): ``hkey``, ``hbin``, ``hcount`` (summed)."""
+    if key.size == 0:
+        return dict(hkey=np.zeros(0, np.uint64), hbin=np.zeros(0, np.int64), hcount=np.zeros(0, np.int64))
+    order = np.lexsort((bins, key))
+    key, bins, count = key[order], bins[order], count[order]
+    new = np.ones(len(key), bool)
+    new[1:] = (key[1:] != key[:-1]) | (bins[1:] != bins[:-1])
+    start = np.flatnonzero(new)
+    return dict(hkey=key[start], hbin=bins[start].astype(np.int64), hcount=np.add.reduceat(count.astype(np.int64), start))
 
 
 def _reduce(key: np.ndarray, val: np.ndarray, count: Optional[np.ndarray] = None,
@@ -109,8 +129,14 @@ def relabel_table(table: dict, root: np.ndarray) -> dict:
     u = root[(table["key"] >> np.uint64(32)).astype(np.int64)]
     v = root[(table["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
     keep = u != v
-    return _reduce(_pair_keys(u[keep], v[keep]), table["max"][keep], count=table["count"][keep],
-                   total=table["sum"][keep], first=table["first"][keep])
+    out = _reduce(_pair_keys(u[keep], v[keep]), table["max"][keep], count=table["count"][keep],
+                  total=table["sum"][keep], first=table["first"][keep])
+    if "hkey" in table:
+        hu = root[(table["hkey"] >> np.uint64(32)).astype(np.int64)]
+        hv = root[(table["hkey"] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        hk = hu != hv
+        out.update(_reduce_hist(_pair_keys(hu[hk], hv[hk]), table["hbin"][hk], table["hcount"][hk]))
+    return out
 
 
 def contact_table(fragments: np.ndarray, core: Optional[Sequence[slice]] = None) -> dict:
@@ -133,6 +159,8 @@ class RegionGraph:
     count: np.ndarray
     first: np.ndarray
     n_nodes: int
+    #: median-all's histograms: (edge index, bin, count) rows, or None when not collected
+    hist: Optional[tuple] = None
 
     @property
     def n_edges(self) -> int:
@@ -148,12 +176,18 @@ class RegionGraph:
         t = _reduce(np.concatenate([t["key"] for t in tables]), np.concatenate([t["max"] for t in tables]),
                     count=np.concatenate([t["count"] for t in tables]), total=np.concatenate([t["sum"] for t in tables]),
                     first=np.concatenate([t["first"] for t in tables]))
+        if all("hkey" in x for x in tables):
+            t.update(_reduce_hist(np.concatenate([x["hkey"] for x in tables]), np.concatenate([x["hbin"] for x in tables]),
+                                  np.concatenate([x["hcount"] for x in tables])))
         if root is not None:
             t = relabel_table(t, root)
         u = (t["key"] >> np.uint64(32)).astype(np.int64)
         v = (t["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
         n = int(n_nodes) if n_nodes is not None else (int(v.max()) + 1 if len(v) else 1)
-        return cls(u, v, t["max"], t["sum"], t["count"], t["first"], n)
+        hist = None
+        if "hkey" in t:  # rows -> edge index (every histogram pair is an edge: both come from the same faces)
+            hist = (np.searchsorted(t["key"], t["hkey"]).astype(np.int64), t["hbin"], t["hcount"])
+        return cls(u, v, t["max"], t["sum"], t["count"], t["first"], n, hist)
 
 
 def combine_contacts(tables: Sequence[dict], root: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,6 +225,17 @@ def _bits(score: float) -> int:
     return _U32.unpack(_F32.pack(score))[0]
 
 
+def _median_bin(hist: dict) -> int:
+    """waterz's 50 % quantile bin of a {bin: count} histogram (pivot 50 * n / 100 + 1, 1-based)."""
+    pivot = (50 * sum(hist.values())) // 100 + 1
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= pivot:
+            return b
+    return BINS - 1
+
+
 def merge_graph(
     graph: RegionGraph,
     scoring: str = "median",
@@ -207,6 +252,9 @@ def merge_graph(
     if scoring not in SCORINGS:
         raise InputError(f"blockwise agglomeration supports scoring {SCORINGS}, not {scoring!r}")
     median = scoring == "median"
+    whole = scoring == "median-all"
+    if whole and graph.hist is None:
+        raise InputError("median-all scoring needs the contact histograms: edge_table(..., histogram=True)")
     n_e = graph.n_edges
     if n_e and (int(graph.first.max()) > _MASK48 or n_e > _MASK48):
         raise InputError("the region graph is too large for one merge (more than 2**48 edges or voxels)")
@@ -219,6 +267,11 @@ def merge_graph(
         bins = discretize(graph.max).tolist()
         hist: list = [[b] for b in bins]  # sorted bins per edge
         init_bits = [bin_bits[b] for b in bins]
+    elif whole:
+        hist = [dict() for _ in range(n_e)]  # bin -> count per edge
+        for e, b, c in zip(*(a.tolist() for a in graph.hist)):
+            hist[e][b] = c
+        init_bits = [bin_bits[_median_bin(h)] for h in hist]
     else:
         sums = graph.sum.astype(np.float64).tolist()
         counts = graph.count.astype(np.int64).tolist()
@@ -281,6 +334,12 @@ def merge_graph(
                 hist[ea] = h
                 hist[eb] = None
                 nbits = bin_bits[h[(50 * len(h)) // 100]]  # waterz's pivot 50 * n / 100 + 1, 1-based
+            elif whole:
+                h = hist[ea]
+                for b_, c_ in hist[eb].items():
+                    h[b_] = h.get(b_, 0) + c_
+                hist[eb] = None
+                nbits = bin_bits[_median_bin(h)]
             else:
                 sums[ea] += sums[eb]
                 counts[ea] += counts[eb]
