@@ -88,6 +88,14 @@ def main(argv=None) -> int:
     try:
         return _run(args, width, height)
     finally:
+        import napari
+        from qtpy.QtWidgets import QApplication
+
+        napari.Viewer.close_all()  # before the virtual display goes: Qt must not outlive its X server
+        app = QApplication.instance()
+        if app is not None:
+            app.processEvents()
+            app.quit()
         if display is not None:
             display.stop()
 
