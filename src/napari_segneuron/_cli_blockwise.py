@@ -118,9 +118,10 @@ def run_segment(args: argparse.Namespace) -> int:
         from ._cli_segment import resolve_fg_threshold, resolve_scoring_arg
         from .io import read_metadata
 
-        resolve_fg_threshold(args, read_metadata(prediction))
+        provenance = read_metadata(prediction)
+        resolve_fg_threshold(args, provenance)
         resolve_scoring_arg(args, getattr(args, "voxel_size", None) or meta.get("voxel_size_nm")
-                            or read_metadata(prediction).get("voxel_size_nm"))
+                            or provenance.get("voxel_size_nm"))
         bar = TerminalProgress("segment", unit="step")
         try:
             agg = segment_blockwise(

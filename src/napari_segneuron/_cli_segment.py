@@ -248,8 +248,9 @@ def run_segment(args: argparse.Namespace) -> int:
             aff = aff[(slice(None),) + tuple(args.roi)]
         print(f"read prediction {args.input}: affinities {tuple(aff.shape)}", file=sys.stderr)
         meta["prediction"] = str(args.input)
-        resolve_fg_threshold(args, read_metadata(args.input))
-        resolve_scoring_arg(args, read_metadata(args.input).get("voxel_size_nm"))
+        provenance = read_metadata(args.input)
+        resolve_fg_threshold(args, provenance)
+        resolve_scoring_arg(args, provenance.get("voxel_size_nm"))
     else:
         if args.save_prediction:
             check_output_path(args.save_prediction, args.overwrite)

@@ -61,6 +61,11 @@ def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
 
 
+def _split_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two ids ``(u, v)`` (int64) packed in ``_pair_keys`` keys."""
+    return (key >> np.uint64(32)).astype(np.int64), (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
 def edge_table(fragments: np.ndarray, affinities: np.ndarray, core: Optional[Sequence[slice]] = None,
                origin: Sequence[int] = (0, 0, 0), volume_shape: Optional[Sequence[int]] = None,
                histogram: bool = False) -> dict:
@@ -126,14 +131,12 @@ def _reduce(key: np.ndarray, val: np.ndarray, count: Optional[np.ndarray] = None
 def relabel_table(table: dict, root: np.ndarray) -> dict:
     """An ``edge_table`` with fragment ids mapped through ``root`` (pairs inside one root dropped,
     pairs that become the same reduced again)."""
-    u = root[(table["key"] >> np.uint64(32)).astype(np.int64)]
-    v = root[(table["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    u, v = (root[i] for i in _split_keys(table["key"]))
     keep = u != v
     out = _reduce(_pair_keys(u[keep], v[keep]), table["max"][keep], count=table["count"][keep],
                   total=table["sum"][keep], first=table["first"][keep])
     if "hkey" in table:
-        hu = root[(table["hkey"] >> np.uint64(32)).astype(np.int64)]
-        hv = root[(table["hkey"] & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        hu, hv = (root[i] for i in _split_keys(table["hkey"]))
         hk = hu != hv
         out.update(_reduce_hist(_pair_keys(hu[hk], hv[hk]), table["hbin"][hk], table["hcount"][hk]))
     return out
@@ -181,8 +184,7 @@ class RegionGraph:
                                   np.concatenate([x["hcount"] for x in tables])))
         if root is not None:
             t = relabel_table(t, root)
-        u = (t["key"] >> np.uint64(32)).astype(np.int64)
-        v = (t["key"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        u, v = _split_keys(t["key"])
         n = int(n_nodes) if n_nodes is not None else (int(v.max()) + 1 if len(v) else 1)
         hist = None
         if "hkey" in t:  # rows -> edge index (every histogram pair is an edge: both come from the same faces)
@@ -199,11 +201,12 @@ def combine_contacts(tables: Sequence[dict], root: Optional[np.ndarray] = None) 
     key = np.concatenate([t["key"] for t in tables])
     area = np.concatenate([t["area"] for t in tables])
     if root is not None:
-        inside = root[(key >> np.uint64(32)).astype(np.int64)] == root[(key & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+        u, v = _split_keys(key)
+        inside = root[u] == root[v]
         key, area = key[~inside], area[~inside]
     uniq, inv = np.unique(key, return_inverse=True)
     tot = np.bincount(inv.reshape(-1), weights=area, minlength=len(uniq)).astype(np.int64)
-    return (uniq >> np.uint64(32)).astype(np.int64), (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64), tot
+    return (*_split_keys(uniq), tot)
 
 
 def discretize(values: np.ndarray, bins: int = BINS) -> np.ndarray:
