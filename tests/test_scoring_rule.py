@@ -47,7 +47,7 @@ def test_auto_rule_by_voxel_size():
     assert resolve_scoring("mean", (50, 4, 4)) == "mean"  # an explicit choice is kept
     assert resolve_scoring("median", (50, 4, 4)) == "median"
     assert set(SCORING_FUNCTIONS) == set(SCORINGS)  # the blockwise merge has every score
-    with pytest.raises(InputError, match="scoring must be"):
+    with pytest.raises(InputError, match="Edge score must be one of mean, median, median-all"):
         resolve_scoring("max", (50, 4, 4))
 
 

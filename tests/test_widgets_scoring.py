@@ -44,7 +44,9 @@ def test_edge_score_follows_the_voxel_size(seg_dock, qtbot, sample_raw):
     layer = viewer.layers["sections segmentation"]
     assert layer.metadata["segneuron"]["segment"]["scoring"] == "median-all"
     assert w.segmentation.agglomeration.info["scoring"] == "median-all"
-    assert w._scoring_of("sections segmentation") == "median-all"
+    # the merge hint reads the Flips and the edge score from the layer, not from the boxes now
+    w.tta.setCurrentIndex(w.tta.findData("min"))
+    assert w._made_with("sections segmentation") == (False, "median-all")
     # Copy as CLI reproduces the score the labels were made with
     assert "--scoring median-all" in w.copy_cli_command()
 

@@ -22,14 +22,16 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     """Parse comma-separated edge scores (``median,mean``) for argparse."""
-    from .segmentation.defaults import SCORING_FUNCTIONS
+    from .io import InputError
+    from .segmentation.defaults import check_scoring
 
     values = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in values if v not in SCORING_FUNCTIONS]
-    if not values or unknown:
-        raise argparse.ArgumentTypeError(f"expected comma-separated edge scores among {sorted(SCORING_FUNCTIONS)}, "
-                                         f"got {text!r}")
-    return values
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated edge scores, got {text!r}")
+    try:
+        return tuple(check_scoring(v, custom=False) for v in values)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parser(subparsers) -> None:

@@ -177,7 +177,8 @@ def calibrate(
     (``plateau_centre``).
     """
     from .metrics import evaluate, evaluate_cut_sections, section_truth
-    from .segmentation import DEFAULT_THRESHOLD, SCORING_FUNCTIONS, agglomerate, foreground_threshold_for, resolve_scoring
+    from .segmentation import DEFAULT_THRESHOLD, agglomerate, foreground_threshold_for, resolve_scoring
+    from .segmentation.defaults import check_scoring
 
     labels = np.asarray(labels)
     shape = tuple(int(n) for n in getattr(image, "shape", np.shape(image)))
@@ -211,9 +212,8 @@ def calibrate(
     default_t = float(default_threshold if default_threshold is not None else DEFAULT_THRESHOLD)
     default_s = resolve_scoring(default_scoring, voxel)
     scores_tried = list(dict.fromkeys([default_s, *(DEFAULT_SCORINGS if scorings is None else scorings)]))
-    unknown = [s for s in scores_tried if s not in SCORING_FUNCTIONS]
-    if unknown:
-        raise InputError(f"Edge scores must be among {sorted(SCORING_FUNCTIONS)}, not {unknown}")
+    for s in scores_tried:
+        check_scoring(s, custom=False)
     ts = sorted({float(t) for t in thresholds} | {default_t})
     region = _context_box(box, shape, voxel or model_voxel, model_voxel)
     offset = tuple(a - r.start for (a, _), r in zip(box, region))

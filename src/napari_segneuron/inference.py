@@ -35,6 +35,7 @@ import torch
 from .allocator import retaining
 from .cancel import CancelToken, check
 from .io import InputError, as_volume
+from .tta import DEFAULT_TTA, TTA_MODES, tta_mode  # noqa: F401  (re-exported: inference.DEFAULT_TTA)
 from ._model.weights import resolve_device
 
 Triple = tuple[int, int, int]
@@ -233,25 +234,6 @@ def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:
             raise InputError(f"The network's output {tuple(p.shape)} does not match its input "
                              f"{tuple(input_shape)}: expected (N, C, Z, Y, X) with the same N, Z, Y, X")
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-#: test-time augmentation modes (``Predictor(tta=...)``, CLI ``--tta [off|mean|min]``)
-TTA_MODES = ("mean", "min")
-#: the plugin's default (command line, SegNeuron dock, demo): each affinity's lowest of the four
-#: y/x flip views (4x the compute; fewer merges on every held-out volume, see the model card).
-#: ``Predictor`` itself stays plain unless asked, so library calls cost one pass.
-DEFAULT_TTA = "min"
-
-
-def tta_mode(tta: Union[bool, str, None]) -> Union[str, bool]:
-    """``tta`` as the predictor keeps it: False (off), "mean" (True means "mean") or "min"."""
-    if tta is None or tta is False or tta in ("", "off", "none"):
-        return False
-    if tta is True:
-        return "mean"
-    if isinstance(tta, str) and tta in TTA_MODES:
-        return tta
-    raise InputError(f"Test-time augmentation must be off, 'mean' or 'min', not {tta!r}")
 
 
 def _parse_triple(value: Union[None, int, Sequence[int]], name: str) -> Optional[Triple]:

@@ -307,7 +307,7 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
     if pred.get("half"):
         args += ["--half"]
     # always spelled out: the command line's default ('min') may not be what the dock used
-    from ..inference import tta_mode
+    from ..tta import tta_mode
 
     args += ["--tta", tta_mode(pred.get("tta")) or "off"]
     if pred.get("magnify") not in (None, 1, 1.0):

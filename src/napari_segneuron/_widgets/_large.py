@@ -61,7 +61,7 @@ def predict_large(predictor: Any, settings: dict, volume: Any, output: Path, pro
     returns (affinities, foreground) as dask arrays over it. The predictor is handed to the
     core's per-process model cache, so no weights are loaded from disk."""
     from .. import distributed
-    from ..inference import tta_mode
+    from ..tta import tta_mode
 
     tile = tuple(int(t) for t in settings["tile"])
     overlap = tuple(int(o) for o in settings["overlap"])

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..tta import DEFAULT_TTA
 from ._common import (
     Collapsible,
     LayerCombo,
@@ -75,9 +76,6 @@ class _PendingScale:
     key: tuple
 
 
-#: the dock's default test-time augmentation: ``inference.DEFAULT_TTA`` (spelled out so that opening the
-#: dock does not import torch; a test keeps the two equal)
-DEFAULT_TTA = "min"
 #: the dock's test-time augmentation choices: (shown text, ``Predictor(tta=...)``)
 TTA_CHOICES = (("off: 4x faster", False), ("mean of 4 views", "mean"), ("min: fewer merges", "min"))
 
@@ -1367,11 +1365,15 @@ class SegNeuronWidget(QWidget):
 
         self.runner.start("Evaluate", work, done)
 
-    def _scoring_of(self, layer_name: str) -> Optional[str]:
-        """The edge score a labels layer was segmented with (its provenance), None if unknown."""
+    def _made_with(self, layer_name: str) -> tuple[Any, Optional[str]]:
+        """The Flips setting and edge score a labels layer was made with (its provenance); the Flips
+        box's current choice and None where the layer does not say."""
         layer = next((lay for lay in self.viewer.layers if lay.name == layer_name), None)
-        seg = ((getattr(layer, "metadata", None) or {}).get("segneuron") or {}).get("segment") or {}
-        return seg.get("scoring") if isinstance(seg, dict) else None
+        prov = (getattr(layer, "metadata", None) or {}).get("segneuron") or {}
+        pred = prov.get("predict") if isinstance(prov.get("predict"), dict) else {}
+        seg = prov.get("segment") if isinstance(prov.get("segment"), dict) else {}
+        tta = pred["tta"] if "tta" in pred else self.tta.currentData()
+        return tta, seg.get("scoring")
 
     def show_scores(self, seg_name, gt_name, scores, pieces=None) -> None:
         """Show the scores; ``pieces``: the same by connected pieces, when the truth is 2D."""
@@ -1385,7 +1387,7 @@ class SegNeuronWidget(QWidget):
             + (" The ground truth is 2D (no id spans two sections): scored section by section. By connected "
                f"pieces (folds free, merges made only through z unseen): VI {pieces.vi:.3f}, ARAND {pieces.arand:.3f}."
                if pieces is not None else "")
-            + merge_hint(scores, self.tta.currentData(), self._scoring_of(seg_name))
+            + merge_hint(scores, *self._made_with(seg_name))
             + "</small>"
         )
         QTimer.singleShot(0, self._reveal_scores)

@@ -37,7 +37,7 @@ from ..cancel import CancelToken, check
 from ..io import InputError
 from .defaults import (
     BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MAX_THRESHOLD, DEFAULT_MIN_SIZE,
-    DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS, ProgressFn, _check_threshold,
+    DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SMALL_SEGMENTS, ProgressFn, _check_threshold, check_scoring,
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, _renumber, distance_fragments
 from .memory import EDGES_PER_FRAGMENT, WATERZ_SEED_VOXELS_PER_FRAGMENT, available_bytes, estimate_bytes, gib
@@ -284,8 +284,7 @@ def agglomerate(
         raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
     if background_mode not in BACKGROUND_MODES_AGG:
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
-    if scoring not in SCORING_FUNCTIONS and "<" not in scoring:
-        raise InputError(f"scoring must be one of {sorted(SCORING_FUNCTIONS)} or a waterz scoring type, not {scoring!r}")
+    check_scoring(scoring)
     fg = None
     if foreground is not None:
         fg = np.asarray(foreground)

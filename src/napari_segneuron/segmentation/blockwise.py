@@ -57,6 +57,7 @@ from .defaults import (
     DEFAULT_SCORING,
     DEFAULT_SMALL,
     SMALL_SEGMENTS,
+    check_scoring,
 )
 from .fragments import DEFAULT_FRAGMENTS
 from .graph import SCORINGS, RegionGraph, combine_contacts, contact_table, edge_table, merge_graph
@@ -270,8 +271,7 @@ def segment_blockwise(
     shape = tuple(int(s) for s in affinities.shape[1:])
     if foreground is not None and tuple(foreground.shape) != shape:
         raise InputError(f"The foreground {tuple(foreground.shape)} must have the shape {shape}")
-    if scoring not in SCORINGS:
-        raise InputError(f"blockwise segmentation supports scoring {', '.join(SCORINGS)}, not {scoring!r}")
+    check_scoring(scoring, custom=False, allowed=SCORINGS)
     if background_mode not in BACKGROUND_MODES_AGG:
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
     if small not in SMALL_SEGMENTS:

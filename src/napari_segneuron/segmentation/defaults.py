@@ -125,6 +125,17 @@ SCORING_FUNCTIONS = {
 ProgressFn = Optional[Callable[..., None]]
 
 
+def check_scoring(scoring: Any, *, custom: bool = True, allowed: Optional[Sequence[str]] = None) -> str:
+    """``scoring`` if it names an edge score (one of ``allowed``, default every key of
+    ``SCORING_FUNCTIONS``; with ``custom`` also a waterz C++ scoring type), else a clear
+    InputError.  The one place edge-score names are checked."""
+    names = tuple(SCORING_FUNCTIONS if allowed is None else allowed)
+    if isinstance(scoring, str) and (scoring in names or (custom and "<" in scoring)):
+        return scoring
+    extra = " or a waterz scoring type" if custom else ""
+    raise InputError(f"Edge score must be one of {', '.join(sorted(names))}{extra}, not {scoring!r}")
+
+
 def _check_threshold(value: float, name: str) -> float:
     try:
         v = float(value)
@@ -149,9 +160,7 @@ def resolve_scoring(scoring: Optional[str], voxel_size: Optional[Sequence[float]
     ``ANISOTROPIC_SCORING`` on serial-section stacks and ``DEFAULT_SCORING`` otherwise."""
     if scoring in (None, AUTO_SCORING):
         return ANISOTROPIC_SCORING if serial_sections(voxel_size) else DEFAULT_SCORING
-    if scoring not in SCORING_FUNCTIONS and "<" not in str(scoring):
-        raise InputError(f"scoring must be 'auto' or one of {sorted(SCORING_FUNCTIONS)}, not {scoring!r}")
-    return str(scoring)
+    return check_scoring(scoring)
 
 
 def foreground_threshold_for(source: Any = None) -> float:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..cancel import CancelToken, check
 from ..io import InputError
+from .defaults import check_scoring
 
 BINS = 256
 SCORINGS = ("median", "mean", "median-all")
@@ -147,8 +148,14 @@ def contact_table(fragments: np.ndarray, core: Optional[Sequence[slice]] = None)
     ``key`` and ``area`` (the contact areas small-segment merging uses)."""
     keys = [_pair_keys(a, b) for _, _, _, a, b in _pairs(fragments, core)]
     key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    uniq, area = np.unique(key, return_counts=True)
-    return dict(key=uniq.astype(np.uint64), area=area.astype(np.int64))
+    del keys
+    try:
+        import fastremap  # several times faster than np.unique on large volumes
+
+        uniq, area = fastremap.unique(key, return_counts=True)
+    except ImportError:  # pragma: no cover
+        uniq, area = np.unique(key, return_counts=True)
+    return dict(key=np.asarray(uniq, np.uint64), area=np.asarray(area, np.int64))
 
 
 @dataclass
@@ -252,8 +259,7 @@ def merge_graph(
     compare; an entry is current only while it equals the edge's latest entry). A median
     edge's histogram is kept as the sorted list of its bins (one per initial edge, waterz's
     ``InitWithMax``): the quantile bin is the list's element at waterz's pivot."""
-    if scoring not in SCORINGS:
-        raise InputError(f"blockwise agglomeration supports scoring {SCORINGS}, not {scoring!r}")
+    check_scoring(scoring, custom=False, allowed=SCORINGS)
     median = scoring == "median"
     whole = scoring == "median-all"
     if whole and graph.hist is None:

@@ -4,39 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics import _unique_inverse
+from .graph import _split_keys
+from .graph import contact_table as graph_contact_table
 
 
 def contact_table(frag: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Touching fragment pairs ``(u, v)`` (u < v, both non-zero) and their contact areas
-    in voxel faces (one pass over the fragment volume)."""
-    keys = []
-    for axis in range(3):
-        hi = [slice(None)] * 3
-        lo = [slice(None)] * 3
-        hi[axis] = slice(1, None)
-        lo[axis] = slice(None, -1)
-        a, b = frag[tuple(hi)], frag[tuple(lo)]
-        m = a != b
-        m &= a != 0
-        m &= b != 0
-        u, v = a[m].astype(np.uint64), b[m].astype(np.uint64)
-        del m
-        keys.append((np.minimum(u, v) << np.uint64(32)) | np.maximum(u, v))
-        del u, v
-    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    del keys
-    try:
-        import fastremap
-
-        uniq, area = fastremap.unique(key, return_counts=True)
-    except ImportError:  # pragma: no cover
-        uniq, area = np.unique(key, return_counts=True)
-    uniq = np.asarray(uniq, np.uint64)
-    return (
-        (uniq >> np.uint64(32)).astype(np.int64),
-        (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64),
-        np.asarray(area, np.int64),
-    )
+    in voxel faces, as int64 arrays (``graph.contact_table`` unpacked)."""
+    table = graph_contact_table(frag)
+    u, v = _split_keys(table["key"])
+    return u, v, table["area"]
 
 
 def merge_small(
