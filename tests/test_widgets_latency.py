@@ -10,7 +10,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 from napari_segneuron._widgets.segment import SegNeuronWidget
 
@@ -64,7 +63,7 @@ def test_slider_latency_in_viewer(make_napari_viewer, qtbot):
     agg = segmentation.agglomerate(aff, None, worker=False)
     t_agg = time.perf_counter() - t0
     del aff
-    image = viewer.add_image(np.zeros(SHAPE, np.uint8), name="em", scale=(2.0, 1.0, 1.0))
+    viewer.add_image(np.zeros(SHAPE, np.uint8), name="em", scale=(2.0, 1.0, 1.0))
     w._install_segmentation(agg, agg.labels(0.5), "em segmentation", {"segment": {"threshold": 0.5}},
                             (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), False)
     layer = viewer.layers["em segmentation"]

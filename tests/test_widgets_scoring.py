@@ -44,6 +44,7 @@ def test_edge_score_follows_the_voxel_size(seg_dock, qtbot, sample_raw):
     layer = viewer.layers["sections segmentation"]
     assert layer.metadata["segneuron"]["segment"]["scoring"] == "median-all"
     assert w.segmentation.agglomeration.info["scoring"] == "median-all"
+    assert "Edge score: median-all (auto: serial sections)" in w.segment_label.text()  # the user sees which
     # the merge hint reads the Flips and the edge score from the layer, not from the boxes now
     w.tta.setCurrentIndex(w.tta.findData("min"))
     assert w._made_with("sections segmentation") == (False, "median-all")
@@ -52,6 +53,14 @@ def test_edge_score_follows_the_voxel_size(seg_dock, qtbot, sample_raw):
 
     w.scoring.setCurrentText("mean")  # an explicit choice is kept whatever the voxel size
     assert w._segment_settings()["scoring"] == "mean"
+
+
+def test_score_note_names_the_score_and_why():
+    from napari_segneuron._widgets.segment import score_note
+
+    assert score_note({"scoring": "median", "scoring_choice": "auto"}) == " Edge score: median (auto: not serial sections)."
+    assert score_note({"scoring": "mean", "scoring_choice": "mean"}) == " Edge score: mean."
+    assert score_note({}) == ""
 
 
 def test_merge_hint_offers_median_all_after_median():

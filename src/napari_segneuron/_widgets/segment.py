@@ -93,6 +93,17 @@ def merge_hint(scores, tta: Any = DEFAULT_TTA, scoring: Optional[str] = None) ->
     return ""
 
 
+def score_note(settings: dict) -> str:
+    """One sentence naming the edge score a segmentation used and why ("auto" picks it by voxel size)."""
+    scoring = settings.get("scoring")
+    if not scoring:
+        return ""
+    if settings.get("scoring_choice", "auto") != "auto":
+        return f" Edge score: {scoring}."
+    why = "serial sections" if scoring == "median-all" else "not serial sections"
+    return f" Edge score: {scoring} (auto: {why})."
+
+
 def _segmentation():
     from .. import segmentation
 
@@ -762,7 +773,7 @@ class SegNeuronWidget(QWidget):
             and existing.metadata.get("segneuron", {}).get("plugin") == "napari-segneuron"
             and not existing.metadata.get("segneuron_edited")  # painted by the user: keep it
         )
-        if existing is not None and ours and existing._type_string == kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
+        if existing is not None and ours and type(existing).__name__.lower() == kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
             existing.data = data
             existing.scale = scale
             existing.translate = translate
@@ -997,7 +1008,8 @@ class SegNeuronWidget(QWidget):
             seg_prov = dict(provenance, step="segment", segment=seg_settings)
             name = self._new_layer_name(f"{layer.name} segmentation", suffix)
             self._install_segmentation(agg, labels, name, seg_prov, scale, translate, squeeze)
-            self.segment_label.setText(f"Segmented '{layer.name}' into '{name}'. Move the merge slider: it updates live.")
+            self.segment_label.setText(f"Segmented '{layer.name}' into '{name}'. Move the merge slider: it updates live."
+                                       + score_note(seg_settings))
 
         self.runner.start("Re-segment", work, done)
         return True
@@ -1165,7 +1177,7 @@ class SegNeuronWidget(QWidget):
                 return
             self._install_segmentation(agg, labels, f"{p.image_name} segmentation", provenance, p.scale, p.translate, p.squeeze)
             self.segment_label.setText(
-                f"Segmented '{p.image_name}'. Move the merge slider: the labels update live."
+                f"Segmented '{p.image_name}'. Move the merge slider: the labels update live." + score_note(seg_settings)
             )
 
         self.runner.start("Segment", work, done)
