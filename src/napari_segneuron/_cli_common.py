@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Optional
 
 from .io import InputError
@@ -156,12 +157,14 @@ class TerminalProgress:
         self.desc = desc
         self.unit = unit or ("tile" if desc == "predict" else "B" if desc == "download" else "step")
         self.bar = None
+        self.started = time.time()  # the work starts now, not at its first report
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if self.bar is None:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total or None, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+            self.bar.start_t = self.started  # so the first step's rate and the ETA count its time
         self.bar.n = done
         self.bar.refresh()
 
