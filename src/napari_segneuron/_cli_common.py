@@ -7,7 +7,7 @@ import time
 from typing import Optional
 
 from .io import InputError
-from .tta import DEFAULT_TTA, TTA_CHOICES
+from .tta import DEFAULT_TTA, TTA_ARGUMENTS
 
 
 def triple(text: str) -> tuple[int, int, int]:
@@ -52,7 +52,7 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="tiles per forward pass (default: 1 on CPU, sized to free memory on a GPU)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="where to run the network (default: cuda, then mps, then cpu)")
-    g.add_argument("--tta", nargs="?", const="mean", default=DEFAULT_TTA, choices=TTA_CHOICES,
+    g.add_argument("--tta", nargs="?", const="mean", default=DEFAULT_TTA, choices=TTA_ARGUMENTS,
                    help="test-time augmentation over the y/x flips (4x the compute). Default 'min': each affinity's "
                         "lowest of the four views, so a boundary any view sees stays (fewer merges; on the unseen "
                         "VNC stack VI 0.449 -> 0.404, mean over 3 tile plans); 'mean' (a bare --tta) averages the "

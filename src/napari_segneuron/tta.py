@@ -12,7 +12,7 @@ from .io import InputError
 #: test-time augmentation modes (``Predictor(tta=...)``, CLI ``--tta [off|mean|min]``)
 TTA_MODES = ("mean", "min")
 #: every value the command line accepts (``off`` predicts once)
-TTA_CHOICES = ("off", *TTA_MODES)
+TTA_ARGUMENTS = ("off", *TTA_MODES)
 #: the plugin's default (command line, SegNeuron dock, demo): each affinity's lowest of the four
 #: y/x flip views (4x the compute; fewer merges on every held-out volume, see the model card).
 #: ``Predictor`` itself stays plain unless asked, so library calls cost one pass.
