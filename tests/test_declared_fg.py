@@ -57,9 +57,11 @@ def _background_fraction(path) -> float:
 def test_segment_uses_the_declared_threshold_and_the_flag_overrides_it(tmp_path, fib_crop, capsys):
     raw, _gt = fib_crop
     declared, forced = tmp_path / "declared.tif", tmp_path / "forced.tif"
-    assert main(["segment", str(raw), "-o", str(declared), "--weights", "default"]) == 0
+    # --membrane-fill 0: the background the foreground threshold makes stays visible as 0
+    assert main(["segment", str(raw), "-o", str(declared), "--weights", "default", "--membrane-fill", "0"]) == 0
     assert "foreground threshold 0.75: the value these weights declare" in capsys.readouterr().err
-    assert main(["segment", str(raw), "-o", str(forced), "--weights", "default", "--fg-threshold", "0.5"]) == 0
+    assert main(["segment", str(raw), "-o", str(forced), "--weights", "default", "--fg-threshold", "0.5",
+                 "--membrane-fill", "0"]) == 0
     assert "these weights declare" not in capsys.readouterr().err
     assert read_metadata(declared)["fg_threshold"] == 0.75 and read_metadata(forced)["fg_threshold"] == 0.5
     # the declared threshold leaves more voxels next to membranes as background
@@ -75,6 +77,8 @@ def test_segmenting_a_saved_prediction_takes_the_threshold_from_its_provenance(t
     assert main(["segment", str(raw), "-o", str(direct), "--weights", "default"]) == 0
     assert read_metadata(later)["fg_threshold"] == 0.75
     np.testing.assert_array_equal(read_volume(later)[0], read_volume(direct)[0])
+    # by default the membranes between neurites are given to them: (nearly) no background left
+    assert read_metadata(later)["membrane_fill"] == 3 and _background_fraction(later) < 0.01
 
 
 def test_weights_without_a_declared_threshold_keep_the_package_default(tmp_path, fib_crop):

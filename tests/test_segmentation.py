@@ -69,7 +69,7 @@ def direct_waterz(aff: np.ndarray, thresholds: list[float], scoring: str, fragme
 def test_replay_equals_direct_waterz(snemi: dict, scoring: str, restricted: bool, fragments: str) -> None:
     fg = snemi["fg"] if restricted else None
     agg = agglomerate(snemi["aff"], fg, fg_threshold=0.4, scoring=scoring, background_mode="exclude", min_size=0,
-                      fragments=fragments, worker=False)
+                      fragments=fragments, membrane_fill=0, worker=False)
     assert agg.info["fragments"] == fragments
     prepared = snemi["aff"]
     if restricted:
@@ -110,10 +110,14 @@ def test_foreground_restriction(snemi: dict) -> None:
     assert np.array_equal(out[0][inner], np.minimum(aff[0], fg)[inner])
     assert (out[:, bg] == 0).all() and (out[0, 1:][bg[:-1]] == 0).all()
 
-    agg = agglomerate(aff, fg, fg_threshold=0.45, worker=False)
+    agg = agglomerate(aff, fg, fg_threshold=0.45, membrane_fill=0, worker=False)
     lab = agg.labels(0.4)
     assert (lab[fg < 0.45] == 0).all()
     assert (lab > 0).mean() > 0.5
+    # by default the membranes next to a neurite join it; the same segments elsewhere
+    filled = agglomerate(aff, fg, fg_threshold=0.45, worker=False).labels(0.4, min_size=0)
+    assert (filled[fg < 0.45] != 0).mean() > 0.9
+    assert same_partition(filled[fg >= 0.45], agg.labels(0.4, min_size=0)[fg >= 0.45])
     plain = agglomerate(aff, None, worker=False).labels(0.4)
     assert (plain[fg < 0.45] != 0).mean() > 0.9  # plain waterz labels membranes too
 
@@ -335,7 +339,7 @@ def test_bad_input(snemi: dict) -> None:
 def test_mask_modes_are_waterz_then_foreground_mask(snemi: dict, mode: str) -> None:
     aff, fg = snemi["aff"], snemi["fg"]
     agg = agglomerate(aff, fg, fg_threshold=0.5, scoring="mean", background_mode=mode, min_size=0, fragments="waterz",
-                      worker=False)
+                      membrane_fill=0, worker=False)
     prepared = np.empty_like(aff)
     bg = restrict_to_foreground(aff, fg, 0.5, out=prepared, exclude_background=False, cut_background=mode == "cut")
     restricted = np.minimum(aff, fg[None])
@@ -464,13 +468,13 @@ def test_distance_fragments_cover_the_foreground_in_connected_pieces(snemi: dict
     per_id_slices = {int(i): len(np.unique(np.nonzero(flat == i)[0])) for i in np.unique(flat[flat > 0])[:50]}
     assert set(per_id_slices.values()) == {1}
     # default: distance fragments over every voxel ("cut"), background cleared afterwards
-    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0)
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0, membrane_fill=0)
     everywhere = distance_fragments(prepared, None)
     assert (everywhere > 0).all()
     assert agg.info["fragments"] == "distance" and agg.n_fragments == int(everywhere.max())
     assert same_partition(agg.labels(0.0), np.where(mask, everywhere, 0).astype(np.uint32))
     # "exclude": the foreground only
-    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0, background_mode="exclude")
+    agg = agglomerate(snemi["aff"], snemi["fg"], min_size=0, background_mode="exclude", membrane_fill=0)
     ex = np.empty_like(prepared)
     restrict_to_foreground(snemi["aff"], snemi["fg"], 0.5, out=ex)
     assert same_partition(agg.labels(0.0), distance_fragments(ex, mask).astype(np.uint32))

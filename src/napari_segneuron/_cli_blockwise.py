@@ -127,7 +127,7 @@ def run_segment(args: argparse.Namespace) -> int:
             agg = segment_blockwise(
                 prediction, None, frag_path, block=block, client=c, fg_threshold=args.fg_threshold,
                 min_size=args.min_size, small=args.small, max_threshold=1.0, scoring=args.scoring,
-                background_mode=args.background_mode, overwrite=True, progress=bar,
+                background_mode=args.background_mode, membrane_fill=args.membrane_fill, overwrite=True, progress=bar,
                 **({"fragments": args.fragments} if getattr(args, "fragments", None) in ("waterz", "distance", "distance2d")
                    else {}),
             ) if not args.no_foreground else _no_foreground()
@@ -136,7 +136,7 @@ def run_segment(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         meta.update(threshold=args.threshold, fg_threshold=args.fg_threshold, min_size=args.min_size,
                     small=args.small, scoring=args.scoring, background_mode=args.background_mode,
-                    blockwise=dict(block=list(block), fragments=frag_path))
+                    membrane_fill=args.membrane_fill, blockwise=dict(block=list(block), fragments=frag_path))
         if str(out).rstrip("/").lower().endswith(".zarr"):
             import shutil
 

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND, DEFAULT_SECTION_RULE, SECTION_RULES
     from .segmentation import (
         ANISOTROPIC_SCORING, ANISOTROPY, AUTO_SCORING, BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE,
-        DEFAULT_FG_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
+        DEFAULT_FG_THRESHOLD, DEFAULT_MEMBRANE_FILL, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
         SMALL_SEGMENTS,
     )
 
@@ -68,6 +68,11 @@ def add_parser(subparsers) -> None:
                    help="'mask': agglomerate everything, then clear background voxels; 'cut': the same without "
                         "agglomerating background with itself (faster on noisy backgrounds); 'exclude': background "
                         f"leaves waterz's graph (lower thresholds work best) (default {DEFAULT_BACKGROUND_MODE})")
+    g.add_argument("--membrane-fill", type=_non_negative_int, default=DEFAULT_MEMBRANE_FILL, metavar="N",
+                   help="background voxels within N voxels of a neurite (the membranes between touching neurites) "
+                        "join the neurite on their side of the membrane, so labels leave no gaps; wider background "
+                        f"stays 0; 0 keeps every background voxel 0 (default {DEFAULT_MEMBRANE_FILL}, on the grid "
+                        "the stack is agglomerated on: the model's when it is rescaled)")
     g.add_argument("--scoring", choices=[AUTO_SCORING, *sorted(SCORING_FUNCTIONS)], default=AUTO_SCORING,
                    help="edge score: 1 - median affinity, starting from the highest one along each contact (SegNeuron's; "
                         "keeps thin necks whole), 1 - median over the whole contact ('median-all': resists leaks "
@@ -289,8 +294,8 @@ def run_segment(args: argparse.Namespace) -> int:
         agg = agglomerate(
             seg_aff, None if args.no_foreground else seg_fg,
             fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small,
-            max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode, worker=False,
-            output_shape=aff.shape[1:] if grid else None, progress=stages,
+            max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode,
+            membrane_fill=args.membrane_fill, worker=False, output_shape=aff.shape[1:] if grid else None, progress=stages,
         )
         if grid:
             meta["segmented_on_model_grid"] = list(grid["voxel_size"])
@@ -301,6 +306,7 @@ def run_segment(args: argparse.Namespace) -> int:
             threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
             min_size=args.min_size, small=args.small, scoring=args.scoring,
             background_mode=None if args.no_foreground else args.background_mode,
+            membrane_fill=None if args.no_foreground else args.membrane_fill,
             fragments=agg.info.get("fragments"), n_fragments=agg.n_fragments,
             command=" ".join(["napari-segneuron"] + sys.argv[1:]),
         )

@@ -107,7 +107,8 @@ def run_headless(out_dir="demo_out", weights: str = "default", device=None, thre
         "plugin": "napari-segneuron", "plugin_version": __version__, "step": "demo",
         "source_image": "fib25 EM (napari-segneuron sample)",
         "weights": {"name": model.info["name"], "sha256": model.info["sha256"]},
-        "segment": {"threshold": t, "fg_threshold": fg_threshold, "min_size": segmentation.DEFAULT_MIN_SIZE},
+        "segment": {"threshold": t, "fg_threshold": fg_threshold, "min_size": segmentation.DEFAULT_MIN_SIZE,
+                    "membrane_fill": segmentation.DEFAULT_MEMBRANE_FILL},
     }
     io.write_labels(out / "fib25_labels.tif", labels, metadata={"segneuron": provenance}, overwrite=True)
     io.write_prediction(out / "fib25_prediction.zarr", aff, fg, metadata={"segneuron": provenance}, overwrite=True)

@@ -318,6 +318,8 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
     if seg.get("min_size") is not None:
         args += ["--min-size", str(int(seg["min_size"]))]
+    if seg.get("membrane_fill") is not None:
+        args += ["--membrane-fill", str(int(seg["membrane_fill"]))]
     if seg.get("scoring"):
         args += ["--scoring", str(seg["scoring"])]
     if seg.get("threshold") is not None:

@@ -329,6 +329,13 @@ class SegNeuronWidget(QWidget):
         form.addRow("Foreground ≥", self.fg_threshold)
         self.min_size = int_spin(min_size, 0, 10_000_000, 10, tooltip="Segments smaller than this many voxels are merged into the segment they touch most (while you drag the slider they are shown unmerged)", suffix=" voxels")
         form.addRow("Min size", self.min_size)
+        self.membrane_fill = int_spin(
+            _segmentation().DEFAULT_MEMBRANE_FILL, 0, 50, 1,
+            tooltip="Membranes between touching neurons are background to the model. Background voxels up to "
+                    "this far from a neuron join the neuron on their side of the membrane, so the labels leave no "
+                    "gaps; wider background (glia, extracellular space) stays 0. 0 keeps every background voxel 0.",
+            suffix=" voxels")
+        form.addRow("Fill membranes ≤", self.membrane_fill)
         seg_mod = _segmentation()
         self.scoring = QComboBox()
         self.scoring.addItems([seg_mod.AUTO_SCORING, *sorted(seg_mod.SCORING_FUNCTIONS)])
@@ -616,6 +623,7 @@ class SegNeuronWidget(QWidget):
         return {
             "fg_threshold": float(self.fg_threshold.value()),
             "min_size": int(self.min_size.value()),
+            "membrane_fill": int(self.membrane_fill.value()),
             "scoring": _segmentation().resolve_scoring(self.scoring.currentText(), self.voxel_field.value()),
             "scoring_choice": self.scoring.currentText(),
             "threshold": self.threshold(),
@@ -745,6 +753,7 @@ class SegNeuronWidget(QWidget):
             foreground,
             fg_threshold=seg_settings["fg_threshold"],
             min_size=seg_settings["min_size"],
+            membrane_fill=seg_settings.get("membrane_fill", seg.DEFAULT_MEMBRANE_FILL),
             scoring=seg_settings.get("scoring", seg.DEFAULT_SCORING),
             max_threshold=getattr(seg, "DEFAULT_MAX_THRESHOLD", 1.0),
             worker=bool(self.agglomerate_in_worker if worker is None else worker),

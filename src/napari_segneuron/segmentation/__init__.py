@@ -4,7 +4,8 @@ instant threshold, small-segment merging and scoring against ground truth.
 Modules: ``defaults`` (chosen defaults and scoring functions), ``inputs`` (checking and
 foreground restriction), ``fragments`` (initial regions), ``memory`` (estimate before a run), ``worker`` (the waterz run, in
 this process or a spawned one), ``history`` (merge history -> replay tables),
-``agglomeration`` (``agglomerate``, ``Agglomeration``), ``small`` (small-segment merging),
+``agglomeration`` (``agglomerate``, ``Agglomeration``), ``membranes`` (membrane voxels given to the
+neurite on their side), ``small`` (small-segment merging),
 ``sweep`` (threshold sweeps and benchmarks).  Every public name is re-exported here.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .defaults import (
     DEFAULT_BACKGROUND_MODE,
     DEFAULT_FG_THRESHOLD,
     DEFAULT_MAX_THRESHOLD,
+    DEFAULT_MEMBRANE_FILL,
     DEFAULT_MIN_SIZE,
     DEFAULT_SCORING,
     DEFAULT_SMALL,
@@ -31,6 +33,7 @@ from .defaults import (
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, distance_fragments
 from .inputs import affinities_from_boundaries, restrict_to_foreground
+from .membranes import fill_membranes
 from .sweep import SweepResult, compare_predictions, segment_and_score, threshold_sweep
 from .worker import _restore_stdout, _silence_stdout  # noqa: F401  (used by benchmarks)
 
@@ -38,6 +41,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_FG_THRESHOLD",
     "foreground_threshold_for",
+    "DEFAULT_MEMBRANE_FILL",
     "DEFAULT_MIN_SIZE",
     "DEFAULT_SMALL",
     "DEFAULT_MAX_THRESHOLD",
@@ -59,6 +63,7 @@ __all__ = [
     "Scores",
     "agglomerate",
     "affinities_from_boundaries",
+    "fill_membranes",
     "restrict_to_foreground",
     "threshold_sweep",
     "segment_and_score",

@@ -37,11 +37,13 @@ from ..cancel import CancelToken, check
 from ..io import InputError
 from .defaults import (
     BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MAX_THRESHOLD, DEFAULT_MIN_SIZE,
-    DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SMALL_SEGMENTS, ProgressFn, _check_threshold, check_scoring,
+    DEFAULT_MEMBRANE_FILL, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SMALL_SEGMENTS, ProgressFn,
+    _check_membrane_fill, _check_threshold, check_scoring,
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, _renumber, distance_fragments
 from .memory import EDGES_PER_FRAGMENT, WATERZ_SEED_VOXELS_PER_FRAGMENT, available_bytes, estimate_bytes, gib
 from .inputs import _as_affinities, _check_unit_range, restrict_to_foreground
+from .membranes import fill_membranes
 from .small import contact_table, merge_small
 from .worker import _TOTAL_STEPS, _restore_stdout, _run_in_worker, _silence_stdout, _waterz_job
 
@@ -228,6 +230,7 @@ def agglomerate(
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
     scoring: str = DEFAULT_SCORING,
     background_mode: str = DEFAULT_BACKGROUND_MODE,
+    membrane_fill: int = DEFAULT_MEMBRANE_FILL,
     discretize_queue: int = 0,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
@@ -249,6 +252,10 @@ def agglomerate(
       fewer fragments, a much cheaper run, a wider range of good thresholds); "exclude" takes background voxels out of waterz's graph
       (every edge touching them is 0, the watershed leaves them unlabelled, regions only
       touch through foreground), which shifts the useful thresholds down.
+    membrane_fill: after waterz, background voxels within this many voxels of a fragment are
+      given to the fragment on their side of the membrane (``membranes.fill_membranes``: a
+      watershed of 1 - foreground), so touching neurites leave no gap; wider background stays 0;
+      0 keeps every background voxel 0 (the behaviour before 2026-12-02).
     fragments: the regions waterz starts from.  None: ``DEFAULT_FRAGMENTS``; "distance":
       3-D watershed of the distance to the nearest boundary, seeds at its maxima
       (``fragments.distance_fragments``, options in ``fragment_options``, e.g.
@@ -284,6 +291,7 @@ def agglomerate(
         raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
     if background_mode not in BACKGROUND_MODES_AGG:
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
+    membrane_fill = _check_membrane_fill(membrane_fill)
     check_scoring(scoring)
     fg = None
     if foreground is not None:
@@ -401,14 +409,23 @@ def agglomerate(
         del prepared, given
         frags = frag_out
     check(cancel)
-    if fg is not None and not exclude:
-        # "mask": waterz saw every voxel; background is cut out of the fragments afterwards
+    filled = 0
+    if fg is not None:
         bg = fg < np.float32(fg_threshold)
-        if frags[bg].any():
+        if not exclude and frags[bg].any():
+            # "cut"/"mask": waterz saw every voxel; background is cut out of the fragments afterwards
             frags[bg] = 0
             contacts.clear()
+        if membrane_fill:
+            check(cancel)
+            if progress is not None:
+                progress(_TOTAL_STEPS - 1, _TOTAL_STEPS, "giving membranes to neurites")
+            filled = fill_membranes(frags, fg, bg, membrane_fill)
+            if filled:
+                contacts.clear()
         del bg
-        result["sizes"] = np.bincount(frags.reshape(-1), minlength=len(result["sizes"])).astype(np.int64)
+        if not exclude or filled:
+            result["sizes"] = np.bincount(frags.reshape(-1), minlength=len(result["sizes"])).astype(np.int64)
     if len(result["order"]) == 0:
         raise InputError(
             "waterz found no fragments: every affinity is below aff_threshold_low or every voxel is background"
@@ -427,7 +444,8 @@ def agglomerate(
         info=dict(
             seconds=time.perf_counter() - t0, scoring=scoring, fg_threshold=fg_threshold if fg is not None else None,
             restricted=fg is not None, discretize_queue=int(discretize_queue), background_mode=background_mode,
-            fragments=method or "given",
+            fragments=method or "given", membrane_fill=membrane_fill if fg is not None else 0,
+            membrane_voxels_filled=int(filled),
         ),
     )
     if progress is not None:

@@ -53,10 +53,12 @@ from .defaults import (
     DEFAULT_BACKGROUND_MODE,
     DEFAULT_FG_THRESHOLD,
     DEFAULT_MAX_THRESHOLD,
+    DEFAULT_MEMBRANE_FILL,
     DEFAULT_MIN_SIZE,
     DEFAULT_SCORING,
     DEFAULT_SMALL,
     SMALL_SEGMENTS,
+    _check_membrane_fill,
     check_scoring,
 )
 from .fragments import DEFAULT_FRAGMENTS
@@ -84,6 +86,7 @@ class _SegJob:
     fragments: str = "waterz"
     fragment_options: Optional[dict] = None
     histogram: bool = False  # median-all scoring: every block reports its contacts' histograms
+    membrane_fill: int = 0  # background within this many voxels of a fragment joins it (membranes)
 
 
 def _prepared(job: _SegJob, region: tuple[slice, slice, slice]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -214,6 +217,9 @@ def _graph_block(block_id: int, job: _SegJob) -> dict:
             unions.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
     if bg is not None:
         frag[bg] = 0
+        if job.membrane_fill:
+            del frag
+            frag = _filled_fragments(job, region, root)
     contacts = contact_table(frag, core)
     final = frag[core]
     ids, counts = np.unique(final, return_counts=True)
@@ -221,6 +227,25 @@ def _graph_block(block_id: int, job: _SegJob) -> dict:
     unions_arr = np.concatenate(unions).astype(np.int64) if unions else np.zeros((0, 2), np.int64)
     return dict(edges=edges, contacts=contacts, ids=ids.astype(np.int64), counts=counts.astype(np.int64),
                 unions=unions_arr)
+
+
+def _filled_fragments(job: _SegJob, region: tuple[slice, ...], root: Any) -> np.ndarray:
+    """Global fragments of ``region`` with background cut out and membranes filled
+    (``membranes.fill_membranes``), computed on the region plus ``2 * membrane_fill + 2`` voxels
+    on every side, so that blocks agree with a whole-volume fill except where a membrane's flood
+    reaches further than that."""
+    from .membranes import fill_membranes
+
+    m = 2 * job.membrane_fill + 2
+    wide = tuple(slice(max(r.start - m, 0), min(r.stop + m, n)) for r, n in zip(region, job.grid.shape))
+    inner = tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide))
+    frag = _global_ids(job, np.asarray(root["fragments_local"][wide]), wide)
+    fg = read_region(job.foreground, wide)
+    fg = fg.astype(np.float32) / np.float32(255) if fg.dtype == np.uint8 else fg.astype(np.float32, copy=False)
+    bg = fg < np.float32(job.fg_threshold)
+    frag[bg] = 0
+    fill_membranes(frag, fg, bg, job.membrane_fill)
+    return np.ascontiguousarray(frag[inner])
 
 
 def segment_blockwise(
@@ -237,6 +262,7 @@ def segment_blockwise(
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
     scoring: str = DEFAULT_SCORING,
     background_mode: str = DEFAULT_BACKGROUND_MODE,
+    membrane_fill: int = DEFAULT_MEMBRANE_FILL,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
     fragments: str = DEFAULT_FRAGMENTS,
@@ -276,6 +302,7 @@ def segment_blockwise(
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
     if small not in SMALL_SEGMENTS:
         raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
+    membrane_fill = _check_membrane_fill(membrane_fill) if foreground is not None else 0
     grid0 = grid_for(shape, block)
     ctx = (int(context),) * 3 if isinstance(context, (int, np.integer)) else tuple(int(c) for c in context)
     grid = BlockGrid(grid0.shape, grid0.block, ctx)  # type: ignore[arg-type]
@@ -285,7 +312,8 @@ def segment_blockwise(
     out = _open_output(str(output), grid, overwrite)
     out.attrs["blockwise_segmentation"] = dict(
         block=list(grid.block), context=list(ctx), fg_threshold=float(fg_threshold), scoring=scoring, fragments=fragments,
-        background_mode=background_mode, max_threshold=float(max_threshold), min_size=int(min_size), small=small)
+        background_mode=background_mode, max_threshold=float(max_threshold), min_size=int(min_size), small=small,
+        membrane_fill=membrane_fill)
     if fragments not in ("waterz", "distance", "distance2d"):
         raise InputError(f"fragments must be 'waterz', 'distance' or 'distance2d', not {fragments!r}")
     job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
@@ -309,7 +337,7 @@ def segment_blockwise(
         raise InputError(f"{total} fragments do not fit uint32 ids; use larger fragments")
     job = _SegJob(affinities, foreground, str(output), grid, float(fg_threshold), background_mode,
                   float(aff_threshold_low), float(aff_threshold_high), offsets, fragments, fragment_options,
-                  histogram=scoring == "median-all")
+                  histogram=scoring == "median-all", membrane_fill=membrane_fill)
     run2 = run_blocks("graph", _graph_block, ids, (job,), client=client, retries=retries,
                       progress=stage("graph", 1), cancel=cancel)
     run2.raise_for_failures()
@@ -334,7 +362,8 @@ def segment_blockwise(
         progress(2 * len(grid) + 1, 2 * len(grid) + 1, "agglomeration done")
     info = dict(seconds=time.perf_counter() - t0, merge_seconds=merge_seconds, scoring=scoring,
                 fg_threshold=float(fg_threshold) if foreground is not None else None,
-                restricted=foreground is not None, background_mode=background_mode, blockwise=True,
+                restricted=foreground is not None, background_mode=background_mode, membrane_fill=membrane_fill,
+                blockwise=True,
                 block=list(grid.block), context=list(ctx), n_blocks=len(grid), n_edges=graph.n_edges,
                 n_stitched=int(len(k0)),
                 peak_rss_per_worker=max(list(run1.peak_rss.values()) + list(run2.peak_rss.values())))
