@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                 plan = dict(tile=tuple(int(v) for v in tile.split(",")), overlap=(8, 32, 32))
                 ags = segment_model(model, sub_raw, voxel if k > 1 else None, tiles=plan, tta=DEFAULT_TTA,
                                     scorings=SCORINGS)
-                for s, ag in ags.items():
+                for (s, _fill), ag in ags.items():
                     sc = evaluate(ag.labels(t), sub_gt)
                     vis[s].append(sc.vi)
                     splits[s].append((sc.vi_split, sc.vi_merge))

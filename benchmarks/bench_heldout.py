@@ -87,10 +87,11 @@ def _cut_z(aff):
 
 
 def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=None, fg_threshold=None, tta=False,
-                  scorings=("median",)):
+                  scorings=("median",), fills=(None,)):
     """Plugin path: predict (resampled when the model declares a voxel size and ``voxel`` differs),
     agglomerate with the package defaults on the model grid, carry back to the input grid; one
-    agglomeration per edge score in ``scorings`` (a dict score -> agglomeration)."""
+    agglomeration per edge score in ``scorings`` and membrane fill in ``fills`` (None: the package
+    default; a dict (score, fill) -> agglomeration)."""
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import agglomerate, foreground_threshold_for
     pred = Predictor(model, device="cpu", model_voxel_size=model_voxel, tta=tta, **(tiles or {}))
@@ -104,8 +105,10 @@ def segment_model(model, raw, voxel, model_voxel=None, sections=False, tiles=Non
     fg = np.ascontiguousarray(fg, np.float32)
     out = {}
     for scoring in scorings:
-        ag = agglomerate(aff, fg, fg_threshold=fg_t, scoring=scoring, worker=False)
-        out[scoring] = ag.on_grid(raw.shape) if grid else ag
+        for fill in fills:
+            kw = {} if fill is None else {"membrane_fill": fill}
+            ag = agglomerate(aff, fg, fg_threshold=fg_t, scoring=scoring, worker=False, **kw)
+            out[scoring, fill] = ag.on_grid(raw.shape) if grid else ag
     return out
 
 
@@ -154,6 +157,9 @@ def main(argv=None) -> int:
     p.add_argument("--scoring", nargs="*", default=["auto"], metavar="SCORE",
                    help="edge scores for the model rows, side by side on one prediction: 'auto' (the plugin's rule: "
                         "median-all for serial sections, median otherwise), median, median-all, mean")
+    p.add_argument("--membrane-fill", nargs="*", type=int, default=[None], metavar="N",
+                   help="membrane fill radii for the model rows, side by side on one prediction (default: the "
+                        "package's; 0 leaves background voxels to the metric's nearest-segment fill)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -213,13 +219,17 @@ def main(argv=None) -> int:
             for tta, plan in itertools.product(a.tta, plans):
                 t = time.time()
                 ags = segment_model(model, raw, vox, vs, sections=a.sections and two_d, tiles=dict(tiles, **plan),
-                                    fg_threshold=fg_t, tta=tta, scorings=sorted(set(scorings.values())))
-                for asked, scoring in scorings.items():
+                                    fg_threshold=fg_t, tta=tta, scorings=sorted(set(scorings.values())),
+                                    fills=a.membrane_fill)
+                for (asked, scoring), fill in itertools.product(scorings.items(), a.membrane_fill):
                     shown = asked if asked == scoring else f"{asked}={scoring}"
-                    r = dict(rows_for(ags[scoring], gt, two_d, DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
+                    r = dict(rows_for(ags[scoring, fill], gt, two_d,
+                                      DEFAULT_THRESHOLD if cal is None else cal["threshold"]),
                              fg_threshold=fg_t, magnify=magnify, tta=tta, scoring=scoring,
+                             membrane_fill=ags[scoring, fill].info.get("membrane_fill"),
                              model=name + (f", flips {tta}" if len(a.tta) > 1 else "")
                              + (f", {shown}" if len(a.scoring) > 1 else "")
+                             + (f", membrane fill {fill}" if len(a.membrane_fill) > 1 else "")
                              + (", per section" if a.sections and two_d else ""), volume=vname,
                              model_voxel_nm=list(vs) if vs else None, seconds=round(time.time() - t))
                     if plan:

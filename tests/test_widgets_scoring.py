@@ -72,3 +72,31 @@ def test_merge_hint_offers_median_all_after_median():
     assert "Edge score" not in merge_hint(merges, "min", "median-all")
     assert "Edge score" not in merge_hint(merges, "min", None)  # unknown: no advice about it
     assert merge_hint(Scores(0.20, 0.16, 0.1, 0.9, 0.9, 1000), "min", "median") == ""
+
+
+def test_fill_membranes_box_gives_background_to_neighbours_and_is_recorded(seg_dock, qtbot, sample_raw):
+    viewer, w = seg_dock
+    viewer.add_image(np.ascontiguousarray(sample_raw[:16, :64, :96]), name="em")
+    from napari_segneuron.segmentation import DEFAULT_MEMBRANE_FILL
+
+    assert w.membrane_fill.value() == DEFAULT_MEMBRANE_FILL
+    w.predict()
+    wait_idle(qtbot, w)
+    # a random model: make about a third of the voxels background
+    w.fg_threshold.setValue(round(float(np.quantile(w.prediction.foreground, 0.33)), 2))
+    w.min_size.setValue(0)
+    w.set_threshold(0.4)
+    zeros = {}
+    for fill in (0, DEFAULT_MEMBRANE_FILL):
+        w.membrane_fill.setValue(fill)
+        w.segment()
+        wait_idle(qtbot, w)
+        layer = viewer.layers["em segmentation"]
+        assert layer.metadata["segneuron"]["segment"]["membrane_fill"] == fill
+        assert w.segmentation.agglomeration.info["membrane_fill"] == fill
+        zeros[fill] = float((np.asarray(layer.data) == 0).mean())
+        assert f"--membrane-fill {fill}" in w.copy_cli_command()
+    assert zeros[0] > 0.2 and zeros[DEFAULT_MEMBRANE_FILL] < 0.01, zeros
+    # Segment again rewrites our own labels layer in place (napari hands plugins proxies of its layers)
+    assert [layer.name for layer in viewer.layers].count("em segmentation") == 1
+    assert "em segmentation [2]" not in viewer.layers

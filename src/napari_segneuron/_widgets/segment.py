@@ -782,7 +782,11 @@ class SegNeuronWidget(QWidget):
             and existing.metadata.get("segneuron", {}).get("plugin") == "napari-segneuron"
             and not existing.metadata.get("segneuron_edited")  # painted by the user: keep it
         )
-        if existing is not None and ours and type(existing).__name__.lower() == kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
+        # isinstance, not the type's name: napari hands plugins its layers wrapped in a proxy
+        from napari.layers import Image, Labels
+
+        same_kind = isinstance(existing, {"labels": Labels, "image": Image}[kind])
+        if existing is not None and ours and same_kind and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
             existing.data = data
             existing.scale = scale
             existing.translate = translate
