@@ -129,3 +129,24 @@ def test_bad_voxel_size_is_one_clear_line(tmp_path, block, capsys):
     err = capsys.readouterr().err
     assert "--voxel-size: expected three positive numbers" in err and "Traceback" not in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_labels_without_membranes_are_warned_about(tmp_path, block, capsys):
+    """Labels copied from a segmentation with membranes filled in have no 0s to teach the
+    foreground head membranes: the CLI says so before training (the dock says it in its mask note)."""
+    from napari_segneuron.metrics import fill_background
+    from napari_segneuron.training.targets import no_membranes_warning
+
+    lab = tifffile.imread(block["lab"])
+    assert 0.03 < (lab == 0).mean() and no_membranes_warning(lab) == ""  # real truth: membranes are 0
+    dense = fill_background(lab)
+    assert "no membranes" in no_membranes_warning(dense)
+    mask = tifffile.imread(block["mask"]) != 0
+    assert "no membranes" in no_membranes_warning(dense, mask)
+    path = tmp_path / "dense.tif"
+    tifffile.imwrite(path, dense)
+    # --minutes 0 stops the command before any training, after the labels were read
+    main(["finetune", str(block["raw"]), str(path), "--minutes", "0", "-o", str(tmp_path / "x.pt")])
+    assert "warning: under 1% of the trained labels are 0" in capsys.readouterr().err
+    main(["finetune", str(block["raw"]), str(block["lab"]), "--minutes", "0", "-o", str(tmp_path / "x.pt")])
+    assert "warning" not in capsys.readouterr().err

@@ -81,6 +81,13 @@ def test_painted_box_is_the_mask(adapt, qtbot):
     qtbot.waitUntil(lambda: "13×53×75 at z 2, y 8, x 16" in train.mask_note.text(), timeout=5_000)
     train.mask_combo.setCurrentText(MASK_ALL)
     assert train.mask_region(grown, grown.shape)[0] is None
+    assert "Warning" not in train.mask_region(grown, grown.shape)[1]
+    # labels without membranes (e.g. copied from a segmentation with membranes filled) get a warning
+    train.mask_combo.setCurrentText(MASK_BOX)
+    dense = grown.copy()
+    block = dense[tuple(slice(a, b) for a, b in painted_box(dense))]
+    block[block == 0] = 1
+    assert "model would learn that there are no membranes" in train.mask_region(dense, dense.shape)[1]
 
 
 def test_minutes_budget_adapts_and_resegments_into_new_layers(adapt, qtbot, tmp_path, notifications):

@@ -133,6 +133,11 @@ def run_finetune(args) -> int:
     if args.membranes:
         labels = labels_from_membranes((labels != 0).astype(np.float32))
     mask = _read(args.mask) != 0 if args.mask else None
+    from .training.targets import no_membranes_warning
+
+    warning = no_membranes_warning(labels, mask) if mask is None or mask.shape == labels.shape else ""
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     val_img = _read(args.val_image) if args.val_image else None
     val_lab = _read(args.val_labels) if args.val_labels else None
     model = None if args.weights.lower() == "none" or args.resume else args.weights

@@ -593,6 +593,13 @@ class TrainingWidget(QWidget):
 
     def mask_region(self, labels: np.ndarray, shape: tuple):
         """(mask array or None, one-line description) for the chosen mask; raises InputError."""
+        from ..training.targets import no_membranes_warning
+
+        mask, text = self._mask_region(labels, shape)
+        warning = no_membranes_warning(labels, mask)
+        return mask, text + (f". Warning: {warning}" if warning else "")
+
+    def _mask_region(self, labels: np.ndarray, shape: tuple):
         from ..io import InputError
 
         choice = self.mask_combo.currentText()

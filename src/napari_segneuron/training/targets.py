@@ -42,6 +42,22 @@ def foreground_from_labels(labels: np.ndarray) -> np.ndarray:
     return (np.asarray(labels) > 0).astype(np.float32)
 
 
+#: below this share of 0 voxels in the trained region, the labels hold (nearly) no membranes
+MIN_MEMBRANE_SHARE = 0.01
+
+
+def no_membranes_warning(labels: np.ndarray, mask: Optional[np.ndarray] = None) -> str:
+    """A warning when the trained region (``mask``, default all) has (nearly) no 0 voxels: the
+    foreground head learns membranes from the 0s, so labels copied from a segmentation made with
+    membranes filled in teach it that there are none. Empty when the region has membranes."""
+    region = np.asarray(labels) if mask is None else np.asarray(labels)[np.asarray(mask, bool)]
+    if region.size == 0 or float(np.mean(region == 0)) >= MIN_MEMBRANE_SHARE:
+        return ""
+    return (f"under {MIN_MEMBRANE_SHARE:.0%} of the trained labels are 0, so the model would learn that there are "
+            "no membranes; leave membranes 0 (a segmentation made with --membrane-fill 0, or the dock's "
+            "Fill membranes ≤ 0 voxels, keeps them)")
+
+
 def affinity_mask(mask: Optional[np.ndarray], shape: tuple) -> np.ndarray:
     """Per-channel loss mask for affinities: a pair counts when both voxels are annotated."""
     if mask is None:
