@@ -77,7 +77,8 @@ def fill_membranes(
             z1 = min(nz, z0 + step)
             a, b = max(0, z0 - margin), min(nz, z1 + margin)
             part = _fill_slab(fragments[a:b], foreground[a:b], background[a:b], radius)
-            results.append((z0, z1, part[z0 - a: z1 - a]))
-        for z0, z1, part in results:  # written after every slab has read the unfilled ids
-            fragments[z0:z1] = part
+            results.append((z0, z1, part[z0 - a: z1 - a][background[z0:z1]]))  # only background changes
+        for z0, z1, values in results:  # written after every slab has read the unfilled ids
+            view = fragments[z0:z1]
+            view[background[z0:z1]] = values
     return int(np.count_nonzero(fragments[background])) - before
