@@ -96,7 +96,7 @@ def segment_large(affinities: Any, foreground: Any, output: Path, settings: dict
     return segment_blockwise(
         affinities, foreground, str(output), block=SEGMENT_BLOCK or DEFAULT_SEG_BLOCK,
         fg_threshold=settings["fg_threshold"], min_size=settings["min_size"], scoring=settings["scoring"],
-        **({"membrane_fill": settings["membrane_fill"]} if "membrane_fill" in settings else {}),
+        membrane_fill=settings["membrane_fill"],
         max_threshold=max_threshold, overwrite=True, progress=progress, cancel=cancel)
 
 

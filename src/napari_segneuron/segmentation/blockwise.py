@@ -89,15 +89,21 @@ class _SegJob:
     membrane_fill: int = 0  # background within this many voxels of a fragment joins it (membranes)
 
 
+def _foreground(job: _SegJob, region: tuple[slice, ...]) -> np.ndarray:
+    """Foreground probabilities of ``region`` as float32 in [0, 1] (uint8 scaled by 1/255), in a new
+    array: a numpy foreground is read as a view, which clipping in place would change."""
+    fg = read_region(job.foreground, region)
+    fg = fg.astype(np.float32) / np.float32(255) if fg.dtype == np.uint8 else fg.astype(np.float32)
+    return np.clip(fg, 0.0, 1.0, out=fg)
+
+
 def _prepared(job: _SegJob, region: tuple[slice, slice, slice]) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Foreground-restricted float32 affinities of ``region`` and its background mask."""
     aff = read_region(job.affinities, (slice(None),) + tuple(region))
     aff = aff.astype(np.float32) / np.float32(255) if aff.dtype == np.uint8 else aff.astype(np.float32, copy=True)
     bg = None
     if job.foreground is not None:
-        fg = read_region(job.foreground, region)
-        fg = fg.astype(np.float32) / np.float32(255) if fg.dtype == np.uint8 else fg.astype(np.float32, copy=False)
-        np.clip(fg, 0.0, 1.0, out=fg)
+        fg = _foreground(job, region)
         bg = restrict_to_foreground(aff, fg, job.fg_threshold, out=aff,
                                     exclude_background=job.background_mode == "exclude",
                                     cut_background=job.background_mode == "cut")
@@ -215,11 +221,10 @@ def _graph_block(block_id: int, job: _SegJob) -> dict:
         both = mine & theirs & (a != 0) & (b != 0) & (a != b)
         if both.any():
             unions.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
-    if bg is not None:
+    if bg is not None and job.membrane_fill:
+        frag = _filled_fragments(job, region, root)
+    elif bg is not None:
         frag[bg] = 0
-        if job.membrane_fill:
-            del frag
-            frag = _filled_fragments(job, region, root)
     contacts = contact_table(frag, core)
     final = frag[core]
     ids, counts = np.unique(final, return_counts=True)
@@ -240,8 +245,7 @@ def _filled_fragments(job: _SegJob, region: tuple[slice, ...], root: Any) -> np.
     wide = tuple(slice(max(r.start - m, 0), min(r.stop + m, n)) for r, n in zip(region, job.grid.shape))
     inner = tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide))
     frag = _global_ids(job, np.asarray(root["fragments_local"][wide]), wide)
-    fg = read_region(job.foreground, wide)
-    fg = fg.astype(np.float32) / np.float32(255) if fg.dtype == np.uint8 else fg.astype(np.float32, copy=False)
+    fg = _foreground(job, wide)
     bg = fg < np.float32(job.fg_threshold)
     frag[bg] = 0
     fill_membranes(frag, fg, bg, job.membrane_fill)

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .defaults import DEFAULT_MEMBRANE_FILL
+from .defaults import DEFAULT_MEMBRANE_FILL, _check_membrane_fill
+
 #: voxels per slab of the watershed (it needs about 30 bytes per voxel of a slab)
 _SLAB_VOXELS = 1 << 24
 
 
-def _fill_slab(fragments: np.ndarray, foreground: np.ndarray, background: np.ndarray, radius: int) -> np.ndarray:
-    """Filled ids for ``fragments`` (a view is not written); background further than ``radius`` stays 0."""
+def _flooded_ids(fragments: np.ndarray, foreground: np.ndarray, background: np.ndarray, radius: int) -> np.ndarray:
+    """Fragment ids the watershed gives each voxel of a slab: the fragment flooding it for background
+    within ``radius`` voxels of the foreground, 0 for background further away (read only at
+    background voxels)."""
     from scipy import ndimage
     from skimage.segmentation import watershed
 
     inside = ~background
-    reach = ndimage.binary_dilation(inside, iterations=radius)
-    target = background & reach
+    target = background & ndimage.binary_dilation(inside, iterations=radius)
     # seeds: the foreground voxels touching background; only they can flood (the rest is interior)
     shell = inside & ndimage.binary_dilation(background, iterations=1)
     # seeds numbered 1..n as int32 (what skimage's watershed works in), whatever the ids' dtype
@@ -41,11 +43,8 @@ def _fill_slab(fragments: np.ndarray, foreground: np.ndarray, background: np.nda
     markers = np.zeros(fragments.shape, np.int32)
     markers[shell] = seed
     del values, seed
-    elevation = 1.0 - foreground.astype(np.float32)
-    flooded = watershed(elevation, markers, mask=target | shell)
-    out = fragments.copy()
-    out[target] = np.concatenate([np.zeros(1, ids.dtype), ids])[flooded[target]]
-    return out
+    flooded = watershed(1.0 - foreground.astype(np.float32), markers, mask=target | shell)
+    return np.concatenate([np.zeros(1, ids.dtype), ids])[flooded]
 
 
 def fill_membranes(
@@ -54,31 +53,23 @@ def fill_membranes(
     """Give background voxels within ``radius`` voxels of a fragment to a fragment, in place.
 
     fragments: (Z,Y,X) non-negative ids, 0 on ``background``; foreground: the probabilities the
-    background was cut from; background: the (Z,Y,X) bool mask of background voxels. Large volumes
-    go in z slabs with a margin of ``2 * radius + 2`` planes, so the memory stays bounded.
-    Returns how many voxels were filled.
+    background was cut from; background: the (Z,Y,X) bool mask of background voxels. The watershed
+    runs in z slabs with a margin of ``2 * radius + 2`` planes, so the memory stays bounded on large
+    volumes. Returns how many background voxels now hold a fragment.
     """
-    radius = int(radius)
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, not {radius}")
+    radius = _check_membrane_fill(radius)
     if radius == 0 or not background.any() or background.all():
         return 0
-    before = int(np.count_nonzero(fragments[background]))
     nz = fragments.shape[0]
-    plane = int(np.prod(fragments.shape[1:]))
     margin = 2 * radius + 2
-    step = max(1, _SLAB_VOXELS // max(plane, 1) - 2 * margin)
-    if step >= nz:
-        filled = _fill_slab(fragments, foreground, background, radius)
-        np.copyto(fragments, filled)
-    else:
-        results = []
-        for z0 in range(0, nz, step):
-            z1 = min(nz, z0 + step)
-            a, b = max(0, z0 - margin), min(nz, z1 + margin)
-            part = _fill_slab(fragments[a:b], foreground[a:b], background[a:b], radius)
-            results.append((z0, z1, part[z0 - a: z1 - a][background[z0:z1]]))  # only background changes
-        for z0, z1, values in results:  # written after every slab has read the unfilled ids
-            view = fragments[z0:z1]
-            view[background[z0:z1]] = values
-    return int(np.count_nonzero(fragments[background])) - before
+    step = max(1, _SLAB_VOXELS // max(int(np.prod(fragments.shape[1:])), 1) - 2 * margin)
+    results = []
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        a, b = max(0, z0 - margin), min(nz, z1 + margin)
+        ids = _flooded_ids(fragments[a:b], foreground[a:b], background[a:b], radius)
+        results.append(ids[z0 - a: z1 - a][background[z0:z1]])  # only background voxels change
+    for z0, values in zip(range(0, nz, step), results):  # written after every slab has read the unfilled ids
+        view = fragments[z0:z0 + step]
+        view[background[z0:z0 + step]] = values
+    return int(np.count_nonzero(fragments[background]))
