@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System packages napari's Qt needs to run under Xvfb (GUI tests, `make demo` with a window),
+# System packages napari's Qt 6 (PySide6, xcb platform plugin) needs to run under Xvfb (GUI tests, `make demo` with a window),
 # plus python3-venv for `make`'s virtual environment. Used by `make test`, `make demo` and .ci/run.
 #
 #   scripts/system_deps.sh                  install what is missing when allowed (root, or sudo
@@ -35,6 +35,13 @@ libxcb-xfixes0:lib:libxcb-xfixes.so.0
 libxcb-xkb1:lib:libxcb-xkb.so.1
 libxcb-cursor0:lib:libxcb-cursor.so.0
 libxkbcommon-x11-0:lib:libxkbcommon-x11.so.0
+libxkbcommon0:lib:libxkbcommon.so.0
+libxcb-util1:lib:libxcb-util.so.1
+libxcb-sync1:lib:libxcb-sync.so.1
+libxcb-shm0:lib:libxcb-shm.so.0
+libxcb-render0:lib:libxcb-render.so.0
+libxcb-glx0:lib:libxcb-glx.so.0
+libx11-xcb1:lib:libX11-xcb.so.1
 libgl1:lib:libGL.so.1
 libegl1:lib:libEGL.so.1
 libglib2.0-0:lib:libglib-2.0.so.0
