@@ -14,12 +14,16 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "system_deps.sh"
 PACKAGES = (
     "xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-render-util0 "
     "libxcb-shape0 libxcb-randr0 libxcb-xfixes0 libxcb-xkb1 libxcb-cursor0 libxkbcommon-x11-0 "
+    "libxkbcommon0 libxcb-util1 libxcb-sync1 libxcb-shm0 libxcb-render0 libxcb-glx0 libx11-xcb1 "
     "libgl1 libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1"
 )
 SONAMES = [
     "libxcb-icccm.so.4", "libxcb-keysyms.so.1", "libxcb-xinerama.so.0", "libxcb-image.so.0",
     "libxcb-render-util.so.0", "libxcb-shape.so.0", "libxcb-randr.so.0", "libxcb-xfixes.so.0",
-    "libxcb-xkb.so.1", "libxcb-cursor.so.0", "libxkbcommon-x11.so.0", "libGL.so.1", "libEGL.so.1",
+    "libxcb-xkb.so.1", "libxcb-cursor.so.0", "libxkbcommon-x11.so.0",
+    # Qt 6's xcb platform plugin
+    "libxkbcommon.so.0", "libxcb-util.so.1", "libxcb-sync.so.1", "libxcb-shm.so.0", "libxcb-render.so.0",
+    "libxcb-glx.so.0", "libX11-xcb.so.1", "libGL.so.1", "libEGL.so.1",
     "libglib-2.0.so.0", "libdbus-1.so.3", "libfontconfig.so.1",
 ]
 
