@@ -230,7 +230,7 @@ def test_training_dock_finetunes_the_lm_model(make_napari_viewer, qtbot, tmp_pat
     assert train.family.currentText() == MODEL_EM  # a Labels layer alone does not pick the family
     train.family.setCurrentText(MODEL_LM)
     assert tuple(train.settings.crop.value) == (20, 112, 112) and train.settings.lr.value == pytest.approx(3e-4)
-    assert train.start_combo.currentText() == START_LM_DOCK and train.mask_combo.isHidden()
+    assert train.start_choice() == START_LM_DOCK and train.mask_combo.isHidden()
     assert "neuron voxels" in train.update_mask_note()
     train.settings.iterations.value = 3
     train.settings.minutes.value = 0

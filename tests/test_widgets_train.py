@@ -29,7 +29,7 @@ def wait_idle(qtbot, w, timeout=180_000):
 def test_finetune_replaces_loaded_model(docks, qtbot, tmp_path, notifications, tiny_model_cpu):
     viewer, seg, train = docks
     train.settings.iterations.value = 3
-    train.start_combo.setCurrentText(START_LOADED)
+    train.set_start_choice(START_LOADED)
     ckpt = tmp_path / "ft.pt"
     train.settings.save_to.value = str(ckpt)
     train.train()
@@ -74,7 +74,7 @@ def test_training_input_errors(docks, qtbot, notifications):
     assert "tick at least one" in notifications[-1][1].lower()
     train.mode.setCurrentIndex(0)
     train.labels_combo.set_value(viewer.layers["truth"])
-    train.start_combo.setCurrentText(START_PRETRAINED)
+    train.set_start_choice(START_PRETRAINED)
     train.train()
     assert "pretrain" in notifications[-1][1].lower()
 
@@ -89,4 +89,4 @@ def test_pretrain_then_start_of_finetune(docks, qtbot, tmp_path, notifications):
     wait_idle(qtbot, train)
     assert [lvl for lvl, _ in notifications if lvl == "error"] == [], notifications
     assert train.pretrained_checkpoint == tmp_path / "pre.pt"
-    assert train.start_combo.currentText() == START_PRETRAINED
+    assert train.start_choice() == START_PRETRAINED
