@@ -4,7 +4,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Optional, Sequence
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QComboBox,
@@ -43,11 +43,18 @@ class FormScroll(QScrollArea):
         self.setFrameShape(QScrollArea.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.setWidget(body)
+        body.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()  # the form grew (e.g. a longer model line): the dock follows
+        return super().eventFilter(obj, event)
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
         body = self.widget()
         width = (body.minimumSizeHint().width() if body is not None else 0) + self.verticalScrollBar().sizeHint().width()
-        return QSize(width, MIN_FORM_HEIGHT)
+        margins = self.contentsMargins()  # napari's style sheet draws a frame even with NoFrame
+        return QSize(width + margins.left() + margins.right(), MIN_FORM_HEIGHT)
 
 
 class LayerCombo(QComboBox):
