@@ -10,7 +10,8 @@ the trained model becomes the loaded model there, and its Weights box shows the 
 checkpoint. "fresh weights" builds the compact architecture of the bundled default.
 Pretrain: masked image + HOG reconstruction on one or more image layers; the checkpoint
 is then the starting point of a finetune. Cancel stops within the current iteration
-(the weights of the last finished step are saved).
+(the weights of the last finished step are saved; before the first step, nothing is saved
+and no dock changes).
 Model LM: Finetune trains the light-microscopy model of the "Trace neurons (LM)" dock
 (``training.lm_finetune``) on an LM stack with a Labels layer (> 0 = neuron) or a Shapes
 layer of SWC paths (a tracing) rasterised into tubes with the image's scale; picking a
@@ -428,7 +429,8 @@ class TrainingWidget(QWidget):
         hl.setContentsMargins(0, 0, 0, 0)
         self.progress_bar = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop now (within the current iteration); the weights of the last finished step are saved and loaded")
+        self.cancel_button.setToolTip("Stop now (within the current iteration); the weights of the last finished step are saved and "
+                                      "loaded (before the first step: nothing is saved, the model is unchanged)")
         hl.addWidget(self.progress_bar, 1)
         hl.addWidget(self.cancel_button)
         outer.addStretch(1)
