@@ -230,7 +230,7 @@ def test_training_dock_finetunes_the_lm_model(make_napari_viewer, qtbot, tmp_pat
     assert train.family.currentText() == MODEL_EM  # a Labels layer alone does not pick the family
     train.family.setCurrentText(MODEL_LM)
     assert tuple(train.settings.crop.value) == (20, 112, 112) and train.settings.lr.value == pytest.approx(3e-4)
-    assert train.start_combo.currentText() == START_LM_DOCK and train.mask_combo.isHidden()
+    assert train.start_choice() == START_LM_DOCK and train.mask_combo.isHidden()
     assert "neuron voxels" in train.update_mask_note()
     train.settings.iterations.value = 3
     train.settings.minutes.value = 0
@@ -276,3 +276,45 @@ def test_training_dock_finetunes_the_lm_model(make_napari_viewer, qtbot, tmp_pat
     assert tuple(train.settings.crop.value) == (16, 96, 96) and not train.mask_combo.isHidden()
     train.train()
     assert notifications[-1][0] == "error" and "Shapes layer" in notifications[-1][1]
+
+
+def test_training_dock_lm_cancel_before_the_first_step_changes_nothing(make_napari_viewer, qtbot, tmp_path,
+                                                                       notifications, monkeypatch):
+    """Model LM, cancelled during its first step: no checkpoint, the LM dock keeps its model, and
+    the status says so."""
+    import importlib
+
+    from napari_segneuron._model.vit3d import save_vit3d
+    from napari_segneuron._widgets.train import MODEL_LM
+
+    LM = importlib.import_module("napari_segneuron.training.lm_finetune")
+    viewer = make_napari_viewer()
+    r = render_sample(np.random.default_rng(5), (12, 48, 48))
+    viewer.add_image(r.stack, name="lm", scale=r.voxel_size)
+    viewer.add_labels(r.mask.astype(np.uint8), name="neuron", scale=r.voxel_size)
+    start = save_vit3d(tiny_model(), tmp_path / "tiny_start.pt", metadata={"name": "tiny"})
+    _, trace = viewer.window.add_plugin_dock_widget("napari-segneuron", "Trace neurons (LM)")
+    trace.weights_combo.insertItem(0, str(start))
+    trace.weights_combo.setCurrentIndex(0)
+    _, train = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron training")
+    train.image_combo.set_value(viewer.layers["lm"])
+    train.labels_combo.set_value(viewer.layers["neuron"])
+    train.family.setCurrentText(MODEL_LM)
+    train.settings.iterations.value = 50
+    train.settings.minutes.value = 0
+    train.settings.device.value = "cpu"
+    ckpt = tmp_path / "lm-never.pt"
+    train.settings.save_to.value = str(ckpt)
+    original = LM.LMTrainer.train_step
+
+    def cancelling(self, *args, **kwargs):
+        train.runner.token.cancel()  # Cancel pressed during the first step
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LM.LMTrainer, "train_step", cancelling)
+    train.train()
+    qtbot.waitUntil(lambda: not train.runner.busy, timeout=120_000)
+    assert [m for lvl, m in notifications if lvl == "error"] == []
+    assert train.last_result.iterations == 0 and train.last_result.checkpoint is None and not ckpt.exists()
+    assert train.lm_model is None and trace.weights_combo.currentText() == str(start)
+    assert "Cancelled before the first step; the LM model is unchanged" in train.status_label.text()

@@ -339,3 +339,158 @@ def test_weight_average_and_mixed_precision_finetune(tmp_path):
     k = next(k for k in sd_r if sd_r[k].is_floating_point() and sd_r[k].numel() > 1)
     torch.testing.assert_close(sd_r[k].float(), sd_e[k].float())
     assert not torch.allclose(sd_e[k].float(), sd_raw[k].float())
+
+
+# ---------------------------------------------------------------- issue 33: what a finetune inherits
+def _sample_block(tmp_path=None):
+    """A 16×64×64 corner of the bundled FIB-25 crop (20 nm, the default model's grid), its labels, a mask."""
+    from napari_segneuron._sample_data import load_labels, load_raw
+
+    raw, lab = load_raw()[:16, :64, :64], load_labels()[:16, :64, :64].astype(np.uint32)
+    mask = np.zeros(raw.shape, bool)
+    mask[:, 8:56, 8:56] = True
+    return raw, lab, mask
+
+
+def test_finetune_inherits_the_parents_declarations_and_records_it(tmp_path):
+    """A model finetuned from the bundled default declares what the default declares (fg_threshold
+    0.75, 20 nm, the reference neurite width) and names its parent and training data."""
+    from napari_segneuron._model import fetch_weights, load_model, load_named
+    from napari_segneuron._model.weights import sha256_of
+
+    raw, lab, mask = _sample_block()
+    parent = load_named("default", device="cpu")
+    for start in ("default", parent):  # a registry name, and the loaded model (the dock's case)
+        out = tmp_path / f"child-{type(start).__name__}.pt"
+        finetune(start, raw, lab, mask=mask, iterations=2, batch_size=1, crop=CROP, checkpoint=out, device="cpu",
+                 metadata={"training_data": {"image": "em", "labels": "painted"}})
+        child = load_model(out)
+        assert child.info["fg_threshold"] == parent.info["fg_threshold"] == 0.75
+        assert child.info["voxel_size_nm"] == parent.info["voxel_size_nm"] == (20.0, 20.0, 20.0)
+        assert child.info["neurite_halfwidth"] == pytest.approx(5.627)
+        assert child.info["name"] == out.stem  # the parent's name is not inherited
+        meta = child.info["metadata"]
+        assert meta["parent"]["name"] == "default" and meta["parent"]["sha256"] == sha256_of(fetch_weights("default"))
+        assert meta["parent"]["path"] == str(fetch_weights("default"))
+        assert set(meta["inherited_from_parent"]) == {"voxel_size_nm", "fg_threshold", "neurite_halfwidth"}
+        assert meta["training_data"] == {"image": "em", "labels": "painted", "image_shape": [16, 64, 64],
+                                         "mask_box": [[0, 16], [8, 56], [8, 56]], "n_labels": meta["training_data"]
+                                         ["n_labels"], "n_volumes": 1, "iterations": 2}
+        assert meta["training_data"]["n_labels"] > 3
+    # the registry's declarations count where a checkpoint declares none, and a declared scoring is kept
+    tiny = build_mnet(KN)
+    tiny.info = {"name": "tiny", "fg_threshold": 0.6, "voxel_size_nm": (8.0, 8.0, 8.0),
+                 "metadata": {"scoring": "median-all"}}
+    r = finetune(tiny, raw, lab, iterations=1, crop=CROP, checkpoint=tmp_path / "t.pt", device="cpu",
+                 metadata={"fg_threshold": 0.4})  # metadata overrides what is inherited
+    meta = read_checkpoint(r.checkpoint)["metadata"]
+    assert meta["voxel_size_nm"] == [8.0, 8.0, 8.0] and meta["scoring"] == "median-all"
+    assert meta["fg_threshold"] == 0.4 and "fg_threshold" not in meta["inherited_from_parent"]
+    # fresh weights have no parent and declare nothing
+    meta = read_checkpoint(finetune(None, raw, lab, kn=KN, iterations=1, crop=CROP, checkpoint=tmp_path / "f.pt",
+                                    device="cpu").checkpoint)["metadata"]
+    assert "parent" not in meta and meta.get("fg_threshold") is None and meta.get("voxel_size_nm") is None
+
+
+def test_cli_finetune_inherits_and_declares_the_magnified_grid(tmp_path, capsys):
+    """``napari-segneuron finetune`` from the default: the checkpoint keeps its foreground threshold
+    and voxel size; trained at a magnification it declares the voxel size it was trained at."""
+    import tifffile
+
+    from napari_segneuron._model import load_model
+    from napari_segneuron.cli import main
+
+    raw, lab, _ = _sample_block()
+    tifffile.imwrite(tmp_path / "raw.tif", raw)
+    tifffile.imwrite(tmp_path / "lab.tif", lab)
+    common = [str(tmp_path / "raw.tif"), str(tmp_path / "lab.tif"), "--weights", "default", "--iterations", "1",
+              "--crop", "8,32,32", "--threads", "1"]
+    assert main(["finetune", *common, "--magnify", "1", "-o", str(tmp_path / "one.pt")]) == 0
+    info = load_model(tmp_path / "one.pt").info
+    assert info["fg_threshold"] == 0.75 and info["voxel_size_nm"] == (20.0, 20.0, 20.0)
+    assert info["neurite_halfwidth"] is None  # a magnification chosen by hand drops the reference
+    meta = info["metadata"]
+    assert meta["parent"]["name"] == "default"
+    assert meta["training_data"]["image"] == str((tmp_path / "raw.tif").resolve())
+    assert meta["training_data"]["labels"] == str((tmp_path / "lab.tif").resolve())
+    assert meta["training_data"]["iterations"] == 1
+    assert main(["finetune", *common, "--magnify", "2", "-o", str(tmp_path / "two.pt")]) == 0
+    info = load_model(tmp_path / "two.pt").info
+    assert info["voxel_size_nm"] == (10.0, 10.0, 10.0) and info["metadata"]["magnify"] == 2.0  # 20 nm / 2
+    assert info["fg_threshold"] == 0.75 and info["metadata"]["parent"]["name"] == "default"
+
+
+def test_cancel_before_the_first_step_writes_nothing(tmp_path):
+    img, lab = synthetic()
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(TrainingCancelled) as exc:
+        finetune(None, img, lab, kn=KN, iterations=5, crop=CROP, checkpoint=tmp_path / "c.pt", cancel=token,
+                 device="cpu")
+    res = exc.value.result
+    assert res.cancelled and res.iterations == 0 and res.checkpoint is None
+    assert "before the first step" in str(exc.value)
+    with pytest.raises(TrainingCancelled) as exc:
+        pretrain([img], kn=KN, iterations=5, crop=CROP, checkpoint=tmp_path / "p.pt", cancel=token, device="cpu")
+    assert exc.value.result.iterations == 0 and exc.value.result.checkpoint is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_during_the_precision_probe_stops_it_and_writes_nothing(tmp_path, monkeypatch):
+    """The one-off fp32/bf16 timing (seconds to a minute on a CPU) is announced and can be cancelled."""
+    from napari_segneuron.training import step_precision
+
+    img, lab = synthetic()
+    token = CancelToken()
+    heard = []
+
+    def probe(net, shape, device, requested, *, log=None, announce=None, loss=None, **kw):
+        announce(step_precision.PROBE_MESSAGE)
+        token.cancel()  # the user presses Cancel while a step is being timed
+        loss(False).backward()
+        raise AssertionError("the probe was not cancelled")
+
+    monkeypatch.setattr(step_precision, "use_mixed_precision", probe)
+    with pytest.raises(TrainingCancelled) as exc:
+        finetune(None, img, lab, kn=KN, iterations=5, crop=CROP, checkpoint=tmp_path / "c.pt", cancel=token,
+                 device="cpu", mixed_precision=True, progress=lambda d, t, m: heard.append((d, t, m)))
+    assert exc.value.result.iterations == 0 and exc.value.result.checkpoint is None
+    assert heard == [(0, 5, step_precision.PROBE_MESSAGE)]
+    assert "Timing one training step (fp32 vs bf16)" in step_precision.PROBE_MESSAGE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_time_budget_starts_after_the_probe_and_progress_counts_its_seconds(tmp_path, monkeypatch):
+    """A time budget is training time: the precision probe before it is not counted; progress
+    reports seconds of the budget, and 'iteration N' without the (huge) cap."""
+    import time
+
+    from napari_segneuron.training import step_precision
+    from napari_segneuron.training.finetune import NO_ITERATION_CAP
+
+    img, lab = synthetic()
+    probe_s, budget_s = 2.0, 1.5
+
+    def probe(net, shape, device, requested, *, announce=None, **kw):
+        announce(step_precision.PROBE_MESSAGE)
+        time.sleep(probe_s)
+        return False
+
+    monkeypatch.setattr(step_precision, "use_mixed_precision", probe)
+    heard, stamps = [], []
+    r = finetune(None, img, lab, kn=KN, iterations=NO_ITERATION_CAP, crop=CROP, checkpoint=tmp_path / "c.pt",
+                 device="cpu", mixed_precision=True, time_limit_s=budget_s, time_schedule=True,
+                 progress=lambda d, t, m: heard.append((d, t, m)), loss_callback=lambda it, lv: stamps.append(time.time()))
+    meta = read_checkpoint(r.checkpoint)["metadata"]
+    assert meta["setup_s"] >= probe_s - 0.1
+    assert stamps[-1] - stamps[0] >= budget_s - 0.6  # trained for the budget, after the probe
+    assert r.wall_time_s >= probe_s + budget_s - 0.3
+    assert heard[0] == (0, 2, step_precision.PROBE_MESSAGE)  # seconds of the budget, ceil(1.5)
+    steps = [m for _, _, m in heard[1:]]
+    assert steps[0].startswith("iteration 1, loss ") and steps[0].endswith(" of 0.025 min)")
+    assert all(str(NO_ITERATION_CAP) not in m for m in steps)
+    assert all(t == 2 and 0 <= d <= 2 for d, t, _ in heard)
+    # with a cap, the cap is shown
+    r = finetune(None, img, lab, kn=KN, iterations=2, crop=CROP, device="cpu",
+                 progress=lambda d, t, m: heard.append((d, t, m)))
+    assert heard[-1] == (2, 2, heard[-1][2]) and heard[-1][2].startswith("iteration 2/2, loss ")

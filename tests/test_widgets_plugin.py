@@ -49,7 +49,7 @@ def test_training_dock_finds_the_model_loaded_in_the_segneuron_dock(plugin_docks
     assert loaded is not None and find_segneuron_dock(train.viewer).model is loaded
 
     small_training_setup(viewer, train)
-    train.start_combo.setCurrentText(START_LOADED)
+    train.set_start_choice(START_LOADED)
     train.settings.iterations.value = 2
     ckpt = tmp_path / "mine.pt"
     train.settings.save_to.value = str(ckpt)
@@ -73,7 +73,7 @@ def test_fresh_weights_build_the_compact_default_architecture(plugin_docks, qtbo
 
     viewer, seg, train = plugin_docks
     small_training_setup(viewer, train)
-    train.start_combo.setCurrentText(START_FRESH)
+    train.set_start_choice(START_FRESH)
     train.settings.iterations.value = 1
     train.settings.save_to.value = str(tmp_path / "fresh.pt")
     train.train()

@@ -152,7 +152,11 @@ def run_finetune(args) -> int:
         model, image, labels, mask, grid = to_model_grid(model, image, labels, mask, args.voxel_size, args.magnify)
         extra.update(grid)
     iterations, limit_s = _budget(args)
-    bar = _progress("finetune") if limit_s is None else _TimeProgress(_progress("finetune (s)"), limit_s)
+    # with --minutes, finetune reports seconds of the budget (which starts after the set-up)
+    bar = _Announcing(_progress("finetune" if limit_s is None else "finetune (s)"))
+    extra["training_data"] = {"image": str(Path(args.image).resolve()), "labels": str(Path(args.labels).resolve()),
+                              "mask": str(Path(args.mask).resolve()) if args.mask else None,
+                              "membranes": bool(args.membranes)}
     try:
         r = finetune(model, image, labels, mask=mask, z_affinity=not args.membranes, val_image=val_img,
                      val_labels=val_lab, iterations=iterations, batch_size=args.batch_size, crop=args.crop,
@@ -217,30 +221,32 @@ def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
     return model, image2, labels2, mask2, meta
 
 
-#: iteration cap for a pure time budget (the schedule follows the clock, so it is never reached in practice)
-_MANY = 10**9
-
-
 def _budget(args) -> tuple:
     """(iterations, time limit in seconds or None) from --iterations / --minutes."""
     from .io import InputError
+    from .training.finetune import NO_ITERATION_CAP
+
     minutes = getattr(args, "minutes", None)
     if minutes is None:
         return (args.iterations or 1000), None
     if not minutes > 0:
         raise InputError(f"--minutes must be positive, got {minutes}")
-    return (args.iterations or _MANY), 60.0 * minutes
+    # a pure time budget: the schedule follows the clock, no iteration cap
+    return (args.iterations or NO_ITERATION_CAP), 60.0 * minutes
 
 
-class _TimeProgress:
-    """Feeds a progress bar with elapsed seconds out of the time budget instead of iterations."""
+class _Announcing:
+    """A progress bar that also prints the one-off set-up line (the precision probe) to stderr."""
 
-    def __init__(self, bar, limit_s: float):
-        import time
-        self.bar, self.limit_s, self.t0, self._time = bar, limit_s, time.time(), time.time
+    def __init__(self, bar):
+        self.bar = bar
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
-        self.bar(min(int(self._time() - self.t0), int(self.limit_s)), int(self.limit_s), message)
+        from .training.step_precision import PROBE_MESSAGE
+
+        if message == PROBE_MESSAGE:
+            print(message, file=sys.stderr)
+        self.bar(done, total, message)
 
     def close(self) -> None:
         self.bar.close()

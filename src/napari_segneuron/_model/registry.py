@@ -278,6 +278,13 @@ def load_named(
     path = fetch_weights(key, progress=progress, cancel=cancel)
     entry = REGISTRY.get(key)
     model = load_model(path, device=device, name=entry.name if entry else None)
+    return declare_from_registry(model, key)
+
+
+def declare_from_registry(model, name_or_path: Union[str, os.PathLike]):
+    """``model`` with the voxel size and foreground threshold of the registry entry ``name_or_path``
+    put in ``model.info`` where its checkpoint declares none (a file path: unchanged)."""
+    entry = REGISTRY.get(str(name_or_path))
     if entry is not None and model.info.get("voxel_size_nm") is None and entry.voxel_size_nm is not None:
         model.info["voxel_size_nm"] = tuple(entry.voxel_size_nm)
     if entry is not None and model.info.get("fg_threshold") is None and entry.fg_threshold is not None:

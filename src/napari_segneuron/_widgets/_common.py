@@ -4,13 +4,14 @@ from __future__ import annotations
 import shlex
 from typing import Any, Optional, Sequence
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QScrollArea,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -25,6 +26,35 @@ def plugin_version() -> str:
         return str(__version__)
     except Exception:  # pragma: no cover
         return "unknown"
+
+
+#: the least height of a dock's scrolling form: two docks on one side of the window both stay usable
+MIN_FORM_HEIGHT = 220
+
+
+class FormScroll(QScrollArea):
+    """A dock's form in a vertical scroll area: at least as wide as the form needs (the dock never
+    clips it on the right) and ``MIN_FORM_HEIGHT`` high (another dock beside it can shrink it to
+    a scrolling window, never to one row)."""
+
+    def __init__(self, body: QWidget, parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setWidget(body)
+        body.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()  # the form grew (e.g. a longer model line): the dock follows
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        body = self.widget()
+        width = (body.minimumSizeHint().width() if body is not None else 0) + self.verticalScrollBar().sizeHint().width()
+        margins = self.contentsMargins()  # napari's style sheet draws a frame even with NoFrame
+        return QSize(width + margins.left() + margins.right(), MIN_FORM_HEIGHT)
 
 
 class LayerCombo(QComboBox):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSlider,
     QVBoxLayout,
@@ -36,6 +35,7 @@ from qtpy.QtWidgets import (
 from ..tta import DEFAULT_TTA
 from ._common import (
     Collapsible,
+    FormScroll,
     LayerCombo,
     TripleSpin,
     VoxelSizeField,
@@ -57,6 +57,22 @@ from ._runner import TaskRunner, error_message, notify_info, notify_warning
 CHECKPOINT_ITEM = "Checkpoint file…"
 #: open SegNeuron docks (the training dock hands its trained model to the one of its viewer)
 DOCKS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+class _DockSignals(QObject):
+    """Signals of every SegNeuron dock: ``model_changed(dock)`` after ``set_model``."""
+
+    model_changed = Signal(object)
+
+
+_SIGNALS: list = []
+
+
+def dock_signals() -> _DockSignals:
+    """The one ``_DockSignals`` (made on first use, once a QApplication exists)."""
+    if not _SIGNALS:
+        _SIGNALS.append(_DockSignals())
+    return _SIGNALS[0]
 SLIDER_STEPS = 100  # slider ticks per unit threshold
 PREVIEW_DEPTH = 4  # preview: slices above and below the current one (9 slices)
 #: previews up to this many voxels agglomerate in-process: starting the worker process
@@ -191,14 +207,11 @@ class SegNeuronWidget(QWidget):
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         body = QWidget()
         root = QVBoxLayout(body)
         root.setContentsMargins(0, 0, 0, 0)
-        scroll.setWidget(body)
+        # never squeezed to one row by another dock beside it, never clipped on the right
+        scroll = FormScroll(body)
         outer.addWidget(scroll)
         self._scroll = scroll
 
@@ -859,6 +872,7 @@ class SegNeuronWidget(QWidget):
         note = self._follow_declared_fg(info)
         self.status_label.setText(f"Model '{info.get('name', 'model')}' loaded{origin}.{note}")
         self._show_voxel_note()
+        dock_signals().model_changed.emit(self)
 
     def _follow_declared_fg(self, info: dict) -> str:
         """Put the foreground threshold the weights declare (else the package default) in the box,

@@ -10,7 +10,8 @@ the trained model becomes the loaded model there, and its Weights box shows the 
 checkpoint. "fresh weights" builds the compact architecture of the bundled default.
 Pretrain: masked image + HOG reconstruction on one or more image layers; the checkpoint
 is then the starting point of a finetune. Cancel stops within the current iteration
-(the weights of the last finished step are saved).
+(the weights of the last finished step are saved; before the first step, nothing is saved
+and no dock changes).
 Model LM: Finetune trains the light-microscopy model of the "Trace neurons (LM)" dock
 (``training.lm_finetune``) on an LM stack with a Labels layer (> 0 = neuron) or a Shapes
 layer of SWC paths (a tracing) rasterised into tubes with the image's scale; picking a
@@ -41,7 +42,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import LayerCombo, wrap_label
+from ._common import FormScroll, LayerCombo, wrap_label
 from ._runner import TaskRunner, error_message, notify_info, notify_warning
 from ..calibration import painted_box
 from .segment import _available_devices
@@ -54,7 +55,7 @@ START_PRETRAINED = "last pretrained checkpoint"
 MASK_BOX = "painted box (auto)"
 MASK_ALL = "whole volume annotated"
 ADAPTED_SUFFIX = "adapted"
-NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training
+NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training (= training.finetune.NO_ITERATION_CAP)
 MODEL_EM = "EM (SegNeuron)"
 MODEL_LM = "LM (light microscopy)"
 START_LM_DOCK = "model of the LM dock (else lm_default)"
@@ -84,6 +85,41 @@ def check_box_fits(box, crop) -> None:
                          f"(better {crop_txt}, the training crop) over several slices")
     raise InputError(f"The painted box ({size_txt}) is smaller than a training crop ({crop_txt}): paint a larger "
                      f"block, or set Crop in Settings to at most {fit[0]}, {fit[1]}, {fit[2]}")
+
+
+def dock_of(widget):
+    """The QDockWidget holding ``widget`` (napari's dock wrapper), or None."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget.parentWidget() if widget is not None else None
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
+
+
+def model_title(model) -> str:
+    """How the Start choice names a model: its registry name ('default'), else its checkpoint's file name."""
+    from .._model.registry import REGISTRY
+
+    info = getattr(model, "info", None) or {}
+    name, path = info.get("name"), info.get("path")
+    if name in REGISTRY or not path:
+        return str(name or "unnamed model")
+    return Path(path).name
+
+
+class StartCombo(QComboBox):
+    """The Start choice; ``before_popup`` renames the items (the loaded model may have changed)."""
+
+    def __init__(self, before_popup, parent=None):
+        super().__init__(parent)
+        self._before_popup = before_popup
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(16)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt API
+        self._before_popup()
+        super().showPopup()
 
 
 class MaskCombo(LayerCombo):
@@ -237,6 +273,9 @@ def training_settings():
         FloatSpinBox(name="minutes", label="Minutes", value=15.0, min=0.0, max=100_000.0, step=5.0,
                      tooltip="Wall-clock budget: training stops after this many minutes, the learning rate "
                              "decaying over them (15 minutes on a laptop CPU adapt the model to a new stack). "
+                             "The clock starts with the first training step: the set-up before it (the "
+                             "magnification estimate for Magnify 'auto', and on a CPU with bfloat16 a one-off "
+                             "timing of one step in each precision) is not counted. "
                              "0 = no time limit (then set Iterations)"),
         SpinBox(name="iterations", label="Iterations (0: no cap)", value=0, min=0, max=1_000_000, step=100,
                 tooltip="Optional cap on the training steps (0 = as many as fit in the Minutes)"),
@@ -275,8 +314,17 @@ class TrainingWidget(QWidget):
         self.pretrained_checkpoint: Optional[Path] = None
         self.last_result = None
         self._trained_image = None  # the image layer of the last finetune (re-segmented afterwards)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(4, 4, 4, 4)
+        self._placed = False  # tabified with the SegNeuron dock on first show (see showEvent)
+        # the form scrolls (so the dock shares the side of the window and never squeezes the
+        # SegNeuron dock to one row); the progress bar, Cancel and the status stay below it
+        frame = QVBoxLayout(self)
+        frame.setContentsMargins(4, 4, 4, 4)
+        body = QWidget()
+        outer = QVBoxLayout(body)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = FormScroll(body)
+        frame.addWidget(scroll, 1)
+        self._scroll = scroll
 
         box = QGroupBox("Training data")
         form = QFormLayout(box)
@@ -323,8 +371,8 @@ class TrainingWidget(QWidget):
         ff.addRow("Mask", self.mask_combo)
         self.mask_note = wrap_label("")
         ff.addRow(self.mask_note)
-        self.start_combo = QComboBox()
-        self.start_combo.addItems([START_LOADED, START_FRESH, START_PRETRAINED])
+        self.start_combo = StartCombo(self.refresh_start_labels)
+        self._fill_start([START_LOADED, START_FRESH, START_PRETRAINED])
         self.start_combo.setToolTip(
             "Which weights training starts from: the model loaded in the SegNeuron dock, fresh random "
             "weights, or the checkpoint of the last Pretrain run"
@@ -381,13 +429,14 @@ class TrainingWidget(QWidget):
         hl.setContentsMargins(0, 0, 0, 0)
         self.progress_bar = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop now (within the current iteration); the weights of the last finished step are saved and loaded")
+        self.cancel_button.setToolTip("Stop now (within the current iteration); the weights of the last finished step are saved and "
+                                      "loaded (before the first step: nothing is saved, the model is unchanged)")
         hl.addWidget(self.progress_bar, 1)
         hl.addWidget(self.cancel_button)
-        outer.addWidget(row)
-        self.status_label = wrap_label("Ready.")
-        outer.addWidget(self.status_label)
         outer.addStretch(1)
+        frame.addWidget(row)
+        self.status_label = wrap_label("Ready.")
+        frame.addWidget(self.status_label)
         self.runner = TaskRunner(self.progress_bar, self.status_label, self.cancel_button, self)
         for button in (self.train_button, self.calibrate_button):
             self.runner.started.connect(lambda _n, b=button: b.setEnabled(False))
@@ -415,6 +464,87 @@ class TrainingWidget(QWidget):
         ev.removed.connect(self._refresh_pretrain_list)
         self._refresh_pretrain_list()
         self.setMinimumWidth(300)
+        from .segment import dock_signals
+
+        dock_signals().model_changed.connect(self._dock_model_changed)
+
+    # -- where training starts ---------------------------------------------------------------
+    def start_choice(self) -> str:
+        """The chosen start: ``START_LOADED``, ``START_FRESH``, ``START_PRETRAINED`` (EM) or
+        ``START_LM_DOCK``, ``START_LM_DEFAULT`` (LM); the item's text also names the model."""
+        return self.start_combo.currentData() or self.start_combo.currentText()
+
+    def set_start_choice(self, key: str) -> None:
+        i = self.start_combo.findData(key)
+        if i >= 0:
+            self.start_combo.setCurrentIndex(i)
+
+    def _fill_start(self, keys) -> None:
+        self.start_combo.clear()
+        for key in keys:
+            self.start_combo.addItem(self._start_label(key), key)
+
+    def _start_label(self, key: str) -> str:
+        """The item text of a start choice: the loaded model and the last pretrained checkpoint by name."""
+        if key == START_LOADED:
+            dock = find_segneuron_dock(self.viewer)
+            model = dock.model if dock is not None else self.model
+            return f"{START_LOADED} ({model_title(model) if model is not None else 'none loaded yet'})"
+        if key == START_PRETRAINED:
+            ckpt = self.pretrained_checkpoint
+            return f"{START_PRETRAINED} ({ckpt.name if ckpt is not None else 'none yet'})"
+        return key
+
+    def refresh_start_labels(self) -> None:
+        """Name the current models in the Start choices (the SegNeuron dock calls this through
+        ``segment.dock_signals().model_changed`` whenever its model changes)."""
+        for i in range(self.start_combo.count()):
+            key = self.start_combo.itemData(i)
+            if key:
+                self.start_combo.setItemText(i, self._start_label(key))
+        dock = find_segneuron_dock(self.viewer)
+        model = dock.model if dock is not None else None
+        path = (getattr(model, "info", None) or {}).get("path")
+        i = self.start_combo.findData(START_LOADED)
+        if i >= 0:
+            self.start_combo.setItemData(i, path or "", Qt.ToolTipRole)
+
+    # -- placement -----------------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self.refresh_start_labels()
+        if not self._placed:
+            self._placed = True
+            # after napari has finished docking this widget (it resizes the docks of the area)
+            QTimer.singleShot(0, self.place_beside_segneuron)
+
+    def place_beside_segneuron(self) -> bool:
+        """Tabify this dock with the SegNeuron dock when both sit in the same area of the window
+        (napari stacks a new plugin dock below the others, which left the SegNeuron dock one row
+        high); this one comes to the front. Done once, on first show: the user may move either."""
+        try:
+            seg = find_segneuron_dock(self.viewer)
+            mine, theirs = dock_of(self), dock_of(seg) if seg is not None else None
+            if mine is None or theirs is None or mine is theirs or mine.isFloating() or theirs.isFloating():
+                return False
+            window = mine.parentWidget()
+            if window is None or theirs.parentWidget() is not window or not hasattr(window, "tabifyDockWidget"):
+                return False
+            if window.dockWidgetArea(mine) != window.dockWidgetArea(theirs):
+                return False
+            if theirs not in window.tabifiedDockWidgets(mine):
+                window.tabifyDockWidget(theirs, mine)
+            mine.show()
+            mine.raise_()
+            return True
+        except RuntimeError:  # pragma: no cover - a dock closed meanwhile
+            return False
+
+    def _dock_model_changed(self, _dock=None) -> None:
+        try:
+            self.refresh_start_labels()
+        except RuntimeError:  # pragma: no cover - this dock's Qt object is gone
+            pass
 
     # -- model family ----------------------------------------------------------------------
     def is_lm(self) -> bool:
@@ -438,15 +568,13 @@ class TrainingWidget(QWidget):
         if old != new:
             values = self.settings.asdict()
             self._family_settings[old] = {"crop": tuple(values["crop"]), "lr": float(values["lr"])}
-            self._start_choice[old] = self.start_combo.currentText()
+            self._start_choice[old] = self.start_choice()
             self.settings.crop.value = self._family_settings[new]["crop"]
             self.settings.lr.value = self._family_settings[new]["lr"]
             self._family_now = new
         self.start_combo.blockSignals(True)
-        self.start_combo.clear()
-        self.start_combo.addItems([START_LM_DOCK, START_LM_DEFAULT] if lm else [START_LOADED, START_FRESH,
-                                                                                 START_PRETRAINED])
-        self.start_combo.setCurrentText(self._start_choice.get(new, ""))
+        self._fill_start([START_LM_DOCK, START_LM_DEFAULT] if lm else [START_LOADED, START_FRESH, START_PRETRAINED])
+        self.set_start_choice(self._start_choice.get(new, ""))
         self.start_combo.blockSignals(False)
         self.start_combo.setToolTip(
             "LM: the model chosen in the 'Trace neurons (LM)' dock (else the last LM model trained here, else "
@@ -553,20 +681,6 @@ class TrainingWidget(QWidget):
             # reduced precision where the hardware has it and (CPU) a timed step is faster
             "mixed_precision": True,
         }
-
-    @staticmethod
-    def _budget_progress(progress, settings: dict):
-        """With a time budget and no iteration cap, report elapsed seconds of the budget."""
-        limit = settings.get("time_limit_s")
-        if limit is None or settings["iterations"] < NO_CAP:
-            return progress
-        t0 = time.time()
-
-        def report(done, total, message=""):
-            el = min(time.time() - t0, limit)
-            progress(int(el), int(limit), f"{message} ({el / 60:.1f} of {limit / 60:g} min)")
-
-        return report
 
     # -- the mask ------------------------------------------------------------------------
     def _schedule_mask_note(self, event=None) -> None:
@@ -708,7 +822,7 @@ class TrainingWidget(QWidget):
         self.mask_note.setStyleSheet("")
         if mask is not None:
             check_box_fits(painted_box(mask), settings["crop"])
-        start = self.start_combo.currentText()
+        start = self.start_choice()
         model = None
         if start == START_LOADED:
             dock = find_segneuron_dock(self.viewer)
@@ -734,27 +848,33 @@ class TrainingWidget(QWidget):
             # longer describes the grid these weights learn, so 'auto' must not use it with them
             extra["neurite_halfwidth"] = None
 
+        data = {"image": getattr(self.image_combo.value(), "name", None),
+                "labels": getattr(self.labels_combo.value(), "name", None), "mask": self.mask_combo.currentText()}
+
         def work(progress, cancel):
+            from ..cancel import Cancelled
             from ..inference import Predictor
             from ..scale_estimate import estimate_magnification
-            from ..training.finetune import TrainingCancelled, finetune
+            from ..training.finetune import TrainingCancelled, TrainResult, finetune
             from ..training.grid import block_on_model_grid
 
             m = magnify
-            if m is None:  # the dock's 'auto', not estimated for this image yet: estimated as prediction would
-                m = estimate_magnification(Predictor(model, device="cpu"), image, voxel, progress=progress,
-                                           cancel=cancel).magnify
-            img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, m)
             try:
+                if m is None:  # the dock's 'auto', not estimated for this image yet: estimated as prediction would
+                    m = estimate_magnification(Predictor(model, device="cpu"), image, voxel, progress=progress,
+                                               cancel=cancel).magnify
+                img, lab, msk, grid = block_on_model_grid(image, labels, mask, voxel, model_voxel, m)
                 return finetune(
-                    model, img, lab, mask=msk, checkpoint=ckpt,
-                    progress=self._budget_progress(progress, settings), cancel=cancel,
+                    model, img, lab, mask=msk, checkpoint=ckpt, progress=progress, cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
-                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock", **grid, **extra},
+                    metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock", **grid, **extra,
+                              "training_data": data},
                     **settings,
                 )
             except TrainingCancelled as exc:
                 return exc.result
+            except Cancelled:  # during the magnification estimate: no step, nothing written
+                return TrainResult(model=None, checkpoint=None, iterations=0, cancelled=True)
 
         return "Finetune", work, self._finetune_done
 
@@ -786,8 +906,8 @@ class TrainingWidget(QWidget):
         from .._model import load_model
 
         self.last_result = result
-        if result.checkpoint is None:
-            notify_warning("Training stopped before the first checkpoint; the loaded model is unchanged")
+        if result.checkpoint is None:  # cancelled before a step finished: nothing was written or replaced
+            self._unchanged("the model is unchanged")
             return
         device = self.settings.device.value
         model = load_model(result.checkpoint, device=None if device == "auto" else device,
@@ -828,11 +948,18 @@ class TrainingWidget(QWidget):
         self.status_label.setText(msg)
         (notify_warning if result.cancelled else notify_info)(msg)
 
+    def _unchanged(self, what: str) -> None:
+        """Say (status line and a warning) that a run stopped before its first step changed nothing."""
+        msg = f"Cancelled before the first step; {what} (nothing was saved)."
+        self.status_label.setText(msg)
+        self.progress_bar.setValue(0)
+        notify_warning(msg)
+
     def _lm_start(self):
         """(model or registry name / checkpoint file, description) an LM finetune starts from."""
         from .trace import CHECKPOINT_ITEM
 
-        if self.start_combo.currentText() == START_LM_DOCK:
+        if self.start_choice() == START_LM_DOCK:
             dock = find_trace_dock(self.viewer)
             if dock is not None:
                 key = dock.weights_combo.currentText()
@@ -877,7 +1004,7 @@ class TrainingWidget(QWidget):
 
         self.last_result = result
         if result.checkpoint is None:
-            notify_warning("LM training stopped before its first step finished; nothing was saved")
+            self._unchanged("the LM model is unchanged")
             return
         device = self.settings.device.value
         model = load_vit3d(result.checkpoint, device=None if device == "auto" else device)
@@ -918,7 +1045,7 @@ class TrainingWidget(QWidget):
 
             try:
                 return pretrain(
-                    images, kn=kn, checkpoint=ckpt, progress=self._budget_progress(progress, settings), cancel=cancel,
+                    images, kn=kn, checkpoint=ckpt, progress=progress, cancel=cancel,
                     loss_callback=lambda it, lv: bridge.loss.emit(int(it), float(lv)),
                     metadata={"name": ckpt.stem, "trained_in": "napari-segneuron training dock"}, **settings,
                 )
@@ -933,10 +1060,11 @@ class TrainingWidget(QWidget):
     def _pretrain_done(self, result) -> None:
         self.last_result = result
         if result.checkpoint is None:
-            notify_warning("Pretraining stopped before the first checkpoint was written")
+            self._unchanged("there is no new pretrained checkpoint")
             return
         self.pretrained_checkpoint = Path(result.checkpoint)
-        self.start_combo.setCurrentText(START_PRETRAINED)
+        self.refresh_start_labels()
+        self.set_start_choice(START_PRETRAINED)
         msg = (f"Pretraining {'cancelled' if result.cancelled else 'finished'} after {result.iterations} iterations; "
                f"{result.checkpoint} is the starting point of the next Finetune")
         self.status_label.setText(msg)

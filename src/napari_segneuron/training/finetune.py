@@ -25,9 +25,16 @@ from .augment import AugmentConfig
 from .checkpoints import read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
 
-# checkpoint metadata a finetune keeps from its starting weights (the model's reference neurite
-# half-width, ``scale_estimate``: finetuning on the user's stack does not change the training scale)
-INHERITED_METADATA = ("neurite_halfwidth",)
+#: what a finetune keeps from its starting weights' declarations (``model.info`` / checkpoint
+#: metadata): the physical voxel size they work at, the foreground threshold to segment with, the
+#: reference neurite half-width of ``scale_estimate`` (finetuning on the user's stack does not change
+#: the training scale) and a declared edge scoring / merge threshold. ``finetune(metadata=)`` entries
+#: override them: a block trained at a magnification declares the voxel size it was trained at
+#: (``training.grid.block_on_model_grid``), a magnification chosen by hand drops neurite_halfwidth.
+INHERITED_METADATA = ("voxel_size_nm", "fg_threshold", "neurite_halfwidth", "scoring", "threshold")
+#: ``iterations`` at or above this is "no cap" (a time budget ends the run): progress then says
+#: "iteration 6", not "iteration 6/1000000000"
+NO_ITERATION_CAP = 10**9
 
 ModelLike = Union["torch.nn.Module", str, Path, None]
 
@@ -36,7 +43,9 @@ class TrainingCancelled(Cancelled):
     """Raised when training is cancelled; ``.result`` holds the model and the last checkpoint."""
 
     def __init__(self, result: "TrainResult"):
-        super().__init__("training cancelled by the user; last checkpoint kept")
+        super().__init__("training cancelled by the user; last checkpoint kept"
+                         if getattr(result, "checkpoint", None) is not None
+                         else "training cancelled before the first step; nothing was saved")
         self.result = result
 
 
@@ -54,11 +63,14 @@ class TrainResult:
 
 
 def stop_training(exc: BaseException, result, save: Callable[[int], None], it: int, t0: float,
-                  net: torch.nn.Module, model_on_result: bool = False):
-    """End a training loop that was interrupted at step ``it``: save that step, mark ``result``
-    cancelled with its wall time, put ``net`` in eval mode (and on ``result.model`` if asked);
-    re-raise a KeyboardInterrupt as is, a cancel as ``TrainingCancelled(result)``."""
-    save(it)
+                  net: torch.nn.Module, model_on_result: bool = False, first: int = 0):
+    """End a training loop that was interrupted at step ``it``: save that step (only if a step
+    finished in this run, i.e. ``it > first``: a run cancelled before its first step writes
+    nothing, ``result.checkpoint`` stays None), mark ``result`` cancelled with its wall time, put
+    ``net`` in eval mode (and on ``result.model`` if asked); re-raise a KeyboardInterrupt as is,
+    a cancel as ``TrainingCancelled(result)``."""
+    if it > first:
+        save(it)
     result.cancelled = True
     result.wall_time_s = time.time() - t0
     net.eval()
@@ -100,25 +112,68 @@ def mnet_from_state_dict(sd: dict):
 
 
 def resolve_model(model: ModelLike, kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
-    """An MNet from an instance, a checkpoint path / registry name, or None (fresh weights)."""
+    """An MNet from an instance, a checkpoint path / registry name, or None (fresh weights).
+
+    A path or name is loaded on the CPU with ``model.info`` (what its checkpoint declares, the
+    registry's voxel size / foreground threshold where the checkpoint declares none, as
+    ``_model.load_named`` does), so a finetune from it inherits those declarations."""
     if model is None:
         return build_mnet(kn, fmu)
     if isinstance(model, torch.nn.Module):
         return model
-    p = Path(str(model))
+    from .._model.registry import REGISTRY, declare_from_registry, fetch_weights
+    from .._model.weights import load_model
+
+    key = str(model)
+    p = Path(key)
     if not p.is_file():
         try:
-            from .._model import fetch_weights  # type: ignore
-            p = Path(fetch_weights(str(model)))
-        except ImportError:
-            raise TrainingInputError(f"no checkpoint file {model}")
+            p = Path(fetch_weights(key))
         except Exception as exc:
             raise TrainingInputError(f"cannot find weights {model!r}: {exc}") from exc
-    ck = read_checkpoint(p)
+    entry = REGISTRY.get(key)
     try:
-        return mnet_from_state_dict(ck["model_weights"])
+        net = load_model(p, device="cpu", name=entry.name if entry is not None else None)
     except Exception as exc:
-        raise TrainingInputError(f"{p} does not hold MNet weights: {exc}") from exc
+        raise TrainingInputError(f"{p} does not hold MNet weights: {exc}") from None
+    return declare_from_registry(net, key)
+
+
+def declared_by(model) -> dict:
+    """The ``INHERITED_METADATA`` a starting model declares: ``model.info``'s own entries (which
+    hold the registry's fallbacks of ``load_named``), else its checkpoint metadata; tuples as lists."""
+    info = getattr(model, "info", None) or {}
+    saved = info.get("metadata") if isinstance(info.get("metadata"), dict) else {}
+    out = {}
+    for key in INHERITED_METADATA:
+        value = info.get(key)
+        if value is None:
+            value = saved.get(key)
+        if value is not None:
+            out[key] = [float(v) for v in value] if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def parent_record(model) -> Optional[dict]:
+    """``{name, path, sha256, iters}`` of the weights a finetune starts from (None: fresh weights,
+    or a module without ``info``)."""
+    info = getattr(model, "info", None)
+    if not info:
+        return None
+    rec = {k: info.get(k) for k in ("name", "path", "sha256", "iters") if info.get(k) is not None}
+    return rec or None
+
+
+def training_data_record(volumes: Sequence[TrainVolume]) -> dict:
+    """What a finetune trained on (the first volume; ``n_volumes`` counts them): shape, the
+    annotated (mask) box as [[start, stop], ...] or None for the whole volume, labelled ids."""
+    v = volumes[0]
+    box = v.annotated_box()
+    labels = v.labels if v.mask is None else v.labels[v.mask]
+    return {"image_shape": [int(n) for n in v.image.shape],
+            "mask_box": None if box is None else [[int(a), int(b)] for a, b in box],
+            "n_labels": int(np.unique(labels[labels > 0]).size),
+            "n_volumes": len(volumes)}
 
 
 def pick_device(device=None) -> torch.device:
@@ -361,9 +416,18 @@ def finetune(
     copies). ``resume`` continues from a checkpoint (weights, optimizer,
     iteration). ``time_limit_s`` stops early; with ``time_schedule`` the learning
     rate decays over whichever of iterations / time runs out first (for CPU
-    machines of unknown speed). ``progress(done, total, message)``, ``loss_callback(iteration,
-    loss)``; cancelling writes the checkpoint and raises TrainingCancelled
-    (``.result`` has the model and path). ``balance`` weighs boundary and
+    machines of unknown speed); the budget's clock starts after the set-up (the precision probe
+    of ``mixed_precision``, announced through ``progress``), ``wall_time_s`` and the checkpoint's
+    ``setup_s`` say how long that took. ``iterations`` >= ``NO_ITERATION_CAP`` means no cap.
+    ``progress(done, total, message)`` counts seconds of the budget when there is one, else
+    iterations; ``loss_callback(iteration, loss)``. Cancelling writes the checkpoint of the last
+    finished step and raises TrainingCancelled (``.result`` has the model and path; cancelled before
+    the first step: ``iterations`` unchanged, ``checkpoint`` None, nothing written).
+    The checkpoint's metadata keeps the starting weights' declarations (``INHERITED_METADATA``;
+    ``metadata`` overrides them), records them under ``parent`` (name, path, sha256, iters) and
+    ``inherited_from_parent``, and what trained under ``training_data`` (image_shape, mask_box,
+    n_labels, n_volumes, iterations, plus a ``metadata['training_data']`` dict's entries, e.g.
+    the image and labels names). ``balance`` weighs boundary and
     non-boundary affinities equally; ``ema_decay`` > 0 validates, keeps and
     returns an exponential moving average of the weights; ``mixed_precision``
     runs the forward pass in reduced-precision autocast where that is native and, on CPUs,
@@ -398,49 +462,47 @@ def finetune(
         except Exception as exc:
             raise TrainingInputError(f"cannot resume from {resume}: {exc}") from exc
         start_iter, opt_state = ck["iters"], read_optimizer_state(resume)
-        meta0 = ck["metadata"]
+        meta0 = ck["metadata"]  # the first run's declarations, parent and data
     else:
         net = resolve_model(model, kn, fmu)
-        # what the starting weights declare about their data still holds after finetuning
-        info = getattr(net, "info", None) or getattr(model, "info", None) or {}
-        meta0 = {k: info[k] for k in INHERITED_METADATA if info.get(k) is not None}
+        # what the starting weights declare about the data they work on still holds after finetuning
+        start = net if getattr(net, "info", None) else model
+        meta0 = declared_by(start)
+        parent = parent_record(start)
+        if parent is not None:
+            meta0["parent"] = parent
     dev = pick_device(device)
     net = net.to(dev).float()
     net.train()
-    from .step_precision import loss_on_one_batch, use_mixed_precision
-    announce = None if progress is None else (lambda m: progress(start_iter, iterations, m))
-    mixed_precision = use_mixed_precision(
-        net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
-        loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: segmentation_loss(
-            net, b, dev, aff_weight, fg_weight, balance, mixed)[0]))
-    torch.manual_seed(seed + start_iter)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    best_score = meta0.get("best_score")
-    ema = WeightAverage(net, ema_decay) if ema_decay > 0 else None
-    if opt_state is not None:
-        try:
-            opt.load_state_dict(opt_state["optimizer"])
-            sampler.rng = np.random.default_rng(seed + start_iter)
-        except Exception:
-            say("optimizer state not usable; continuing with a fresh optimizer")
-        if ema is not None and isinstance(opt_state.get("ema"), dict):
-            ema.shadow.update({k: v.float() if v.is_floating_point() else v for k, v in opt_state["ema"].items()
-                               if k in ema.shadow})
+    capped = iterations < NO_ITERATION_CAP
+    result = TrainResult(model=net, checkpoint=None, iterations=start_iter, best_checkpoint=None,
+                         best_score=meta0.get("best_score"))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     best_path = ckpt.with_name(ckpt.stem + "_best" + ckpt.suffix) if ckpt else None
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    ema = WeightAverage(net, ema_decay) if ema_decay > 0 else None
+    first = meta0.get("training_data") if resume is not None else None  # a resumed run's data stay the first's
+    data = dict(first if isinstance(first, dict) else training_data_record(vols),
+                **dict((metadata or {}).get("training_data") or {}))
     meta = {"kn": list(net.kn), "fmu": net.fmu, "trained_by": "napari_segneuron.training.finetune",
             "crop": list(sampler.crop), "batch_size": batch_size, "lr": lr, "schedule": schedule,
             "aff_weight": aff_weight, "fg_weight": fg_weight, "input_normalization": "uint8/255",
-            "balance": balance, "ema_decay": ema_decay, "mixed_precision": mixed_precision,
+            "balance": balance, "ema_decay": ema_decay, "mixed_precision": bool(mixed_precision),
             **{k: v for k, v in meta0.items() if k not in ("best_score", "dtype")}, **(metadata or {})}
-    result = TrainResult(model=net, checkpoint=None, iterations=start_iter, best_checkpoint=None,
-                         best_score=best_score)
+    meta["training_data"] = data
+    if resume is None:
+        if "parent" in meta0:  # which declarations came from the parent (not set by ``metadata``)
+            meta["inherited_from_parent"] = [k for k in INHERITED_METADATA
+                                             if k in meta0 and meta.get(k) is not None and meta[k] == meta0[k]]
+    t_train = [time.time()]  # when the budget's clock starts: after the set-up (precision probe)
 
     def save(it: int) -> None:
         if ckpt is None:
             return
         m = dict(meta, iterations_done=it, best_score=result.best_score,
-                 wall_time_s=round(time.time() - t_start, 1))
+                 wall_time_s=round(time.time() - t_start, 1), setup_s=round(t_train[0] - t_start, 1))
+        if isinstance(m.get("training_data"), dict):
+            m["training_data"] = dict(m["training_data"], iterations=it)
         state = {"optimizer": opt.state_dict(), "iters": it}
         if ema is not None:
             state["ema"] = ema.shadow
@@ -458,19 +520,49 @@ def finetune(
             m = dict(meta, iterations_done=it, wall_time_s=round(time.time() - t_start, 1))
             write_checkpoint(evaluated(), ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
 
+    def report(it: int, message: str) -> None:
+        """Progress: seconds of the time budget when there is one, else iterations."""
+        if progress is None:
+            return
+        if time_limit_s:
+            el = min(max(time.time() - t_train[0], 0.0), time_limit_s)
+            progress(int(el), int(math.ceil(time_limit_s)),
+                     f"{message} ({el / 60:.1f} of {time_limit_s / 60:g} min)")
+        else:
+            progress(it, iterations, message)
+
     it = start_iter
     running = None
-    hooks = cancel_hooks(net, cancel)
+    from .step_precision import loss_on_one_batch, use_mixed_precision
+    announce = None if progress is None else (
+        lambda m: progress(0, int(math.ceil(time_limit_s)), m) if time_limit_s else progress(start_iter, iterations, m))
+    hooks = cancel_hooks(net, cancel)  # a Cancel also stops the precision probe mid-step
     try:
+        mixed_precision = use_mixed_precision(
+            net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
+            loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: segmentation_loss(
+                net, b, dev, aff_weight, fg_weight, balance, mixed)[0]))
+        meta["mixed_precision"] = bool(mixed_precision)
+        torch.manual_seed(seed + start_iter)
+        if opt_state is not None:
+            try:
+                opt.load_state_dict(opt_state["optimizer"])
+                sampler.rng = np.random.default_rng(seed + start_iter)
+            except Exception:
+                say("optimizer state not usable; continuing with a fresh optimizer")
+            if ema is not None and isinstance(opt_state.get("ema"), dict):
+                ema.shadow.update({k: v.float() if v.is_floating_point() else v for k, v in opt_state["ema"].items()
+                                   if k in ema.shadow})
+        t_train[0] = time.time()
         while it < iterations:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled")
-            if time_limit_s is not None and it > start_iter and time.time() - t_start > time_limit_s:
+            if time_limit_s is not None and it > start_iter and time.time() - t_train[0] > time_limit_s:
                 say(f"time limit reached at iteration {it}")
                 break
             eff = it
             if time_schedule and time_limit_s:
-                eff = max(it, int(iterations * (time.time() - t_start) / time_limit_s))
+                eff = max(it, int(iterations * (time.time() - t_train[0]) / time_limit_s))
                 eff = it if it < warmup else max(eff, warmup)
             cur = learning_rate(eff, iterations, lr, min_lr, schedule, warmup)
             for g in opt.param_groups:
@@ -492,8 +584,7 @@ def finetune(
             running = lv if running is None else 0.95 * running + 0.05 * lv
             if loss_callback is not None:
                 loss_callback(it, lv)
-            if progress is not None:
-                progress(it, iterations, f"iteration {it}/{iterations}, loss {running:.4f}")
+            report(it, f"iteration {it}{f'/{iterations}' if capped else ''}, loss {running:.4f}")
             if it % 10 == 0 or it == start_iter + 1:
                 say(f"it {it} loss {lv:.4f} (aff {l_aff.item():.4f} fg {l_fg.item():.4f}) avg {running:.4f} "
                     f"lr {cur:.2e} t {time.time() - t_start:.0f}s")
@@ -513,7 +604,7 @@ def finetune(
             if keep_every and it % keep_every == 0:
                 keep(it)
     except (Cancelled, KeyboardInterrupt) as exc:
-        stop_training(exc, result, save, it, t_start, net)
+        stop_training(exc, result, save, it, t_start, net, first=start_iter)
     finally:
         for h in hooks:
             h.remove()

@@ -26,6 +26,10 @@ CACHE_NAME = "train_precision.json"
 PROBE_VERSION = 1
 #: bf16 must be at least this much faster than fp32 to be used
 MIN_GAIN = 0.05
+#: what ``announce`` hears before the measurement (the training docks and the CLI show it; a time
+#: budget starts after it)
+PROBE_MESSAGE = ("Timing one training step (fp32 vs bf16) to pick the faster precision, once for this machine "
+                 "and batch; the time budget starts after it…")
 
 #: ``timer(model, shape, device, mixed)``: seconds per step (tests fake it)
 Timer = Callable[[torch.nn.Module, Sequence[int], torch.device, bool], float]
@@ -139,7 +143,7 @@ def use_mixed_precision(model: torch.nn.Module, shape: Sequence[int], device, re
         def timer(m, shp, dev, mixed):
             return time_training_step(m, loss, dev, mixed)
     if announce is not None:
-        announce("timing one training step in fp32 and bfloat16 (once for this machine and batch)")
+        announce(PROBE_MESSAGE)
     fp32 = timer(model, shape, device, False)
     bf16 = timer(model, shape, device, True)
     mixed = bf16 < fp32 * (1.0 - MIN_GAIN)
