@@ -59,6 +59,7 @@ def test_predict_on_the_cluster_equals_the_in_memory_predictor(tmp_path, cluster
 
 
 def test_segment_on_the_cluster_matches_the_whole_volume(tmp_path, cluster_client, real_prediction):
+    from napari_segneuron.metrics import pair_counts
     from napari_segneuron.segmentation import DEFAULT_THRESHOLD, agglomerate, evaluate
     from napari_segneuron.segmentation.blockwise import (
         labels_dask,
@@ -98,6 +99,15 @@ def test_segment_on_the_cluster_matches_the_whole_volume(tmp_path, cluster_clien
     out = write_labels_blockwise(blocks, DEFAULT_THRESHOLD, str(tmp_path / "labels.zarr"), client=cluster_client)
     np.testing.assert_array_equal(out[...], labels)
     np.testing.assert_array_equal(labels_dask(blocks, DEFAULT_THRESHOLD).compute(), labels)
+    # ids follow the merge hierarchy here too (and the chunked writers use the same ids):
+    # raising the threshold, each segment is a union of lower segments and has one of their ids
+    low, high = blocks.labels(0.3, min_size=0), blocks.labels(0.6, min_size=0)
+    parts: dict = {}
+    for a, b in zip(*(x.tolist() for x in pair_counts(low[low > 0], high[high > 0])[:2])):
+        parts.setdefault(b, []).append(a)
+    assert sum(map(len, parts.values())) == len(np.unique(low[low > 0]))  # no segment split
+    assert all(b in members for b, members in parts.items()) and any(len(m) > 1 for m in parts.values())
+    np.testing.assert_array_equal(labels_dask(blocks, 0.6).compute(), blocks.labels(0.6))
     # the stored history reopens with the same replay
     again = load_agglomeration(str(tmp_path / "blocks.zarr"))
     np.testing.assert_array_equal(again.labels(0.5), blocks.labels(0.5))
@@ -143,3 +153,26 @@ def test_cli_segment_on_an_existing_cluster(tmp_path, cluster_client, real_predi
     np.testing.assert_array_equal(labels[...], agg.labels(DEFAULT_THRESHOLD))  # the CLI's default threshold
     # a bad scheduler spec is refused with a message, not a traceback
     assert main(["segment", path, "-o", str(tmp_path / "x.zarr"), "--block", "16,32,64", "--scheduler", "local:zero"]) == 2
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_cli_segment_blockwise_into_a_tif_on_both_sides_of_the_fast_gather(tmp_path, cluster_client, real_prediction,
+                                                                          monkeypatch, capsys, fast):
+    """``segment pred.zarr -o labels.tif --block ... --scheduler ...`` gathers the labels from the
+    zarr fragments in this process at the end: from ``FAST_GATHER_VOXELS`` voxels on through the
+    fast path (on 250^3 it asked the zarr array for numpy's flags and crashed), below it numpy."""
+    from napari_segneuron.cli import main
+    from napari_segneuron.segmentation import DEFAULT_THRESHOLD
+    from napari_segneuron.segmentation import agglomeration as agg_mod
+    from napari_segneuron.segmentation.blockwise import load_agglomeration
+
+    monkeypatch.setattr(agg_mod, "FAST_GATHER_VOXELS", 1 if fast else 1 << 40)
+    path, _, _ = real_prediction
+    out = tmp_path / "labels.tif"
+    address = cluster_client.scheduler.address
+    assert main(["segment", path, "-o", str(out), "--block", "16,32,64", "--scheduler", address]) == 0
+    agg = load_agglomeration(str(tmp_path / "labels.fragments.zarr"))
+    labels = tifffile.imread(out)
+    np.testing.assert_array_equal(labels, agg.labels(DEFAULT_THRESHOLD))
+    n = agg.n_segments(DEFAULT_THRESHOLD)
+    assert n == len(np.unique(labels[labels > 0])) and f": {n} segments" in capsys.readouterr().err

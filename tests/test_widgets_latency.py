@@ -84,3 +84,42 @@ def test_slider_latency_in_viewer(make_napari_viewer, qtbot):
           f"labels(t) + layer update median {med:.0f} ms, max {max(w.slider_latency_ms):.0f} ms; "
           f"slider move to redraw median {np.median(ends):.0f} ms")
     assert med < (1000 if not FULL else 2000)
+
+
+def test_slider_keeps_ids_and_colours_of_segments_it_does_not_merge(make_napari_viewer, qtbot):
+    """napari colours labels by id: moving the slider up and back, a merge keeps one of its two
+    ids, every other segment keeps its id and colour, and coming back restores every id."""
+    from napari_segneuron import segmentation
+
+    viewer = make_napari_viewer()
+    w = SegNeuronWidget(viewer)
+    viewer.window.add_dock_widget(w, name="SegNeuron")
+    shape = (16, 96, 96)
+    # waterz's fragments: this synthetic map has a few merges from 0.3 to 0.4 (36 -> 32 segments)
+    agg = segmentation.agglomerate(synthetic_affinities(shape), None, min_size=0, fragments="waterz", worker=False)
+    viewer.add_image(np.zeros(shape, np.uint8), name="em")
+    w._install_segmentation(agg, agg.labels(0.3), "em segmentation", {"segment": {"threshold": 0.3}},
+                            (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), False)
+    layer = viewer.layers["em segmentation"]
+    low = np.asarray(layer.data).copy()
+    colours = {int(i): np.asarray(layer.get_color(int(i))) for i in np.unique(low[low > 0])}
+
+    def move(t):
+        n = len(w.slider_latency_ms)
+        w.set_threshold(t)
+        qtbot.waitUntil(lambda: len(w.slider_latency_ms) > n, timeout=30_000)
+        return np.asarray(layer.data).copy()
+
+    high = move(0.4)
+    assert agg.n_merges(0.4) > agg.n_merges(0.3)
+    kept = 0
+    for i in colours:
+        piece = low == i
+        ids = np.unique(high[piece])
+        assert len(ids) == 1 and int(ids[0]) in colours  # merged into a segment that has a lower id
+        if (high == ids[0]).sum() == piece.sum():  # merged with nothing: same id, same colour
+            assert ids[0] == i
+            np.testing.assert_array_equal(np.asarray(layer.get_color(i)), colours[i])
+            kept += 1
+    assert 0 < kept < len(colours)
+    np.testing.assert_array_equal(move(0.3), low)  # back down: every id restored

@@ -153,7 +153,7 @@ def run_segment(args: argparse.Namespace) -> int:
         else:
             labels = agg.labels(args.threshold)
             write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
-            n = int(labels.max()) if labels.size else 0
+            n = int(agg.n_segments(args.threshold))
     print(f"wrote {args.output}: {n} segments (threshold {args.threshold}); {agg.n_fragments} fragments in "
           f"{agg.info.get('n_blocks')} blocks, merge graph {agg.info.get('n_edges')} edges "
           f"({agg.info.get('merge_seconds', 0):.1f} s); predict {t1 - t0:.1f} s, segment {t2 - t1:.1f} s; "

@@ -314,7 +314,7 @@ def run_segment(args: argparse.Namespace) -> int:
         write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
     finally:
         stages.close()
-    n = int(labels.max()) if labels.size else 0
+    n = agg.n_segments(args.threshold)  # labels are root-fragment ids, not 1..n
     print(
         f"wrote {args.output}: {n} segments, {100.0 * float((labels == 0).mean()):.1f}% background "
         f"(threshold {args.threshold}, fg threshold {args.fg_threshold}, min size {args.min_size}); "

@@ -207,6 +207,11 @@ def contingency(
     return pair_counts(s, g)
 
 
+#: ``pair_counts`` counts pairs in a dense (segments x truth) table up to this many cells (or 4 per
+#: voxel), else hashes the pair keys
+DENSE_PAIR_TABLE = 1 << 20
+
+
 def pair_counts(s: np.ndarray, g: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique (s, g) pairs with their (optionally weighted) counts."""
     if s.size == 0:
@@ -215,7 +220,7 @@ def pair_counts(s: np.ndarray, g: np.ndarray, weights: np.ndarray | None = None)
     su, si = _unique_inverse(s)
     gu, gi = _unique_inverse(g)
     key = si.astype(np.int64).ravel() * len(gu) + gi.astype(np.int64).ravel()
-    if len(su) * len(gu) <= max(4 * key.size, 1 << 20):
+    if len(su) * len(gu) <= max(4 * key.size, DENSE_PAIR_TABLE):
         counts = np.bincount(key, weights=weights, minlength=len(su) * len(gu))
         pairs = np.flatnonzero(counts)
         counts = counts[pairs]

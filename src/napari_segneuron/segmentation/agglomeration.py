@@ -37,7 +37,8 @@ from ..cancel import CancelToken, check
 from ..io import InputError
 from .defaults import (
     BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MAX_THRESHOLD, DEFAULT_MIN_SIZE,
-    DEFAULT_MEMBRANE_FILL, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SMALL_SEGMENTS, ProgressFn,
+    DEFAULT_MEMBRANE_FILL, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
+    ProgressFn,
     _check_membrane_fill, _check_threshold, check_scoring,
 )
 from .fragments import DEFAULT_FRAGMENTS, FRAGMENT_METHODS, _renumber, distance_fragments
@@ -49,17 +50,29 @@ from .worker import _TOTAL_STEPS, _restore_stdout, _run_in_worker, _silence_stdo
 
 
 
-def _gather(lut: np.ndarray, frag: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+#: volumes of at least this many voxels are relabelled by torch's ``index_select`` (below it,
+#: numpy's ``take``: the same result, and torch's start-up cost would dominate)
+FAST_GATHER_VOXELS = 1 << 22
+#: voxels per slab when labels are gathered from fragments that are not in memory (zarr, dask)
+GATHER_SLAB_VOXELS = 1 << 24
+
+
+def _gather(lut: np.ndarray, frag: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``lut[frag]`` as fast as this machine allows.
 
     numpy's ``take`` converts uint32 indices to intp first (about 5 ns per voxel);
     torch's ``index_select`` reads int32 indices directly and uses all cores (about 1 ns
-    per voxel on real fragments), so it is used when torch is importable and the ids fit.
+    per voxel on real fragments), so it is used from ``FAST_GATHER_VOXELS`` voxels on, when
+    torch is importable and the ids fit. ``frag`` may be any array-like (a zarr or dask array
+    is read into memory first; ``Agglomeration.labels`` reads those slab by slab instead).
     """
+    if not isinstance(frag, np.ndarray):
+        frag = np.asarray(frag)
     if out is not None:
         if out.shape != frag.shape or out.dtype != lut.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {lut.dtype} array of shape {frag.shape}")
-    if frag.size >= 1 << 22 and frag.dtype == np.uint32 and len(lut) < 2**31 and frag.flags.c_contiguous:
+    if (frag.size >= FAST_GATHER_VOXELS and frag.dtype == np.uint32 and lut.dtype == np.uint32
+            and len(lut) < 2**31 and frag.flags.c_contiguous):
         try:
             import torch
         except ImportError:  # pragma: no cover - torch is a dependency
@@ -74,6 +87,29 @@ def _gather(lut: np.ndarray, frag: np.ndarray, out: Optional[np.ndarray] = None)
     return np.take(lut, frag, out=out)
 
 
+def _gather_lazy(lut: np.ndarray, frag: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``_gather`` over fragments held on disk or lazily (zarr, dask): z slabs of about
+    ``GATHER_SLAB_VOXELS`` voxels (whole chunks along z when the array has chunks), each read
+    and relabelled into its part of ``out``, so only ``out`` and one slab are in memory."""
+    shape = tuple(int(s) for s in frag.shape)
+    if out is None:
+        out = np.empty(shape, lut.dtype)
+    elif out.shape != shape or out.dtype != lut.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {lut.dtype} array of shape {shape}")
+    if len(shape) == 0 or shape[0] == 0:
+        return out
+    plane = max(1, int(np.prod(shape[1:])))
+    step = max(1, GATHER_SLAB_VOXELS // plane)
+    chunks = getattr(frag, "chunks", None)
+    cz = chunks[0] if chunks else None
+    if isinstance(cz, tuple):  # dask: chunk sizes per block
+        cz = cz[0] if cz else None
+    if cz:
+        step = max(int(cz), step // int(cz) * int(cz))
+    for z0 in range(0, shape[0], step):
+        z1 = min(shape[0], z0 + step)
+        _gather(lut, np.asarray(frag[z0:z1]), out[z0:z1])
+    return out
 
 
 @dataclass
@@ -130,32 +166,62 @@ class Agglomeration:
     def lookup_table(
         self, threshold: float, min_size: Optional[int] = None, small: Optional[str] = None
     ) -> np.ndarray:
-        """Fragment id -> label at ``threshold`` (labels 1..K, 0 = background), as uint32."""
+        """Fragment id -> label at ``threshold`` (0 = background), as uint32.
+
+        A segment's label is the id of its root fragment: the fragment every merge of the
+        segment kept (waterz's own label for it), so ids are a function of the merge
+        hierarchy alone. Raising the threshold, a merge keeps the kept side's id and every
+        other segment keeps its id; lowering it, the split pieces get their ids back, whatever
+        the order of the calls. Small segments merged into a neighbour (``small="merge"``) take
+        the id of the largest segment of their group (ties: the lowest id), so a segment
+        absorbing small pieces keeps its id. Labels are therefore not consecutive: ``n_segments``
+        counts them."""
+        return self._lookup(threshold, min_size, small)[0]
+
+    def _lookup(
+        self, threshold: float, min_size: Optional[int] = None, small: Optional[str] = None
+    ) -> tuple[np.ndarray, int]:
+        """``lookup_table`` and the number of segments (non-zero labels) in it."""
         k = self.n_merges(threshold)
         min_size = self.min_size if min_size is None else int(min_size)
         small = self.small if small is None else small
         if small not in SMALL_SEGMENTS:
             raise InputError(f"small must be one of {SMALL_SEGMENTS}, not {small!r}")
-        starts = self._join >= k  # a position starts a segment unless merged before k
-        if len(starts):
-            starts[0] = True
-        seg = np.cumsum(starts, dtype=np.uint32)
         n_nodes = len(self._sizes)
-        if (min_size > 1 or self._has_empty) and len(seg):
-            first = np.flatnonzero(starts)
+        lut = np.zeros(n_nodes, np.uint32)
+        n_pos = len(self._order)
+        if n_pos == 0:
+            return lut, 0
+        starts = self._join >= k  # a position starts a segment unless merged before k
+        starts[0] = True
+        first = np.flatnonzero(starts)
+        lengths = np.diff(first, append=n_pos)
+        # the fragment at the head of a run was not absorbed by any merge before k: the root
+        roots = self._order[first].astype(np.uint32)
+        n = len(roots)
+        if min_size > 1 or self._has_empty:
             sizes = np.add.reduceat(self._size_in_order, first)
             if small == "merge" and min_size > 1 and (sizes < min_size).any():
-                lut = np.zeros(n_nodes, np.uint32)
-                lut[self._order] = seg
-                new_id = self._merge_small(lut, np.concatenate([[0], sizes]), min_size)
+                run_lut = np.zeros(n_nodes, np.uint32)  # merge_small works on segment numbers 1..n
+                run_lut[self._order] = np.repeat(np.arange(1, n + 1, dtype=np.uint32), lengths)
+                group = self._merge_small(run_lut, np.concatenate([[0], sizes]), min_size)[1:]
+                del run_lut
+                # each group is labelled by its largest segment (ties: the lowest id)
+                o = np.lexsort((roots, -sizes, group))
+                g = group[o]
+                head = np.ones(len(o), bool)
+                head[1:] = g[1:] != g[:-1]
+                rep = np.zeros(int(g[-1]) + 1, np.uint32)
+                rep[g[head]] = roots[o[head]]
+                rep[0] = 0  # pieces touching nothing: background
+                roots = rep[group]
+                n = int(np.count_nonzero(g[head]))
             else:
                 keep = sizes >= max(min_size, 1)
-                new_id = np.zeros(len(keep) + 1, np.uint32)
-                new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-            seg = new_id[seg]
-        lut = np.zeros(n_nodes, np.uint32)
-        lut[self._order] = seg
-        return lut
+                roots = np.where(keep, roots, np.uint32(0))
+                n = int(np.count_nonzero(keep))
+        lut[self._order] = np.repeat(roots, lengths)
+        return lut, n
 
     def _contact_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Touching fragment pairs and their contact areas (``small.contact_table``), cached."""
@@ -183,12 +249,13 @@ class Agglomeration:
         ``min_size``/``small`` override the agglomeration's settings."""
         lut = self.lookup_table(threshold, min_size, small)
         frag = self.fragments if region is None else self.fragments[region]
+        if not isinstance(frag, np.ndarray):  # blockwise: a zarr (or dask) array on disk
+            return _gather_lazy(lut, frag, out)
         return _gather(lut, frag, out)
 
     def n_segments(self, threshold: float, min_size: Optional[int] = None, small: Optional[str] = None) -> int:
-        """Number of segments (labels 1..K) at ``threshold``."""
-        lut = self.lookup_table(threshold, min_size, small)
-        return int(lut.max()) if len(lut) else 0
+        """Number of segments (distinct non-zero labels) at ``threshold``."""
+        return self._lookup(threshold, min_size, small)[1]
 
     def on_grid(self, shape: Sequence[int], min_size: Optional[int] = None) -> "Agglomeration":
         """The same agglomeration carried to another grid of the same extent (e.g. the input grid
@@ -271,6 +338,11 @@ def agglomerate(
     scoring: "mean", "median" (see ``SCORING_FUNCTIONS``) or a waterz C++ scoring type.
       ``labels(t)`` equals a direct waterz run at every ``t`` with the exact priority
       queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
+      The default here is "median" while ``waterz.agglomerate`` defaults to mean scoring:
+      compare with ``waterz.agglomerate(..., scoring_function=agg.info["scoring_function"])``
+      (the C++ type used), or the results differ (median merges far more at low thresholds).
+      Given the same affinities and fragments, ``labels(t)`` is waterz's result voxel for voxel,
+      ids included (a segment's id is its root fragment's id; see ``lookup_table``).
     worker: False (default) runs waterz here, with its output silenced, so the call works
       in any script; True runs it in a spawned process (what the napari dock does:
       cancellable, keeps a GUI responsive, reports waterz's stages as progress).
@@ -442,7 +514,8 @@ def agglomerate(
         _sizes=result["sizes"],
         _contacts=contacts[0] if contacts else None,
         info=dict(
-            seconds=time.perf_counter() - t0, scoring=scoring, fg_threshold=fg_threshold if fg is not None else None,
+            seconds=time.perf_counter() - t0, scoring=scoring, scoring_function=SCORING_FUNCTIONS.get(scoring, scoring),
+            fg_threshold=fg_threshold if fg is not None else None,
             restricted=fg is not None, discretize_queue=int(discretize_queue), background_mode=background_mode,
             fragments=method or "given", membrane_fill=membrane_fill if fg is not None else 0,
             membrane_voxels_filled=int(filled),

@@ -48,6 +48,8 @@ DEFAULT_BOUNDARY_THRESHOLD = 0.995
 DEFAULT_SEED_DISTANCE = 1
 DEFAULT_SMOOTHING = 0.0
 INSIDE_AT_LEAST = 0.1
+#: at most about this many voxels (a strided sample) estimate the inside quantile of larger volumes
+QUANTILE_SAMPLE_VOXELS = 2_000_000
 #: seeded_watershed's backend for distance fragments (benchmarks switch it)
 _BACKEND = "auto"
 #: most queue levels of the bucket watershed
@@ -250,7 +252,7 @@ def distance_fragments(
     # reach boundary_threshold: the top INSIDE_AT_LEAST of the voxels count as inside then
     # (the default model's predictions have 17-25% of voxels above 0.995: unchanged)
     level = np.float32(boundary_threshold)
-    sample = mean.reshape(-1)[:: max(1, mean.size // 2_000_000)]
+    sample = mean.reshape(-1)[:: max(1, mean.size // QUANTILE_SAMPLE_VOXELS)]
     level = min(level, np.float32(np.quantile(sample, 1.0 - INSIDE_AT_LEAST)))
     inside = mean > level
     if not inside.any():  # a constant map

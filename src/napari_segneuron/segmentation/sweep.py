@@ -136,7 +136,7 @@ def threshold_sweep(
     vs, vm, ar, ns, cov = [], [], [], [], []
     for i, t in enumerate(thresholds):
         check(cancel)
-        lut = agglomeration.lookup_table(float(t))
+        lut, n_seg = agglomeration._lookup(float(t))
         removed = agglomeration.min_size > 1 and bool((lut[present] == 0).any())
         if removed and background == "fill":
             # min_size removed segments here: fill them too (voxel-level, rare)
@@ -152,7 +152,7 @@ def threshold_sweep(
         vs.append(sc.vi_split)
         vm.append(sc.vi_merge)
         ar.append(sc.arand)
-        ns.append(int(lut.max()) if len(lut) else 0)
+        ns.append(int(n_seg))
         if progress is not None:
             progress(i + 1, len(thresholds), f"threshold {t:.3f}")
     return SweepResult(thresholds, np.array(vs), np.array(vm), np.array(ar), np.array(ns), background, np.array(cov))
