@@ -573,11 +573,10 @@ def fib25_shaped() -> dict:
 def test_labels_are_waterz_voxel_for_voxel_on_label_shaped_affinities(fib25_shaped: dict, fragments: str,
                                                                        restricted: bool) -> None:
     """``labels(t)`` is what waterz gives at ``t`` on the same affinities and fragments, ids and
-    all, for every kind of fragments, with and without a foreground. (A comparison against
-    ``waterz.agglomerate``'s *default* scoring, mean, differs from our default, median: at 0.2
-    on such affinities median leaves far fewer segments; ``info["scoring_function"]`` is the
-    C++ type to pass.)"""
-    from napari_segneuron.segmentation import DEFAULT_SCORING, distance_fragments
+    all, for every kind of fragments, with and without a foreground. Without a scoring,
+    ``fragments="waterz"`` is plain waterz (its own default, mean); the others use SegNeuron's
+    median; ``info["scoring_function"]`` is the C++ type to pass."""
+    from napari_segneuron.segmentation import DEFAULT_SCORING, PLAIN_WATERZ_SCORING, distance_fragments
     from napari_segneuron.segmentation.fragments import _renumber
 
     aff = fib25_shaped["aff"]
@@ -585,7 +584,8 @@ def test_labels_are_waterz_voxel_for_voxel_on_label_shaped_affinities(fib25_shap
     given = distance_fragments(aff, per_slice=True)  # 2-D fragments, as another tool might give them
     arg = given if fragments == "given" else fragments
     agg = agglomerate(aff, fg, fg_threshold=0.5, fragments=arg, min_size=0, membrane_fill=0, worker=False)
-    assert agg.info["scoring_function"] == SCORING_FUNCTIONS[DEFAULT_SCORING]
+    expected = PLAIN_WATERZ_SCORING if fragments == "waterz" else DEFAULT_SCORING
+    assert agg.info["scoring_function"] == SCORING_FUNCTIONS[expected]
     prepared, bg = aff, None
     if restricted:
         prepared = np.empty_like(aff)
@@ -607,6 +607,23 @@ def test_labels_are_waterz_voxel_for_voxel_on_label_shaped_affinities(fib25_shap
         counts.append(agg.n_segments(t))
         assert counts[-1] == len(np.unique(ref[ref != 0]))
     assert counts[0] > 3 * counts[-2] > 0  # the thresholds really change the result
+
+
+def test_plain_waterz_call_is_waterz_at_every_threshold(fib25_shaped: dict) -> None:
+    """``agglomerate(aff, None, fragments="waterz", min_size=0, membrane_fill=0)`` with no
+    scoring is ``waterz.agglomerate(aff, [t])`` with waterz's defaults: same partition at
+    0.1..0.9 (with median, the default of the other fragment options, 0.2 and 0.4 differ)."""
+    aff = fib25_shaped["aff"]
+    agg = agglomerate(aff, None, fragments="waterz", min_size=0, membrane_fill=0, worker=False)
+    for t in REPLAY_THRESHOLDS:
+        saved = _silence_stdout(None)
+        try:
+            ref = next(waterz.agglomerate(aff.copy(), [t])).copy()
+        finally:
+            _restore_stdout(saved)
+        lab = agg.labels(t)
+        pairs = np.unique(np.stack([lab.ravel().astype(np.int64), ref.ravel().astype(np.int64)]), axis=1)
+        assert pairs.shape[1] == len(np.unique(lab)) == len(np.unique(ref)), f"threshold {t}"
 
 
 def _check_hierarchy(low: np.ndarray, high: np.ndarray) -> int:

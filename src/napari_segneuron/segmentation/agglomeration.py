@@ -37,7 +37,7 @@ from ..cancel import CancelToken, check
 from ..io import InputError
 from .defaults import (
     BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_MAX_THRESHOLD, DEFAULT_MIN_SIZE,
-    DEFAULT_MEMBRANE_FILL, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
+    DEFAULT_MEMBRANE_FILL, DEFAULT_SCORING, DEFAULT_SMALL, PLAIN_WATERZ_SCORING, DEFAULT_THRESHOLD, SCORING_FUNCTIONS, SMALL_SEGMENTS,
     ProgressFn,
     _check_membrane_fill, _check_threshold, check_scoring,
 )
@@ -295,7 +295,7 @@ def agglomerate(
     min_size: int = DEFAULT_MIN_SIZE,
     small: str = DEFAULT_SMALL,
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
-    scoring: str = DEFAULT_SCORING,
+    scoring: Optional[str] = None,
     background_mode: str = DEFAULT_BACKGROUND_MODE,
     membrane_fill: int = DEFAULT_MEMBRANE_FILL,
     discretize_queue: int = 0,
@@ -338,9 +338,11 @@ def agglomerate(
     scoring: "mean", "median" (see ``SCORING_FUNCTIONS``) or a waterz C++ scoring type.
       ``labels(t)`` equals a direct waterz run at every ``t`` with the exact priority
       queue (``discretize_queue=0``); with a bin queue it is exact at bin edges only.
-      The default here is "median" while ``waterz.agglomerate`` defaults to mean scoring:
-      compare with ``waterz.agglomerate(..., scoring_function=agg.info["scoring_function"])``
-      (the C++ type used), or the results differ (median merges far more at low thresholds).
+      None (default): ``PLAIN_WATERZ_SCORING`` ("mean", waterz's own default) with
+      ``fragments="waterz"``, so that call is plain waterz and ``labels(t)`` equals
+      ``next(waterz.agglomerate(affinities, [t]))``; ``DEFAULT_SCORING`` ("median",
+      SegNeuron's) with every other fragments option. ``agg.info["scoring_function"]`` names
+      the C++ type used (pass it as waterz's ``scoring_function`` to compare).
       Given the same affinities and fragments, ``labels(t)`` is waterz's result voxel for voxel,
       ids included (a segment's id is its root fragment's id; see ``lookup_table``).
     worker: False (default) runs waterz here, with its output silenced, so the call works
@@ -364,6 +366,9 @@ def agglomerate(
     if background_mode not in BACKGROUND_MODES_AGG:
         raise InputError(f"background_mode must be one of {BACKGROUND_MODES_AGG}, not {background_mode!r}")
     membrane_fill = _check_membrane_fill(membrane_fill)
+    if scoring is None:
+        plain = isinstance(fragments, str) and fragments == "waterz"
+        scoring = PLAIN_WATERZ_SCORING if plain else DEFAULT_SCORING
     check_scoring(scoring)
     fg = None
     if foreground is not None:

@@ -89,6 +89,8 @@ SMALL_SEGMENTS = ("merge", "remove")
 DEFAULT_SMALL = "merge"
 DEFAULT_MAX_THRESHOLD = 1.0
 DEFAULT_SCORING = "median"
+# agglomerate(fragments="waterz") without a scoring is plain waterz: waterz.agglomerate's own default
+PLAIN_WATERZ_SCORING = "mean"
 # Serial-section stacks (z voxel at least ANISOTROPY times the xy voxel) are scored with
 # "median-all" by the "auto" rule; isotropic ones (FIB-SEM) and stacks of unknown voxel size with
 # DEFAULT_SCORING. "median" starts each fragment pair at the highest affinity along its contact, so
