@@ -65,10 +65,10 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        import multiprocessing as mp
+        from napari_segneuron.segmentation.worker import _active_workers
 
         while not self._stop.is_set():
-            total = _pss_mib(os.getpid()) + sum(_pss_mib(c.pid) for c in mp.active_children() if c.pid)
+            total = _pss_mib(os.getpid()) + sum(_pss_mib(pid) for pid in _active_workers())
             self.peak = max(self.peak, total)
             self._stop.wait(0.02)
 

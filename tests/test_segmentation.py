@@ -1,7 +1,6 @@
 """Foreground-restricted waterz agglomeration with instant threshold replay, on real data."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 import time
 from pathlib import Path
@@ -196,7 +195,7 @@ def test_worker_process_matches_in_process(snemi: dict, monkeypatch: pytest.Monk
     for t in (0.2, 0.4, 0.6):
         assert np.array_equal(a.labels(t), b.labels(t))
     assert seen[-1][0] == seen[-1][1] and any("merging" in m for _, _, m in seen)
-    assert not mp.active_children()
+    assert not seg_worker._active_workers()
     # a container's small /dev/shm: the transport falls back to files on disk
     dirs = []
     real = seg_worker._scratch_dir
@@ -223,7 +222,7 @@ def test_cancel_terminates_the_worker(snemi: dict) -> None:
         agglomerate(big, None, fragments="waterz", worker=True, progress=progress, cancel=token)
     assert time.perf_counter() - t0 < 8
     assert any("waterz" in s for s in stages)
-    assert not mp.active_children()
+    assert not seg_worker._active_workers()
 
 
 def test_killed_worker_is_reported_as_killed(snemi: dict) -> None:
@@ -236,16 +235,15 @@ def test_killed_worker_is_reported_as_killed(snemi: dict) -> None:
 
     def progress(done: int, total: int, message: str = "") -> None:
         if "waterz" in message:
-            for child in mp.active_children():
-                if child.name == "segneuron-waterz":
-                    os.kill(child.pid, signal.SIGKILL)
+            for pid in seg_worker._active_workers():
+                os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(RuntimeError) as err:
         agglomerate(big, None, fragments="waterz", worker=True, progress=progress)
     msg = str(err.value)
     assert "killed by signal 9 (SIGKILL)" in msg and "out of memory" in msg
     assert "__main__" not in msg
-    assert not mp.active_children()
+    assert not seg_worker._active_workers()
 
 
 SCRIPT = """
@@ -257,27 +255,66 @@ agg = agglomerate(affinities_from_boundaries(b), 1.0 - b{worker})
 print("segments", agg.n_segments(0.5, min_size=0))
 """
 
+# An unguarded script, like napari's examples (napari started from a script, then Segment):
+# its body records each run, so a worker that re-imports ``__main__`` shows up as a second run.
+UNGUARDED = """
+import numpy as np
+from napari_segneuron.segmentation import affinities_from_boundaries, agglomerate
+with open({runs!r}, "a") as f:
+    f.write("ran\\n")
+rng = np.random.default_rng(0)
+b = rng.random((6, 32, 32)).astype(np.float32)
+aff, fg = affinities_from_boundaries(b), 1.0 - b
+seen = []
+agg = agglomerate(aff, fg, worker=True, progress=lambda d, n, m="": seen.append(m))
+ref = agglomerate(aff, fg, worker=False)
+same = all(np.array_equal(agg.labels(t), ref.labels(t)) for t in (0.2, 0.5, 0.8))
+print("segments", agg.n_segments(0.5, min_size=0), "same", same, "merging", any("merging" in m for m in seen))
+"""
 
-def test_library_call_works_in_plain_scripts_and_names_the_guard_only_when_spawn_failed(tmp_path: Path) -> None:
+
+def run_script(tmp_path: Path, code: str, as_file: bool = True):
     import subprocess
     import sys
 
-    def run(code: str, as_file: bool) -> subprocess.CompletedProcess:
-        if as_file:
-            path = tmp_path / "script.py"
-            path.write_text(code)
-            return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
-        return subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+    if as_file:
+        path = tmp_path / "script.py"
+        path.write_text(code)
+        return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
+
+def test_library_call_works_in_plain_scripts(tmp_path: Path) -> None:
     for as_file in (True, False):  # default: in-process, no guard needed, as a file or via `python -`
-        done = run(SCRIPT.format(worker=""), as_file)
+        done = run_script(tmp_path, SCRIPT.format(worker=""), as_file)
         assert done.returncode == 0, done.stderr
         assert int(done.stdout.split()[-1]) > 0
-    # the worker process from an unguarded script file: spawn re-imports the script and fails there
-    done = run(SCRIPT.format(worker=", worker=True"), True)
-    assert done.returncode != 0
-    assert "before starting, while re-importing" in done.stderr and "__main__" in done.stderr
-    assert "killed" not in done.stderr
+
+
+@pytest.mark.parametrize("as_file", [True, False])
+def test_worker_does_not_rerun_an_unguarded_script(tmp_path: Path, as_file: bool) -> None:
+    """The worker is its own module: it never imports the user's ``__main__``, so an unguarded
+    script (no ``if __name__ == '__main__':``) runs once and the worker's result is the in-process one."""
+    runs = tmp_path / "runs.txt"
+    done = run_script(tmp_path, UNGUARDED.format(runs=str(runs)), as_file)
+    assert done.returncode == 0, done.stderr
+    assert runs.read_text().splitlines() == ["ran"]  # the script body ran exactly once
+    words = done.stdout.split()
+    assert int(words[words.index("segments") + 1]) > 0
+    assert words[words.index("same") + 1] == "True" and words[words.index("merging") + 1] == "True"
+    assert "__main__" not in done.stderr and "waterz worker" not in done.stderr
+
+
+def test_worker_that_cannot_start_says_why(snemi: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose interpreter fails before its work (here: its entry module is missing)
+    reports the last line of its stderr, and blames no ``__main__`` guard."""
+    monkeypatch.setattr(seg_worker, "_ENTRY", "napari_segneuron.segmentation._no_such_worker")
+    with pytest.raises(RuntimeError) as err:
+        agglomerate(snemi["aff"][:, :4], None, worker=True)
+    msg = str(err.value)
+    assert "before starting its work" in msg and "ModuleNotFoundError" in msg and "_no_such_worker" in msg, msg
+    assert "__main__" not in msg
+    assert not seg_worker._active_workers()
 
 
 def test_sweep_matches_direct_scoring(snemi: dict) -> None:
@@ -493,7 +530,7 @@ def test_memory_estimate_refuses_a_run_that_would_not_fit(snemi: dict, monkeypat
         agglomerate(snemi["aff"], snemi["fg"], scoring="median", worker=False)
     with pytest.raises(InputError, match="needs about"):  # checked before the worker process starts
         agglomerate(snemi["aff"], snemi["fg"], scoring="median", worker=True)
-    assert not mp.active_children()
+    assert not seg_worker._active_workers()
     agglomerate(snemi["aff"], snemi["fg"], scoring="mean", worker=False)  # fits
     monkeypatch.setattr(agg_mod, "available_bytes", lambda: 1)
     with pytest.warns(ResourceWarning, match="fragments='distance' needs far less"):

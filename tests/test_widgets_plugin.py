@@ -345,11 +345,11 @@ def test_a_killed_waterz_worker_is_reported_in_the_dock(plugin_docks, qtbot, not
     """The dock agglomerates in a worker process (worker=True, passed explicitly); when that
     process is killed (as the kernel does when memory runs out) the dock shows the core's
     message in its status line, which must not blame a missing __main__ guard."""
-    import multiprocessing
     import os
     import signal
 
     from napari_segneuron import io
+    from napari_segneuron.segmentation import worker as seg_worker
     from test_widgets_latency import synthetic_affinities
 
     viewer, seg, _ = plugin_docks
@@ -362,10 +362,10 @@ def test_a_killed_waterz_worker_is_reported_in_the_dock(plugin_docks, qtbot, not
     seg.segment()
 
     def waterz_worker():
-        return [p for p in multiprocessing.active_children() if p.name == "segneuron-waterz"]
+        return seg_worker._active_workers()
 
     qtbot.waitUntil(lambda: bool(waterz_worker()), timeout=60_000)
-    os.kill(waterz_worker()[0].pid, signal.SIGKILL)
+    os.kill(waterz_worker()[0], signal.SIGKILL)
     wait_idle(qtbot, seg)
     out = seg.runner.last_outcome
     assert out.status == "error"

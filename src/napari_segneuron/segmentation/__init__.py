@@ -3,7 +3,7 @@ instant threshold, small-segment merging and scoring against ground truth.
 
 Modules: ``defaults`` (chosen defaults and scoring functions), ``inputs`` (checking and
 foreground restriction), ``fragments`` (initial regions), ``memory`` (estimate before a run), ``worker`` (the waterz run, in
-this process or a spawned one), ``history`` (merge history -> replay tables),
+this process or a worker process of its own, ``_waterz_main``), ``history`` (merge history -> replay tables),
 ``agglomeration`` (``agglomerate``, ``Agglomeration``), ``membranes`` (membrane voxels given to the
 neurite on their side), ``small`` (small-segment merging),
 ``sweep`` (threshold sweeps and benchmarks).  Every public name is re-exported here.

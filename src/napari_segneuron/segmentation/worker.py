@@ -1,12 +1,23 @@
-"""The waterz run: in this process (output silenced) or in a spawned worker process."""
+"""The waterz run: in this process (output silenced) or in a worker process.
+
+The worker is a fresh interpreter running this package's own entry point
+(``python -m napari_segneuron.segmentation._waterz_main SPEC.json``), never the user's
+script: unlike ``multiprocessing``'s "spawn" it does not re-import ``__main__``, so a
+script without an ``if __name__ == "__main__":`` guard (napari started from a script, as
+in napari's examples) runs once.  Arrays travel through memory-mapped files in a private
+scratch directory (in RAM under /dev/shm when it has room), the spec and the result
+through files there."""
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
+import multiprocessing.spawn
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from typing import Callable, Optional
 
@@ -25,7 +36,9 @@ _STAGES = (
     ("merging until", "merging"),
 )
 _TOTAL_STEPS = len(_STAGES) + 3
-
+_ENTRY = "napari_segneuron.segmentation._waterz_main"  # the worker's own module (see ``_command``)
+_LIVE: set = set()  # running worker processes (``subprocess.Popen``)
+_LIVE_LOCK = threading.Lock()
 
 
 def _silence_stdout(log_path: Optional[str]) -> tuple:
@@ -120,7 +133,7 @@ def _waterz_job(
 
 
 def _worker_main(spec: dict) -> None:
-    """Entry point of the worker process (must stay importable at module level)."""
+    """The worker process's work (called by ``_waterz_main.main``)."""
     with open(spec["started"], "w"):  # tells the parent that the spawn itself worked
         pass
     saved = _silence_stdout(spec["log"])
@@ -188,15 +201,15 @@ def _failure_message(exitcode: Optional[int], spec: dict) -> str:
         with open(spec["error"]) as f:
             lines = f.read().strip().splitlines()
         return f"The waterz worker failed (exit code {exitcode}). {lines[-1] if lines else ''}".strip()
-    if not os.path.exists(spec["started"]):
-        main = sys.modules.get("__main__")
-        script = getattr(main, "__file__", None)
-        if script:  # "spawn" re-imports the main script; unguarded, it starts another run there and fails
-            return (
-                f"The waterz worker failed (exit code {exitcode}) before starting, while re-importing {script}: "
-                "put the call under `if __name__ == '__main__':`, or pass worker=False."
-            )
-        return f"The waterz worker failed (exit code {exitcode}) before starting its work."
+    if not os.path.exists(spec["started"]):  # the interpreter or the import failed
+        last = ""
+        try:
+            with open(spec["stderr"], errors="replace") as f:
+                lines = [ln for ln in f.read().strip().splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else ""
+        except (KeyError, OSError):
+            pass
+        return f"The waterz worker failed (exit code {exitcode}) before starting its work. {last}".strip()
     return f"The waterz worker stopped (exit code {exitcode}) without a result."
 
 
@@ -225,40 +238,83 @@ def _run_in_worker(
             opts, shape=list(shape), aff=aff_path, frag=frag_path, given_fragments=given,
             log=os.path.join(tmp, "waterz.log"), result=os.path.join(tmp, "result.npz"),
             error=os.path.join(tmp, "error.txt"), started=os.path.join(tmp, "started"),
+            stderr=os.path.join(tmp, "stderr.txt"),
         )
-        ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=_worker_main, args=(spec,), daemon=True, name="segneuron-waterz")
-        proc.start()
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        proc = _start(os.path.join(tmp, "spec.json"), spec["stderr"])
         last = -1
-        while proc.is_alive():
+        while proc.poll() is None:
             if cancel is not None and cancel.cancelled:
                 proc.terminate()
-                proc.join(5)
-                if proc.is_alive():
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.join()
+                    proc.wait()
                 raise Cancelled("cancelled by the user")
             if progress is not None:
                 step = _stage(spec["log"])
                 if step != last:
                     last = step
                     progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
-            proc.join(0.05)
-        if progress is not None and proc.exitcode == 0:  # a fast run can finish between two polls
+            try:
+                proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        if progress is not None and proc.returncode == 0:  # a fast run can finish between two polls
             step = _stage(spec["log"])
             if step != last:
                 progress(1 + step, _TOTAL_STEPS, "waterz: " + (_STAGES[step - 1][1] if step else "starting"))
-        if proc.exitcode != 0 or not os.path.exists(spec["result"]):
-            raise RuntimeError(_failure_message(proc.exitcode, spec))
+        if proc.returncode != 0 or not os.path.exists(spec["result"]):
+            raise RuntimeError(_failure_message(proc.returncode, spec))
         with np.load(spec["result"]) as z:
             result = {k: z[k] for k in z.files}
         frags = np.array(frag_view)
         del frag_view
         return frags, result
     finally:
-        if proc is not None and proc.is_alive():
-            proc.kill()
-            proc.join()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _command(spec_path: str) -> list[str]:
+    """The worker's command line: this interpreter (``multiprocessing.set_executable`` is
+    honoured) running ``_waterz_main``.  ``-P`` keeps the working directory off
+    ``sys.path``; the bootstrap puts the directory this package was imported from first
+    when it is not on the path already (a source checkout added at run time), so the
+    worker runs the same code as the caller."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    boot = (
+        "import sys\n"
+        f"root = {root!r}\n"
+        "if root not in sys.path: sys.path.insert(0, root)\n"
+        f"from {_ENTRY} import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    flags = ["-P"] if sys.version_info >= (3, 11) else []
+    return [multiprocessing.spawn.get_executable(), *flags, "-c", boot, spec_path]
+
+
+def _start(spec_path: str, stderr_path: str) -> subprocess.Popen:
+    """Start the worker process (stdin/stdout closed; stderr, before the worker silences it,
+    to ``stderr_path`` so a failed start can say why)."""
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
+            _command(spec_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            close_fds=True,
+        )
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+    return proc
+
+
+def _active_workers() -> list[int]:
+    """Process ids of the waterz workers running now (for tests and diagnostics)."""
+    with _LIVE_LOCK:
+        return [p.pid for p in _LIVE if p.poll() is None]
