@@ -96,7 +96,8 @@ def test_slider_keeps_ids_and_colours_of_segments_it_does_not_merge(make_napari_
     viewer.window.add_dock_widget(w, name="SegNeuron")
     shape = (16, 96, 96)
     # waterz's fragments: this synthetic map has a few merges from 0.3 to 0.4 (36 -> 32 segments)
-    agg = segmentation.agglomerate(synthetic_affinities(shape), None, min_size=0, fragments="waterz", worker=False)
+    agg = segmentation.agglomerate(synthetic_affinities(shape), None, min_size=0, fragments="waterz",
+                                   scoring="median", worker=False)
     viewer.add_image(np.zeros(shape, np.uint8), name="em")
     w._install_segmentation(agg, agg.labels(0.3), "em segmentation", {"segment": {"threshold": 0.3}},
                             (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), False)
