@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_segneuron._model.vit3d import load_lm_model  # noqa: E402
-from napari_segneuron.swc_layers import lm_sample, swc_to_paths  # noqa: E402
+from napari_segneuron._widgets.sample_data import lm_sample  # noqa: E402
+from napari_segneuron.swc import swc_to_paths  # noqa: E402
 from napari_segneuron.tracing import predict_foreground, trace  # noqa: E402
 
 

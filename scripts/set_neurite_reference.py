@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_segneuron._model.weights import _read_checkpoint, load_model, save_checkpoint
-    from napari_segneuron._sample_data import load_raw
+    from napari_segneuron.samples import load_raw
     from napari_segneuron.inference import Predictor
     from napari_segneuron.scale_estimate import measured_halfwidth
 

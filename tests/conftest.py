@@ -186,14 +186,14 @@ def tiny_model_cpu(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def sample_raw():
-    from napari_segneuron._sample_data import load_raw
+    from napari_segneuron.samples import load_raw
 
     return load_raw()
 
 
 @pytest.fixture(scope="session")
 def sample_labels():
-    from napari_segneuron._sample_data import load_labels
+    from napari_segneuron.samples import load_labels
 
     return load_labels()
 
@@ -232,7 +232,7 @@ def small_training_setup():
     """A function that puts the sample corner (image 'em', labels 'truth') in a viewer and
     points a training dock at it with a small, fast CPU configuration."""
     def setup(viewer, train):
-        from napari_segneuron._sample_data import load_labels, load_raw
+        from napari_segneuron.samples import load_labels, load_raw
 
         viewer.add_image(load_raw()[TRAINING_CROP], name="em")
         viewer.add_labels(load_labels()[TRAINING_CROP].astype(np.uint32), name="truth")

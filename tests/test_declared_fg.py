@@ -20,7 +20,7 @@ from napari_segneuron.segmentation import DEFAULT_FG_THRESHOLD, foreground_thres
 @pytest.fixture(scope="module")
 def fib_crop(tmp_path_factory):
     """16 slices of the bundled FIB-25 sample: real EM, where the default model's foreground matters."""
-    from napari_segneuron._sample_data import load_labels, load_raw
+    from napari_segneuron.samples import load_labels, load_raw
 
     path = tmp_path_factory.mktemp("fib") / "fib.tif"
     tifffile.imwrite(path, load_raw()[:16])

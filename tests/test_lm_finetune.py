@@ -75,7 +75,7 @@ def test_rasterize_swc_tube_geometry():
 
 def test_paths_to_mask_of_an_swc_shapes_layer(render):
     """The training dock's route: a traced Shapes layer (paths + radius metadata) -> mask."""
-    from napari_segneuron.swc_layers import swc_layer_data
+    from napari_segneuron._widgets.reader import swc_layer_data
 
     paths, kwargs, kind = swc_layer_data(physical(render), render.voxel_size)
     assert kind == "shapes"
@@ -211,7 +211,7 @@ def test_training_dock_finetunes_the_lm_model(make_napari_viewer, qtbot, tmp_pat
     from napari_segneuron._widgets.trace import TraceWidget
     from napari_segneuron._widgets.train import (MODEL_EM, MODEL_LM, PRETRAIN, START_LM_DOCK, TrainingWidget,
                                                  find_trace_dock)
-    from napari_segneuron.swc_layers import swc_layer_data
+    from napari_segneuron._widgets.reader import swc_layer_data
 
     viewer = make_napari_viewer()
     r = render_sample(np.random.default_rng(5), (12, 48, 48))

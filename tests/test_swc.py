@@ -65,7 +65,7 @@ def _branched():
 
 
 def test_swc_to_paths_splits_at_branch_points_and_back():
-    from napari_segneuron.swc_layers import paths_to_swc, swc_to_paths
+    from napari_segneuron.swc import paths_to_swc, swc_to_paths
 
     nodes = _branched()
     paths = swc_to_paths(nodes, scale=(2.0, 1.0, 1.0))
@@ -83,7 +83,8 @@ def test_swc_to_paths_splits_at_branch_points_and_back():
 
 
 def test_swc_reader_and_writer_hooks(tmp_path):
-    from napari_segneuron.swc_layers import get_swc_reader, write_swc_layer
+    from napari_segneuron._widgets.reader import get_swc_reader
+    from napari_segneuron._widgets.writer import write_swc_layer
 
     src = write_swc(tmp_path / "n.swc", _branched())
     assert get_swc_reader(str(tmp_path / "x.tif")) is None
@@ -97,7 +98,7 @@ def test_swc_reader_and_writer_hooks(tmp_path):
 
 
 def test_lm_sample_is_the_rivuletpy_stack():
-    from napari_segneuron.swc_layers import lm_sample
+    from napari_segneuron._widgets.sample_data import lm_sample
 
     [(data, meta, kind)] = lm_sample()
     assert kind == "image" and data.shape == (119, 415, 409) and data.dtype == np.uint8

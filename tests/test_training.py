@@ -344,7 +344,7 @@ def test_weight_average_and_mixed_precision_finetune(tmp_path):
 # ---------------------------------------------------------------- issue 33: what a finetune inherits
 def _sample_block(tmp_path=None):
     """A 16×64×64 corner of the bundled FIB-25 crop (20 nm, the default model's grid), its labels, a mask."""
-    from napari_segneuron._sample_data import load_labels, load_raw
+    from napari_segneuron.samples import load_labels, load_raw
 
     raw, lab = load_raw()[:16, :64, :64], load_labels()[:16, :64, :64].astype(np.uint32)
     mask = np.zeros(raw.shape, bool)

@@ -25,7 +25,7 @@ def default_model():
 @pytest.fixture
 def adapt(make_napari_viewer, tmp_path):
     """SegNeuron + training docks as a user opens them, an EM crop and a labels layer painted in one box."""
-    from napari_segneuron._sample_data import load_labels, load_raw
+    from napari_segneuron.samples import load_labels, load_raw
 
     viewer = make_napari_viewer()
     _, seg = viewer.window.add_plugin_dock_widget("napari-segneuron", "SegNeuron")

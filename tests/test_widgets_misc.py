@@ -16,7 +16,7 @@ def test_manifest_valid_and_importable():
 
 
 def test_sample_data_is_the_fib25_crop():
-    from napari_segneuron import _sample_data as sd
+    from napari_segneuron._widgets import sample_data as sd
 
     [(raw, meta, kind)] = sd.fib25_raw()
     assert kind == "image" and raw.shape == (50, 100, 200) and raw.dtype == np.uint8
@@ -28,8 +28,8 @@ def test_sample_data_is_the_fib25_crop():
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_writer_then_reader_roundtrip(tmp_path, suffix):
     from napari_segneuron import io
-    from napari_segneuron._reader import get_reader
-    from napari_segneuron._writer import write_labels
+    from napari_segneuron._widgets.reader import get_reader
+    from napari_segneuron._widgets.writer import write_labels
 
     labels = np.random.default_rng(0).integers(0, 9, (4, 8, 16)).astype(np.uint32)
     prov = {"plugin": "napari-segneuron", "weights": {"name": "w", "sha256": "abc"}}
@@ -53,7 +53,7 @@ def test_reader_opens_predictions_and_ignores_foreign_zarr(tmp_path):
     import zarr
 
     from napari_segneuron import io
-    from napari_segneuron._reader import get_reader
+    from napari_segneuron._widgets.reader import get_reader
 
     aff = np.random.default_rng(0).random((3, 4, 8, 8), dtype=np.float32)
     fg = aff[0]

@@ -125,7 +125,7 @@ def test_cancel_inside_a_forward_pass_stops_that_pass(tmp_path):
     """The core behind the dock's Cancel: a token set during a forward pass stops it there."""
     import torch
 
-    from napari_segneuron._sample_data import load_labels, load_raw
+    from napari_segneuron.samples import load_labels, load_raw
     from napari_segneuron.cancel import CancelToken
     from napari_segneuron.training.finetune import TrainingCancelled, build_mnet, finetune
 
@@ -166,7 +166,7 @@ def test_partly_nan_constant_and_noise_images_are_warned_about(plugin_docks, qtb
     seg.set_model(tiny_model_cpu)
     seg.tile.set_value((8, 64, 64))
     seg.overlap.set_value((0, 0, 0))
-    from napari_segneuron._sample_data import load_raw
+    from napari_segneuron.samples import load_raw
 
     em = load_raw()[:8, :64, :64].astype(np.float32)
     nan = em.copy()
@@ -211,7 +211,7 @@ def test_cli_predict_says_nan_and_noise(tmp_path, tiny_checkpoint, capsys):
 
     from napari_segneuron.cli import main
 
-    from napari_segneuron._sample_data import load_raw
+    from napari_segneuron.samples import load_raw
 
     em = load_raw()[:4, :32, :32].astype(np.float32)
     em[0, :4, :5] = np.nan
@@ -254,7 +254,7 @@ def test_layout_status_ground_truth_and_cli_source(plugin_docks, qtbot, notifica
     assert errors(notifications) and "No model" in errors(notifications)[-1]
 
     # "Copy as CLI command" names the sample's packaged file
-    from napari_segneuron._sample_data import RAW_PATH
+    from napari_segneuron.samples import RAW_PATH
 
     seg.agglomerate_in_worker = False
     seg.set_model(tiny_model_cpu)

@@ -220,7 +220,7 @@ def calibrate(
     crop_back = tuple(slice(o, o + (b - a)) for o, (a, b) in zip(offset, box))
     sub = np.ascontiguousarray(np.asarray(image[region]))  # only the block and its context is read
     if sub.dtype.kind == "f":  # normalised with the whole stack's range, as predicting the stack does
-        from .inference import intensity_scale
+        from .io import intensity_scale
 
         lo, span = intensity_scale(image)
         sub = np.nan_to_num(np.clip((sub.astype(np.float32) - lo) / span, 0.0, 1.0), nan=0.0)

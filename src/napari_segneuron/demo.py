@@ -78,9 +78,9 @@ def overview_png(path, raw_slice, boundary_slice, seg_slice, gt_slice=None, titl
 # -- headless pipeline --------------------------------------------------------------------
 def run_headless(out_dir="demo_out", weights: str = "default", device=None, threshold=None, quiet=False) -> dict:
     from . import __version__, io, segmentation
-    from ._cli_common import TerminalProgress
+    from .cli.common import TerminalProgress
     from ._model import load_named
-    from ._sample_data import load_labels, load_raw
+    from .samples import load_labels, load_raw
     from .inference import DEFAULT_TTA, Predictor
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))

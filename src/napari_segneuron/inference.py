@@ -24,7 +24,6 @@ already lie in [0, 1].
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence, Union
@@ -34,7 +33,7 @@ import torch
 
 from .allocator import retaining
 from .cancel import CancelToken, check
-from .io import InputError, as_volume
+from .io import InputError, as_volume, intensity_scale  # noqa: F401  (re-exported: inference.intensity_scale)
 from .tta import DEFAULT_TTA, TTA_MODES, tta_mode  # noqa: F401  (re-exported: inference.DEFAULT_TTA)
 from ._model.weights import resolve_device
 
@@ -191,35 +190,6 @@ def gaussian_weight(shape: Sequence[int], sigma: float = 0.5, floor: float = 1e-
         profile = np.exp(-(coords**2) / (2.0 * sigma**2))
         w = w * profile.reshape([-1 if a == axis else 1 for a in range(3)])
     return np.maximum(w, floor).astype(np.float32)
-
-
-def intensity_scale(volume: Any) -> tuple[float, float]:
-    """``(offset, scale)`` so that ``(x - offset) / scale`` lies in [0, 1]."""
-    dtype = np.dtype(volume.dtype)
-    if dtype.kind == "b":
-        return 0.0, 1.0
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if dtype.kind == "i":
-            return 0.0, float(info.max)  # negative values are clipped to 0
-        return 0.0, float(info.max)
-    lo, hi = _finite_range(volume)
-    if lo >= 0.0 and hi <= 1.0:
-        return 0.0, 1.0
-    return lo, max(hi - lo, 1e-12)
-
-
-def _finite_range(volume: Any) -> tuple[float, float]:
-    lo, hi = math.inf, -math.inf
-    step = max(1, int(2**24 // max(1, int(np.prod(volume.shape[1:])))))
-    for z in range(0, volume.shape[0], step):
-        block = np.asarray(volume[z : z + step], dtype=np.float32)
-        finite = block[np.isfinite(block)]
-        if finite.size:
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-    if not math.isfinite(lo):
-        raise InputError("The image contains no finite values (all NaN or inf)")
-    return lo, hi
 
 
 def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:

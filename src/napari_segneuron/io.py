@@ -6,6 +6,7 @@ offsets (-1,0,0), (0,-1,0), (0,0,-1).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -321,3 +322,32 @@ def write_swc(path: PathLike, nodes: Any, header: Optional[str] = None) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def intensity_scale(volume: Any) -> tuple[float, float]:
+    """``(offset, scale)`` so that ``(x - offset) / scale`` lies in [0, 1]."""
+    dtype = np.dtype(volume.dtype)
+    if dtype.kind == "b":
+        return 0.0, 1.0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if dtype.kind == "i":
+            return 0.0, float(info.max)  # negative values are clipped to 0
+        return 0.0, float(info.max)
+    lo, hi = _finite_range(volume)
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    return lo, max(hi - lo, 1e-12)
+
+
+def _finite_range(volume: Any) -> tuple[float, float]:
+    lo, hi = math.inf, -math.inf
+    step = max(1, int(2**24 // max(1, int(np.prod(volume.shape[1:])))))
+    for z in range(0, volume.shape[0], step):
+        block = np.asarray(volume[z : z + step], dtype=np.float32)
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if not math.isfinite(lo):
+        raise InputError("The image contains no finite values (all NaN or inf)")
+    return lo, hi

@@ -142,7 +142,7 @@ def predict_resampled(
     ``model_grid``: a dict that receives the prediction on the model's grid as well
     (``affinities``, ``foreground``, ``voxel_size``), for segmenting there.
     """
-    from .inference import intensity_scale
+    from .io import intensity_scale
 
     volume = as_volume(volume)
     shape = tuple(int(s) for s in volume.shape)

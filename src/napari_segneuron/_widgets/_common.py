@@ -220,7 +220,7 @@ def layer_source_path(layer) -> Optional[str]:
     if path:
         return str(path)
     if sample and sample[0] == "napari-segneuron":
-        from .. import _sample_data
+        from .. import samples as _sample_data
 
         packaged = _sample_data.RAW_PATH if isinstance(layer, _image_type()) else _sample_data.LABELS_PATH
         return str(packaged)

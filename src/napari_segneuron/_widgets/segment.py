@@ -1323,7 +1323,7 @@ class SegNeuronWidget(QWidget):
         if Path(path).exists() and not self.ask_overwrite(path):
             self.status_label.setText("Export cancelled: the existing file was kept.")
             return False
-        from .._writer import write_labels
+        from .writer import write_labels
 
         meta = {"name": layer.name, "scale": layer.scale, "translate": layer.translate, "metadata": dict(layer.metadata)}
         prov = meta["metadata"].get("segneuron")

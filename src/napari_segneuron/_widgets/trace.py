@@ -158,7 +158,7 @@ class TraceWidget(QWidget):
                          cancel=cancel)[0]
 
         def done(nodes):
-            from ..swc_layers import swc_layer_data
+            from .reader import swc_layer_data
 
             paths, kwargs, _ = swc_layer_data(nodes, scale, name=f"{layer.name} SWC")
             kwargs["translate"] = translate

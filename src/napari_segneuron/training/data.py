@@ -28,7 +28,7 @@ def normalize_image(img: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(img)
     try:
-        from ..inference import intensity_scale  # the predictor's own rule
+        from ..io import intensity_scale  # the predictor's own rule
         offset, scale = intensity_scale(a)
     except Exception:  # pragma: no cover - inference module unavailable
         if np.issubdtype(a.dtype, np.integer):

@@ -91,7 +91,7 @@ def paths_to_mask(paths: Sequence[np.ndarray], shape: Sequence[int], voxel_size:
     ``metadata['swc_radius']`` (vertex -> radius, physical); vertices without one (hand-drawn
     paths) get ``default_radius``, one xy voxel when None.
     """
-    from ..swc_layers import _radius_key, paths_to_swc
+    from ..swc import paths_to_swc, radius_key as _radius_key
 
     vs = tuple(float(v) for v in voxel_size)
     paths = [np.asarray(p, dtype=np.float64)[:, -3:] for p in paths if len(p)]

@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Optional
 
-from .io import InputError
-from .tta import DEFAULT_TTA, TTA_ARGUMENTS
+from ..io import InputError
+from ..tta import DEFAULT_TTA, TTA_ARGUMENTS
 
 
 def triple(text: str) -> tuple[int, int, int]:
@@ -102,7 +102,7 @@ def resolve_magnify(args: argparse.Namespace, predictor, volume, voxel) -> float
     saying what was found; ``args.magnify_estimate`` keeps the details. Numbers pass through."""
     if getattr(args, "magnify", 1.0) != "auto":
         return magnify_of(args)
-    from .scale_estimate import estimate_magnification
+    from ..scale_estimate import estimate_magnification
 
     bar = TerminalProgress("scale")
     try:
@@ -179,8 +179,8 @@ def checked_volume(volume, name: str):
     noise-only image (``image_checks``)."""
     import warnings
 
-    from .image_checks import content_warning
-    from .io import check_finite
+    from ..image_checks import content_warning
+    from ..io import check_finite
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -196,7 +196,7 @@ def checked_volume(volume, name: str):
 
 def load_weights(name_or_path: str, device: Optional[str]):
     """Fetch (download if needed) and load weights, with a download bar."""
-    from ._model import load_named
+    from .._model import load_named
 
     bar = TerminalProgress("download")
     try:
@@ -206,8 +206,8 @@ def load_weights(name_or_path: str, device: Optional[str]):
 
 
 def make_predictor(args: argparse.Namespace, model):
-    from .allocator import retain_freed_memory
-    from .inference import OFFICIAL_TILING, Predictor
+    from ..allocator import retain_freed_memory
+    from ..inference import OFFICIAL_TILING, Predictor
 
     retain_freed_memory()  # a command-line process: reuse freed layer memory instead of page-faulting new
     tiling = OFFICIAL_TILING if getattr(args, "official_tiling", False) else None
@@ -239,8 +239,8 @@ def input_voxel_size(args: argparse.Namespace, from_file, predictor, volume=None
     """The input's voxel size: --voxel-size, else the file's metadata, else None (with a note);
     with --magnify, the size that shows the stack to the model magnified ('auto' is estimated
     on ``volume`` first, see ``resolve_magnify``; without a volume it counts as 1)."""
-    from .calibration import magnified_voxel_size
-    from .resample import needs_resampling
+    from ..calibration import magnified_voxel_size
+    from ..resample import needs_resampling
 
     voxel = getattr(args, "voxel_size", None) or from_file
     model_voxel = predictor.model_voxel_size
@@ -267,3 +267,30 @@ def input_voxel_size(args: argparse.Namespace, from_file, predictor, volume=None
     if needs_resampling(voxel, model_voxel, predictor.tolerance):
         print(f"resampling from {tuple(voxel)} nm to the model's {model_voxel} nm and back", file=sys.stderr)
     return tuple(voxel)
+
+
+def resolve_fg_threshold(args: argparse.Namespace, source) -> float:
+    """``--fg-threshold`` if given, else what the weights declare (``source``: the model or the
+    prediction's provenance), else the package default; sets ``args.fg_threshold`` and says which."""
+    from ..segmentation import DEFAULT_FG_THRESHOLD, foreground_threshold_for
+
+    if args.fg_threshold is None:
+        args.fg_threshold = foreground_threshold_for(source)
+        if args.fg_threshold != DEFAULT_FG_THRESHOLD and not args.no_foreground:
+            print(f"foreground threshold {args.fg_threshold:g}: the value these weights declare "
+                  "(--fg-threshold to change it)", file=sys.stderr)
+    return args.fg_threshold
+
+
+def resolve_scoring_arg(args: argparse.Namespace, voxel_size) -> str:
+    """Replace ``--scoring auto`` by the edge score for this stack's voxel size
+    (``segmentation.resolve_scoring``) and say which when it is not the package default."""
+    from ..segmentation import AUTO_SCORING, DEFAULT_SCORING, resolve_scoring
+
+    auto = args.scoring in (None, AUTO_SCORING)
+    chosen = resolve_scoring(args.scoring, voxel_size)
+    if auto and chosen != DEFAULT_SCORING:
+        shown = "×".join(f"{v:g}" for v in voxel_size)
+        print(f"edge score {chosen}: serial sections ({shown} nm; --scoring to change it)", file=sys.stderr)
+    args.scoring = chosen
+    return chosen

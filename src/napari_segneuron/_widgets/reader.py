@@ -1,9 +1,14 @@
-"""npe2 reader hook for zarr: SegNeuron's outputs (labels and predictions), any zarr array and
-OME-Zarr multiscale groups, all opened lazily (dask arrays: nothing is read until displayed)."""
+"""npe2 reader hooks. zarr: SegNeuron's outputs (labels and predictions), any zarr array and
+OME-Zarr multiscale groups, all opened lazily (dask arrays: nothing is read until displayed).
+SWC: a tracing as a Shapes layer of unbranched paths, radii kept in ``metadata['swc_radius']``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from ..swc import radius_key, swc_to_paths
 
 
 def _attrs(path: Path) -> dict:
@@ -98,7 +103,7 @@ def _geometry(attrs: dict, ndim: int) -> dict:
 
 def read_zarr(path: Any) -> list:
     """Layers of a zarr path, backed by dask arrays (lazy: large volumes are never read whole)."""
-    from . import io
+    from .. import io
 
     p = Path(str(path).rstrip("/"))
     attrs = _attrs(p)
@@ -143,3 +148,28 @@ def _kind(dtype, ours: bool) -> str:
     if dtype.kind == "b" or (dtype.kind in "iu" and (ours or dtype.itemsize >= 4)):
         return "labels"
     return "image"
+
+
+# -- SWC tracings as Shapes path layers ------------------------------------------------
+def swc_layer_data(nodes: np.ndarray, scale: Sequence[float] = (1.0, 1.0, 1.0), name: str = "SWC") -> tuple:
+    """A napari layer-data tuple (paths, kwargs, "shapes") for SWC ``nodes`` (physical units),
+    drawn in voxel units with ``scale`` = the image's (z, y, x) voxel size."""
+    paths = swc_to_paths(nodes, scale)
+    zyx = np.asarray(nodes, dtype=np.float64)[:, [4, 3, 2]] / np.asarray(scale, dtype=np.float64) if len(nodes) else []
+    radius = {radius_key(v): float(r) for v, r in zip(zyx, np.asarray(nodes)[:, 5])} if len(nodes) else {}
+    kwargs = {"name": name, "shape_type": "path", "edge_color": "yellow", "edge_width": 1.0,
+              "scale": tuple(float(s) for s in scale), "metadata": {"swc_radius": radius}}
+    return paths, kwargs, "shapes"
+
+
+def get_swc_reader(path: Any) -> Optional[Callable]:
+    if isinstance(path, (list, tuple)) or not str(path).lower().endswith(".swc"):
+        return None
+    return read_swc_layer
+
+
+def read_swc_layer(path: Any) -> list[tuple]:
+    from ..io import read_swc
+
+    nodes = read_swc(path)
+    return [swc_layer_data(nodes, name=Path(str(path)).stem)]

@@ -9,8 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import apply_roi, input_voxel_size, magnify_of, TerminalProgress, add_model_arguments, check_output_path, checked_volume, load_weights, make_predictor
-from .io import InputError
+from .common import (
+    TerminalProgress,
+    add_model_arguments,
+    apply_roi,
+    check_output_path,
+    checked_volume,
+    input_voxel_size,
+    load_weights,
+    magnify_of,
+    make_predictor,
+    resolve_fg_threshold,
+    resolve_scoring_arg,
+)
+from ..io import InputError
 
 
 def _unit_interval(text: str) -> float:
@@ -34,8 +46,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from .metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND, DEFAULT_SECTION_RULE, SECTION_RULES
-    from .segmentation import (
+    from ..metrics import BACKGROUND_MODES, DEFAULT_BACKGROUND, DEFAULT_SECTION_RULE, SECTION_RULES
+    from ..segmentation import (
         ANISOTROPIC_SCORING, ANISOTROPY, AUTO_SCORING, BACKGROUND_MODES_AGG, DEFAULT_BACKGROUND_MODE,
         DEFAULT_FG_THRESHOLD, DEFAULT_MEMBRANE_FILL, DEFAULT_MIN_SIZE, DEFAULT_SCORING, DEFAULT_SMALL, DEFAULT_THRESHOLD, SCORING_FUNCTIONS,
         SMALL_SEGMENTS,
@@ -82,7 +94,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--save-prediction", metavar="PRED", default=None,
                    help="also write the network's prediction (.zarr or .tif) when IN is an EM stack")
     add_model_arguments(p)
-    from ._cli_blockwise import add_blockwise_arguments
+    from .blockwise import add_blockwise_arguments
 
     add_blockwise_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace LABELS (and PRED) if they exist")
@@ -118,7 +130,7 @@ def add_parser(subparsers) -> None:
 
 
 def _read_labels(path: str, name: str) -> np.ndarray:
-    from .io import read_volume
+    from ..io import read_volume
 
     data, _ = read_volume(path)
     arr = np.asarray(data)
@@ -206,41 +218,14 @@ class StageProgress:
         self.bar.close()
 
 
-def resolve_fg_threshold(args: argparse.Namespace, source) -> float:
-    """``--fg-threshold`` if given, else what the weights declare (``source``: the model or the
-    prediction's provenance), else the package default; sets ``args.fg_threshold`` and says which."""
-    from .segmentation import DEFAULT_FG_THRESHOLD, foreground_threshold_for
-
-    if args.fg_threshold is None:
-        args.fg_threshold = foreground_threshold_for(source)
-        if args.fg_threshold != DEFAULT_FG_THRESHOLD and not args.no_foreground:
-            print(f"foreground threshold {args.fg_threshold:g}: the value these weights declare "
-                  "(--fg-threshold to change it)", file=sys.stderr)
-    return args.fg_threshold
-
-
-def resolve_scoring_arg(args: argparse.Namespace, voxel_size) -> str:
-    """Replace ``--scoring auto`` by the edge score for this stack's voxel size
-    (``segmentation.resolve_scoring``) and say which when it is not the package default."""
-    from .segmentation import AUTO_SCORING, DEFAULT_SCORING, resolve_scoring
-
-    auto = args.scoring in (None, AUTO_SCORING)
-    chosen = resolve_scoring(args.scoring, voxel_size)
-    if auto and chosen != DEFAULT_SCORING:
-        shown = "×".join(f"{v:g}" for v in voxel_size)
-        print(f"edge score {chosen}: serial sections ({shown} nm; --scoring to change it)", file=sys.stderr)
-    args.scoring = chosen
-    return chosen
-
-
 def run_segment(args: argparse.Namespace) -> int:
-    from . import _cli_blockwise
+    from . import blockwise as _cli_blockwise
 
     if _cli_blockwise.wants_blockwise(args):  # --block / --scheduler
         return _cli_blockwise.run_segment(args)
-    from . import __version__
-    from .io import as_volume, read_metadata, read_prediction, read_volume, write_labels, write_prediction
-    from .segmentation import agglomerate
+    from .. import __version__
+    from ..io import as_volume, read_metadata, read_prediction, read_volume, write_labels, write_prediction
+    from ..segmentation import agglomerate
 
     check_output_path(args.output, args.overwrite)
     meta: dict = {"plugin_version": __version__, "source": str(args.input)}
@@ -325,8 +310,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .calibration import sections_only
-    from .metrics import SECTION_RULES, evaluate, evaluate_sections
+    from ..calibration import sections_only
+    from ..metrics import SECTION_RULES, evaluate, evaluate_sections
 
     seg = _read_labels(args.seg, "segmentation")
     gt = _read_labels(args.gt, "ground truth")

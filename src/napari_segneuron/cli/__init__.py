@@ -11,11 +11,11 @@ import sys
 from typing import Optional, Sequence
 
 SUBCOMMAND_MODULES = (
-    "napari_segneuron._cli_predict",
-    "napari_segneuron._cli_segment",
-    "napari_segneuron._cli_calibrate",
-    "napari_segneuron._cli_train",
-    "napari_segneuron._cli_trace",
+    "napari_segneuron.cli.predict",
+    "napari_segneuron.cli.segment",
+    "napari_segneuron.cli.calibrate",
+    "napari_segneuron.cli.train",
+    "napari_segneuron.cli.trace",
 )
 
 DESCRIPTION = """\
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-segneuron", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-segneuron {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,9 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .cancel import Cancelled
-    from .io import InputError
-    from ._model.weights import WeightsError
+    from ..cancel import Cancelled
+    from ..io import InputError
+    from .._model.weights import WeightsError
 
     try:
         return int(args.func(args) or 0)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import TerminalProgress, float_triple, triple
-from .io import InputError
+from .common import TerminalProgress, float_triple, triple
+from ..io import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -54,10 +54,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import __version__
-    from ._model.vit3d import load_lm_model
-    from .io import as_volume, read_volume, write_labels, write_swc
-    from .tracing import predict_foreground, trace
+    from .. import __version__
+    from .._model.vit3d import load_lm_model
+    from ..io import as_volume, read_volume, write_labels, write_swc
+    from ..tracing import predict_foreground, trace
 
     _check_outputs(args)
     volume, voxel_nm = read_volume(args.input)

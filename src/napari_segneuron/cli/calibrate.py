@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_common import TerminalProgress, add_model_arguments, checked_volume, load_weights, make_predictor, resolve_magnify
+from .common import TerminalProgress, add_model_arguments, checked_volume, load_weights, make_predictor, resolve_magnify
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -22,8 +22,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     """Parse comma-separated edge scores (``median,mean``) for argparse."""
-    from .io import InputError
-    from .segmentation.defaults import check_scoring
+    from ..io import InputError
+    from ..segmentation.defaults import check_scoring
 
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     if not values:
@@ -35,7 +35,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(subparsers) -> None:
-    from .calibration import DEFAULT_MAGNIFICATIONS, DEFAULT_SCORINGS
+    from ..calibration import DEFAULT_MAGNIFICATIONS, DEFAULT_SCORINGS
 
     p = subparsers.add_parser(
         "calibrate",
@@ -69,10 +69,10 @@ def add_parser(subparsers) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .atomic import atomic_output
-    from .calibration import calibrate
-    from .io import InputError, as_volume, read_volume
-    from .segmentation import resolve_scoring
+    from ..atomic import atomic_output
+    from ..calibration import calibrate
+    from ..io import InputError, as_volume, read_volume
+    from ..segmentation import resolve_scoring
 
     if args.threads:
         import torch

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from ._cli_common import (
+from .common import (
     apply_roi,
     TerminalProgress,
     add_model_arguments,
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="IN", help="EM stack: .tif/.tiff or .zarr (array, or group with 'raw')")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .zarr or .tif")
     add_model_arguments(p)
-    from ._cli_blockwise import add_blockwise_arguments
+    from .blockwise import add_blockwise_arguments
 
     add_blockwise_arguments(p)
     p.add_argument("--float16", action="store_true", help="store outputs as float16 (half the disk space)")
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def provenance(args: argparse.Namespace, model, predictor) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {
         "plugin_version": __version__,
@@ -60,13 +60,13 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import _cli_blockwise
+    from . import blockwise as _cli_blockwise
 
     if _cli_blockwise.wants_blockwise(args):  # --block / --scheduler
         return _cli_blockwise.run_predict(args)
-    from .atomic import atomic_output
-    from .inference import zarr_output
-    from .io import as_volume, read_volume, write_prediction
+    from ..atomic import atomic_output
+    from ..inference import zarr_output
+    from ..io import as_volume, read_volume, write_prediction
 
     check_output_path(args.output, args.overwrite)
     volume, _voxel = read_volume(args.input)

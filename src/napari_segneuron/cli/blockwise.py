@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import TerminalProgress, magnify_of, triple
-from .io import InputError
+from .common import TerminalProgress, magnify_of, triple
+from ..io import InputError
 
 
 def add_blockwise_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def wants_blockwise(args: argparse.Namespace) -> bool:
 
 def _predict_kwargs(args: argparse.Namespace) -> dict:
     if getattr(args, "official_tiling", False):
-        from .inference import OFFICIAL_TILING
+        from ..inference import OFFICIAL_TILING
 
         tile, overlap = OFFICIAL_TILING.tile, OFFICIAL_TILING.overlap
     else:
@@ -44,8 +44,8 @@ def _predict_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _read_input(args: argparse.Namespace, meta: dict):
-    from ._cli_common import apply_roi
-    from .io import as_volume, read_volume
+    from .common import apply_roi
+    from ..io import as_volume, read_volume
 
     volume, voxel = read_volume(args.input)
     volume = as_volume(volume, name=args.input)
@@ -65,7 +65,7 @@ def _block(args: argparse.Namespace, default) -> tuple:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .distributed import DEFAULT_BLOCK, client, predict_blockwise
+    from ..distributed import DEFAULT_BLOCK, client, predict_blockwise
 
     if not str(args.output).rstrip("/").lower().endswith(".zarr"):
         raise InputError("blockwise prediction (--block / --scheduler) writes a .zarr output")
@@ -89,9 +89,9 @@ def run_segment(args: argparse.Namespace) -> int:
     """``segment`` blockwise: (predict blockwise,) fragments + graph per block, one merge,
     labels written chunk by chunk. Fragments and merge history go to ``LABELS.fragments.zarr``
     (reopen with ``segmentation.blockwise.load_agglomeration`` for other thresholds)."""
-    from .distributed import DEFAULT_BLOCK, client, predict_blockwise
-    from .io import write_labels
-    from .segmentation.blockwise import segment_blockwise, write_labels_blockwise
+    from ..distributed import DEFAULT_BLOCK, client, predict_blockwise
+    from ..io import write_labels
+    from ..segmentation.blockwise import segment_blockwise, write_labels_blockwise
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -115,8 +115,8 @@ def run_segment(args: argparse.Namespace) -> int:
                 bar.close()
             print(run.summary() + f"; prediction in {prediction}", file=sys.stderr)
         t1 = time.perf_counter()
-        from ._cli_segment import resolve_fg_threshold, resolve_scoring_arg
-        from .io import read_metadata
+        from .common import resolve_fg_threshold, resolve_scoring_arg
+        from ..io import read_metadata
 
         provenance = read_metadata(prediction)
         resolve_fg_threshold(args, provenance)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._cli_common import float_triple, magnify_arg, triple
+from .common import float_triple, magnify_arg, triple
 
 
 def add_parser(subparsers) -> None:
@@ -84,7 +84,7 @@ def _common(p: argparse.ArgumentParser, crop) -> None:
 
 
 def _kn(text: str) -> tuple:
-    from .io import InputError
+    from ..io import InputError
     try:
         kn = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -96,20 +96,20 @@ def _kn(text: str) -> tuple:
 
 def _read(path: str):
     import numpy as np
-    from .io import read_volume
+    from ..io import read_volume
     vol, _ = read_volume(path)
     return np.asarray(vol)
 
 
 def _check_out(args) -> None:
-    from .io import InputError
+    from ..io import InputError
     out = Path(args.output)
     if out.exists() and not args.overwrite and not (args.resume and Path(args.resume).resolve() == out.resolve()):
         raise InputError(f"{out} already exists; pass --overwrite or --resume {out}")
 
 
 def _augment(args, mixing: bool = True):
-    from .training.augment import AugmentConfig
+    from ..training.augment import AugmentConfig
     aug = AugmentConfig()
     if not mixing:
         aug.freq_mix = aug.spatial_mix = 0.0
@@ -119,21 +119,21 @@ def _augment(args, mixing: bool = True):
 
 
 def _progress(desc: str):
-    from ._cli_common import TerminalProgress
+    from .common import TerminalProgress
     return TerminalProgress(desc)
 
 
 def run_finetune(args) -> int:
     import numpy as np
-    from .training.finetune import finetune
-    from .training.targets import labels_from_membranes
+    from ..training.finetune import finetune
+    from ..training.targets import labels_from_membranes
 
     _check_out(args)
     image, labels = _read(args.image), _read(args.labels)
     if args.membranes:
         labels = labels_from_membranes((labels != 0).astype(np.float32))
     mask = _read(args.mask) != 0 if args.mask else None
-    from .training.targets import no_membranes_warning
+    from ..training.targets import no_membranes_warning
 
     warning = no_membranes_warning(labels, mask) if mask is None or mask.shape == labels.shape else ""
     if warning:
@@ -178,8 +178,8 @@ def run_finetune(args) -> int:
 def _estimated_magnify(model, image, voxel_size):
     """``--magnify auto`` for finetune: the starting weights (loaded), and the label-free estimate
     on the training image (1 without starting weights or a reference to compare with)."""
-    from ._cli_common import resolve_magnify
-    from .inference import Predictor
+    from .common import resolve_magnify
+    from ..inference import Predictor
 
     if model is None:
         return None, 1.0
@@ -194,7 +194,7 @@ def _load_start(model):
     """Starting weights as a module with ``info`` (a name or path is loaded on the CPU)."""
     if model is None or hasattr(model, "info"):
         return model
-    from ._model import load_named
+    from .._model import load_named
 
     return load_named(str(model), device="cpu")
 
@@ -203,14 +203,14 @@ def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
     """The starting model loaded, and the block moved to the grid it declares, magnified
     ``magnify`` times (``training.grid.block_on_model_grid``), with the metadata that declares the
     grid trained on."""
-    from .training.grid import block_on_model_grid
+    from ..training.grid import block_on_model_grid
 
     model_voxel = None
     if model is not None:  # loaded once: its info gives the declared grid, finetune takes the module
         model = _load_start(model)
         model_voxel = model.info["voxel_size_nm"]
     if model is None and magnify != 1.0:
-        from .io import InputError
+        from ..io import InputError
         raise InputError("--magnify needs starting weights that declare their voxel size (not --weights none)")
     image2, labels2, mask2, meta = block_on_model_grid(image, labels, mask, voxel_size, model_voxel, magnify)
     if image2 is not image:
@@ -223,8 +223,8 @@ def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
 
 def _budget(args) -> tuple:
     """(iterations, time limit in seconds or None) from --iterations / --minutes."""
-    from .io import InputError
-    from .training.finetune import NO_ITERATION_CAP
+    from ..io import InputError
+    from ..training.finetune import NO_ITERATION_CAP
 
     minutes = getattr(args, "minutes", None)
     if minutes is None:
@@ -242,7 +242,7 @@ class _Announcing:
         self.bar = bar
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
-        from .training.step_precision import PROBE_MESSAGE
+        from ..training.step_precision import PROBE_MESSAGE
 
         if message == PROBE_MESSAGE:
             print(message, file=sys.stderr)
@@ -253,7 +253,7 @@ class _Announcing:
 
 
 def run_pretrain(args) -> int:
-    from .training.pretrain import pretrain
+    from ..training.pretrain import pretrain
 
     _check_out(args)
     images = [_read(p) for p in args.images]

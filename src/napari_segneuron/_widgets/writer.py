@@ -1,4 +1,4 @@
-"""npe2 writer hook: save a labels layer as tif or zarr through ``io.write_labels``.
+"""npe2 writer hooks: a labels layer as tif or zarr through ``io.write_labels``; a Shapes layer of paths as SWC.
 
 The file keeps the layer's provenance (``layer.metadata['segneuron']``), scale and
 translate. napari's save dialog already asked before replacing an existing file, so
@@ -7,6 +7,10 @@ this hook replaces; the SegNeuron dock's Export button asks on its own before ca
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
+
+from ..swc import paths_to_swc
 
 
 def layer_file_metadata(meta: dict) -> dict:
@@ -24,7 +28,19 @@ def layer_file_metadata(meta: dict) -> dict:
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    from . import io
+    from .. import io
 
     io.write_labels(path, data, metadata=layer_file_metadata(meta), overwrite=True)
+    return [str(path)]
+
+
+def write_swc_layer(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a Shapes layer's paths (world units = data * scale) as SWC."""
+    from ..io import write_swc
+
+    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0, 1.0))[-3:])
+    paths = [np.asarray(p)[:, -3:] for p in data]
+    radius = (meta.get("metadata") or {}).get("swc_radius") or {}
+    nodes = paths_to_swc(paths, scale, radius)
+    write_swc(path, nodes, header=f"written by napari-segneuron from layer {meta.get('name', '')}")
     return [str(path)]
