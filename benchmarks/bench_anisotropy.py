@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,8 +25,6 @@ import tifffile
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
 SCORINGS = ("median", "median-all")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,6 @@ import torch
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
 

@@ -31,7 +31,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT / ".." / "shared" / "data"))
-sys.path.insert(0, str(ROOT / "src"))
 
 
 def child(args: argparse.Namespace) -> None:

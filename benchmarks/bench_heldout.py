@@ -29,7 +29,6 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,6 @@ import torch
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
 THRESHOLDS = np.round(np.arange(0.08, 1.0, 0.08), 3)
 

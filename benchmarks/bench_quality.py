@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="also score fib25_b with affinities predicted by these weights")
     ap.add_argument("--prediction", default=None, help="or: a saved fib25_b prediction (.zarr/.tif)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "src"))
     print(__doc__.split("Run:")[0].strip())
     data = snemi()
     compare("snemi_mini (real boundary map)", *data)
@@ -161,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         for scoring in ("mean", "median"):
             held_out("fib25_b", aff, fg, gt_b, scoring=scoring)
         if args.weights:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_voxel_size import run as voxel_size_check
 
             print()

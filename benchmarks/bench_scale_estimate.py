@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 DATA = Path(os.environ.get("SEGNEURON_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default=None, help="background_mode: mask, cut or exclude (default: the package default)")
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from napari_segneuron.segmentation import (
         DEFAULT_BACKGROUND_MODE, DEFAULT_FG_THRESHOLD, DEFAULT_SCORING, SCORING_FUNCTIONS, affinities_from_boundaries, agglomerate, restrict_to_foreground,
         _restore_stdout, _silence_stdout,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,6 @@ def model_radius(raw: np.ndarray, f: float, weights: str) -> float:
     """Neurite radius (voxels of ``raw``) in a segmentation by the bundled model of ``raw`` shrunk by ``f``
     (package defaults: waterz, default threshold, small segments merged)."""
     import torch
-    sys.path.insert(0, str(ROOT / "src"))
     from napari_segneuron._model import load_model
     from napari_segneuron.inference import Predictor
     from napari_segneuron.segmentation import DEFAULT_THRESHOLD, agglomerate

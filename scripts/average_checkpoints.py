@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_segneuron._model.weights import save_checkpoint  # noqa: E402
 
 

@@ -197,7 +197,6 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from napari_segneuron.atomic import atomic_output
 
     model = load_onnx(args.source)

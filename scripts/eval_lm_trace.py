@@ -10,7 +10,6 @@ Dice-optimal threshold, i.e. an oracle threshold, traced the same way).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from napari_segneuron.cli import main as cli  # noqa: E402
 from napari_segneuron.io import read_swc  # noqa: E402

@@ -9,13 +9,11 @@ node / tree counts.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from napari_segneuron._model.vit3d import load_lm_model  # noqa: E402
 from napari_segneuron._widgets.sample_data import lm_sample  # noqa: E402

@@ -10,11 +10,9 @@ model expects neurites to have. ``--magnify auto`` compares a stack's half-width
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,6 @@ import tifffile
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from napari_segneuron.training.augment import AugmentConfig  # noqa: E402
 from napari_segneuron.training.checkpoints import read_checkpoint, write_checkpoint  # noqa: E402

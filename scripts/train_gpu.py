@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -78,7 +77,6 @@ def cosine_by_time(frac: float, peak: float, floor: float, warm_frac: float = 0.
 def pack(args) -> int:
     """Write ``em.npz`` (the EM arrays at the training grid), the SWC morphologies and a trimmed
     fp16 2D ViT (only the tensors the 3D model inflates) into ``--out``."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     from train_default_model import block_mean, load_data
 
     out = Path(args.out)

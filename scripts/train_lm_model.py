@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import pickle
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from napari_segneuron._model.vit3d import build_vit3d, read_vit_state_dict, save_vit3d  # noqa: E402
 from napari_segneuron.io import read_swc  # noqa: E402
