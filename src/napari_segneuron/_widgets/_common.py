@@ -344,16 +344,9 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
         args += ["--magnify", f"{pred['magnify']:g}"]
     elif pred.get("magnify_auto") is False:
         args += ["--magnify", "1"]  # chosen by hand: the command line would otherwise estimate it ('auto')
-    if seg.get("fg_threshold") is not None:
-        args += ["--fg-threshold", f"{seg['fg_threshold']:g}"]
-    if seg.get("min_size") is not None:
-        args += ["--min-size", str(int(seg["min_size"]))]
-    if seg.get("membrane_fill") is not None:
-        args += ["--membrane-fill", str(int(seg["membrane_fill"]))]
-    if seg.get("scoring"):
-        args += ["--scoring", str(seg["scoring"])]
-    if seg.get("threshold") is not None:
-        args += ["--threshold", f"{seg['threshold']:g}"]
+    from ..settings import SegmentSettings
+
+    args += SegmentSettings.from_provenance(seg).cli_args()
     if prov.get("voxel_size_nm"):
         args += ["--voxel-size", ",".join(f"{v:g}" for v in prov["voxel_size_nm"])]
     region = prov.get("region")

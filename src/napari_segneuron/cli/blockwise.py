@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .common import TerminalProgress, magnify_of, triple
 from ..io import InputError
+from ..settings import SegmentSettings
 
 
 def add_blockwise_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,10 +125,10 @@ def run_segment(args: argparse.Namespace) -> int:
                             or provenance.get("voxel_size_nm"))
         bar = TerminalProgress("segment", unit="step")
         try:
+            settings = SegmentSettings.from_args(args)
             agg = segment_blockwise(
-                prediction, None, frag_path, block=block, client=c, fg_threshold=args.fg_threshold,
-                min_size=args.min_size, small=args.small, max_threshold=1.0, scoring=args.scoring,
-                background_mode=args.background_mode, membrane_fill=args.membrane_fill, overwrite=True, progress=bar,
+                prediction, None, frag_path, block=block, client=c, max_threshold=1.0, overwrite=True, progress=bar,
+                **settings.agglomerate_kwargs(),
                 **({"fragments": args.fragments} if getattr(args, "fragments", None) in ("waterz", "distance", "distance2d")
                    else {}),
             ) if not args.no_foreground else _no_foreground()
@@ -136,7 +137,8 @@ def run_segment(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         meta.update(threshold=args.threshold, fg_threshold=args.fg_threshold, min_size=args.min_size,
                     small=args.small, scoring=args.scoring, background_mode=args.background_mode,
-                    membrane_fill=args.membrane_fill, blockwise=dict(block=list(block), fragments=frag_path))
+                    membrane_fill=args.membrane_fill, blockwise=dict(block=list(block), fragments=frag_path),
+                    segment=SegmentSettings.from_args(args).provenance())
         if str(out).rstrip("/").lower().endswith(".zarr"):
             import shutil
 

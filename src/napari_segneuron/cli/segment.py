@@ -23,6 +23,7 @@ from .common import (
     resolve_scoring_arg,
 )
 from ..io import InputError
+from ..settings import SegmentSettings
 
 
 def _unit_interval(text: str) -> float:
@@ -276,11 +277,10 @@ def run_segment(args: argparse.Namespace) -> int:
     stages = StageProgress()
     try:
         stages.stage("fragments")
+        settings = SegmentSettings.from_args(args)
         agg = agglomerate(
-            seg_aff, None if args.no_foreground else seg_fg,
-            fg_threshold=args.fg_threshold, min_size=args.min_size, small=args.small,
-            max_threshold=args.threshold, scoring=args.scoring, background_mode=args.background_mode,
-            membrane_fill=args.membrane_fill, worker=False, output_shape=aff.shape[1:] if grid else None, progress=stages,
+            seg_aff, seg_fg if settings.use_foreground else None, max_threshold=settings.threshold, worker=False,
+            output_shape=aff.shape[1:] if grid else None, progress=stages, **settings.agglomerate_kwargs(),
         )
         if grid:
             meta["segmented_on_model_grid"] = list(grid["voxel_size"])
@@ -292,7 +292,7 @@ def run_segment(args: argparse.Namespace) -> int:
             min_size=args.min_size, small=args.small, scoring=args.scoring,
             background_mode=None if args.no_foreground else args.background_mode,
             membrane_fill=None if args.no_foreground else args.membrane_fill,
-            fragments=agg.info.get("fragments"), n_fragments=agg.n_fragments,
+            fragments=agg.info.get("fragments"), n_fragments=agg.n_fragments, segment=settings.provenance(),
             command=" ".join(["napari-segneuron"] + sys.argv[1:]),
         )
         stages.stage("writing")
