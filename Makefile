@@ -35,7 +35,7 @@ bench: $(STAMP)
 lock:
 	python3 -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet "uv==$(UV_VERSION)"
-	.venv-lock/bin/uv pip compile pyproject.toml --extra all --extra testing \
+	.venv-lock/bin/uv pip compile pyproject.toml --extra all --extra testing --extra docs \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 	    --find-links /opt/wheels -c requirements/torch-cpu.txt \
 	    --generate-hashes --no-header --quiet -o $(LOCK)
