@@ -108,3 +108,49 @@ def test_undo_redo_and_save_load(agg_gt, tmp_path):
     assert np.array_equal(again.labels(), edited)
     with pytest.raises(ValueError):
         pr.split(seg, seeds[:1])
+
+
+@pytest.mark.parametrize("small", ["merge", "remove"])
+def test_no_edits_is_the_agglomeration_with_small_segments(agg_gt, small):
+    _, lab = agg_gt
+    aff, fg = _noisy(lab)
+    agg = agglomerate(aff, fg, fragments="distance", min_size=100, small=small)
+    pr = Proofreader(agg)
+    for t in (0.2, 0.48, 0.8):
+        assert np.array_equal(pr.labels(t), agg.labels(t)), t
+
+
+def _noisy(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    aff = np.zeros((3,) + lab.shape, np.float32)
+    for d in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[d], lo[d] = slice(1, None), slice(None, -1)
+        aff[d][tuple(hi)] = (lab[tuple(hi)] == lab[tuple(lo)]) & (lab[tuple(hi)] != 0)
+    aff = np.clip(ndimage.gaussian_filter(aff, (0, 1, 1, 1)) + rng.normal(0, 0.2, aff.shape), 0, 1)
+    fg = np.clip(ndimage.gaussian_filter((lab != 0).astype(np.float32), 1) + rng.normal(0, 0.1, lab.shape), 0, 1)
+    return aff.astype(np.float32), fg.astype(np.float32)
+
+
+def test_cli_segment_replays_edits(agg_gt, tmp_path):
+    from napari_segneuron.cli import main
+    from napari_segneuron.io import write_prediction
+
+    _, lab = agg_gt
+    aff, fg = _noisy(lab)
+    pred = tmp_path / "pred.zarr"
+    write_prediction(str(pred), aff, fg)
+    plain, edited = tmp_path / "plain.tif", tmp_path / "edited.tif"
+    assert main(["segment", str(pred), "-o", str(plain), "--threshold", "0.15"]) == 0
+    base = tifffile.imread(plain)
+    agg = agglomerate(aff, fg, max_threshold=0.15)
+    pr = Proofreader(agg, 0.15)
+    assert np.array_equal(pr.labels(), base)
+    a, b = _two_touching(base)
+    pr.merge(a, b)
+    pr.save(tmp_path / "edits.json")
+    assert main(["segment", str(pred), "-o", str(edited), "--threshold", "0.15", "--edits", str(tmp_path / "edits.json")]) == 0
+    out = tifffile.imread(edited)
+    assert np.array_equal(out, pr.labels())
+    assert np.all(out[(base == a) | (base == b)] == a)

@@ -104,12 +104,28 @@ class Proofreader:
         sets = self._sets(t)
         n = len(self.agg._sizes)
         lut = np.fromiter((sets.find(i) for i in range(n)), np.int64, n)
-        sizes = np.bincount(lut, weights=self.agg._sizes, minlength=n)
-        keep = sizes[lut] >= max(self.agg.min_size, 1)
-        lut = np.where(keep, lut, 0).astype(np.uint32)
         lut[0] = 0
+        lut = self._small(lut)
         self._cache = (t, len(self.edits), lut)
         return lut
+
+    def _small(self, roots: np.ndarray) -> np.ndarray:
+        """Drop or merge segments below the agglomeration's ``min_size``, as it does."""
+        sizes = np.bincount(roots, weights=self.agg._sizes, minlength=len(roots))
+        min_size = max(self.agg.min_size, 1)
+        small = (sizes[roots] < min_size) & (roots > 0)
+        if self.agg.small != "merge" or self.agg.min_size <= 1 or not small.any():
+            return np.where(small | (roots == 0), 0, roots).astype(np.uint32)
+        ids, run = np.unique(roots, return_inverse=True)  # ids[0] == 0: background
+        seg_sizes = sizes[ids].astype(np.int64)
+        seg_sizes[0] = 0
+        group = self.agg._merge_small(run.astype(np.uint32), seg_sizes, min_size)
+        rep = np.zeros(int(group.max()) + 1, np.uint32)
+        order = np.lexsort((ids, -seg_sizes, group))  # each group takes its largest segment's id
+        for i in order[::-1]:
+            rep[group[i]] = ids[i]
+        rep[0] = 0
+        return rep[group[run]]
 
     # public API ----------------------------------------------------------------------
     def labels(self, threshold: Optional[float] = None) -> np.ndarray:
