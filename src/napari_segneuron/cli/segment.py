@@ -99,6 +99,8 @@ def add_parser(subparsers) -> None:
 
     add_blockwise_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace LABELS (and PRED) if they exist")
+    p.add_argument("--edits", metavar="EDITS", default=None,
+                   help="proofreading edits (.json from Proofreader.save) to replay on the result")
     p.set_defaults(func=run_segment)
 
     e = subparsers.add_parser(
@@ -286,6 +288,14 @@ def run_segment(args: argparse.Namespace) -> int:
             meta["segmented_on_model_grid"] = list(grid["voxel_size"])
         stages.stage("small-segment merging")
         labels = agg.labels(args.threshold)
+        n = agg.n_segments(args.threshold)  # labels are root-fragment ids, not 1..n
+        if getattr(args, "edits", None):
+            from ..proofreading import Proofreader
+
+            pr = Proofreader.load(args.edits, agg)
+            labels = pr.labels(args.threshold)
+            n = int(np.count_nonzero(np.unique(pr.lookup_table(args.threshold))))
+            meta.update(edits=str(args.edits), n_edits=len(pr.edits))
         t2 = time.perf_counter()
         meta.update(
             threshold=args.threshold, fg_threshold=None if args.no_foreground else args.fg_threshold,
@@ -299,7 +309,6 @@ def run_segment(args: argparse.Namespace) -> int:
         write_labels(args.output, labels, metadata=meta, overwrite=args.overwrite)
     finally:
         stages.close()
-    n = agg.n_segments(args.threshold)  # labels are root-fragment ids, not 1..n
     print(
         f"wrote {args.output}: {n} segments, {100.0 * float((labels == 0).mean()):.1f}% background "
         f"(threshold {args.threshold}, fg threshold {args.fg_threshold}, min size {args.min_size}); "

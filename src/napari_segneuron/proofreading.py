@@ -1,0 +1,199 @@
+"""Proofreading on the merge hierarchy: merges and splits as constraints on the fragment graph.
+
+A merge is a must-link between two root fragments; a split is a cannot-link between the
+fragments holding the seeds. ``labels(t)`` replays the agglomeration's merge history up to
+``t``, skipping every merge that would join cannot-linked fragments (so a split cuts the
+weakest link between its seeds), then applies the must-links. Segment ids are root
+fragment ids, as in ``Agglomeration.labels``; an edit changes only the ids it touches.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .atomic import atomic_output
+from .segmentation.agglomeration import Agglomeration
+from .segmentation.defaults import DEFAULT_THRESHOLD
+
+
+class _Sets:
+    """Union-find whose union keeps the first argument's root."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, keep: int, other: int) -> None:
+        self.parent[self.find(other)] = self.find(keep)
+
+
+class Proofreader:
+    """Merge/split edits over an ``Agglomeration``, kept valid at every threshold."""
+
+    def __init__(self, agglomeration: Agglomeration, threshold: Optional[float] = None) -> None:
+        self.agg = agglomeration
+        self.threshold = float(DEFAULT_THRESHOLD if threshold is None else threshold)
+        self.edits: list[dict] = []
+        self._redo: list[dict] = []
+        self._cache: Optional[tuple[float, int, np.ndarray]] = None
+
+    # constraints -------------------------------------------------------------------
+    def _constraints(self) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
+        must: list[tuple[int, int]] = []
+        cannot: set[tuple[int, int]] = set()
+        for e in self.edits:
+            if e["op"] == "merge":
+                for pair in e.get("released", []):
+                    cannot.discard(tuple(pair))
+                must.append((int(e["keep"]), int(e["other"])))
+            else:
+                dropped = {tuple(p) for p in e.get("released", [])}
+                must = [m for m in must if m not in dropped]
+                cannot.update(tuple(p) for p in e["cannot"])
+        return must, cannot
+
+    def _sets(self, threshold: float) -> _Sets:
+        must, cannot = self._constraints()
+        n = len(self.agg._sizes)
+        sets = _Sets(n)
+        k = self.agg.n_merges(threshold)
+        partners: dict[int, set[int]] = {}
+        for a, b in cannot:
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
+        members: dict[int, set[int]] = {}  # root -> its cannot-linked fragments
+        for f in partners:
+            members.setdefault(f, set()).add(f)
+
+        def blocked(ra: int, rb: int) -> bool:
+            ma, mb = members.get(ra), members.get(rb)
+            if not ma or not mb:
+                return False
+            return any(partners[f] & mb for f in ma)
+
+        def join(keep: int, other: int) -> None:
+            ra, rb = sets.find(keep), sets.find(other)
+            if ra == rb or blocked(ra, rb):
+                return
+            sets.union(ra, rb)
+            if rb in members:
+                members.setdefault(ra, set()).update(members.pop(rb))
+
+        for x, y in self.agg.merges[:k].tolist():
+            join(int(x), int(y))
+        for a, b in must:
+            ra, rb = sets.find(a), sets.find(b)
+            if ra != rb:
+                sets.union(ra, rb)
+        return sets
+
+    def lookup_table(self, threshold: Optional[float] = None) -> np.ndarray:
+        """Fragment id -> segment id (0 = background) at ``threshold``, edits applied."""
+        t = self.threshold if threshold is None else float(threshold)
+        if self._cache is not None and self._cache[:2] == (t, len(self.edits)):
+            return self._cache[2]
+        sets = self._sets(t)
+        n = len(self.agg._sizes)
+        lut = np.fromiter((sets.find(i) for i in range(n)), np.int64, n)
+        lut[0] = 0
+        lut = self._small(lut)
+        self._cache = (t, len(self.edits), lut)
+        return lut
+
+    def _small(self, roots: np.ndarray) -> np.ndarray:
+        """Drop or merge segments below the agglomeration's ``min_size``, as it does."""
+        sizes = np.bincount(roots, weights=self.agg._sizes, minlength=len(roots))
+        min_size = max(self.agg.min_size, 1)
+        small = (sizes[roots] < min_size) & (roots > 0)
+        if self.agg.small != "merge" or self.agg.min_size <= 1 or not small.any():
+            return np.where(small | (roots == 0), 0, roots).astype(np.uint32)
+        ids, run = np.unique(roots, return_inverse=True)  # ids[0] == 0: background
+        seg_sizes = sizes[ids].astype(np.int64)
+        seg_sizes[0] = 0
+        group = self.agg._merge_small(run.astype(np.uint32), seg_sizes, min_size)
+        rep = np.zeros(int(group.max()) + 1, np.uint32)
+        order = np.lexsort((ids, -seg_sizes, group))  # each group takes its largest segment's id
+        for i in order[::-1]:
+            rep[group[i]] = ids[i]
+        rep[0] = 0
+        return rep[group[run]]
+
+    # public API ----------------------------------------------------------------------
+    def labels(self, threshold: Optional[float] = None) -> np.ndarray:
+        """Label volume at ``threshold`` (the current one when None)."""
+        return self.lookup_table(threshold)[self.agg.fragments]
+
+    def set_threshold(self, t: float) -> None:
+        self.agg.n_merges(t)  # validates t
+        self.threshold = float(t)
+
+    def _segment_fragments(self, segment_id: int) -> np.ndarray:
+        return np.flatnonzero(self.lookup_table() == segment_id)
+
+    def _push(self, edit: dict) -> None:
+        self.edits.append(edit)
+        self._redo.clear()
+        self._cache = None
+
+    def merge(self, a: int, b: int) -> int:
+        """Join segments ``a`` and ``b``; returns the id kept (``a``)."""
+        a, b = int(a), int(b)
+        lut = self.lookup_table()
+        if a == b or a == 0 or b == 0 or not (lut == a).any() or not (lut == b).any():
+            raise ValueError(f"cannot merge segments {a} and {b}")
+        fa, fb = set(np.flatnonzero(lut == a).tolist()), set(np.flatnonzero(lut == b).tolist())
+        _, cannot = self._constraints()
+        released = [list(p) for p in cannot if (p[0] in fa and p[1] in fb) or (p[0] in fb and p[1] in fa)]
+        self._push({"op": "merge", "keep": a, "other": b, "threshold": self.threshold, "released": released})
+        return a
+
+    def split(self, segment_id: int, seeds: Sequence[Sequence[int]]) -> list[int]:
+        """Cut ``segment_id`` between two or more (z, y, x) seeds; returns the ids of the pieces."""
+        if len(seeds) < 2:
+            raise ValueError("split needs two or more seeds")
+        lut = self.lookup_table()
+        frags = [int(self.agg.fragments[tuple(int(c) for c in s)]) for s in seeds]
+        if any(lut[f] != segment_id for f in frags):
+            raise ValueError(f"every seed must lie inside segment {segment_id}")
+        if len(set(frags)) < len(frags):
+            raise ValueError("two seeds lie in one fragment; place them in different fragments")
+        inside = set(self._segment_fragments(segment_id).tolist())
+        must, _ = self._constraints()
+        released = [list(m) for m in must if m[0] in inside and m[1] in inside]
+        cannot = [[min(x, y), max(x, y)] for i, x in enumerate(frags) for y in frags[i + 1:]]
+        self._push({"op": "split", "segment": int(segment_id), "seeds": [[int(c) for c in s] for s in seeds],
+                    "cannot": cannot, "released": released, "threshold": self.threshold})
+        new = self.lookup_table()
+        return sorted({int(new[f]) for f in frags})
+
+    def undo(self) -> None:
+        if self.edits:
+            self._redo.append(self.edits.pop())
+            self._cache = None
+
+    def redo(self) -> None:
+        if self._redo:
+            self.edits.append(self._redo.pop())
+            self._cache = None
+
+    def save(self, path: str | Path) -> None:
+        """Write the edits and the threshold as JSON (atomically)."""
+        doc = {"threshold": self.threshold, "edits": self.edits}
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(doc, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, agglomeration: Agglomeration) -> "Proofreader":
+        doc: Any = json.loads(Path(path).read_text())
+        pr = cls(agglomeration, doc.get("threshold"))
+        pr.edits = [dict(e) for e in doc.get("edits", [])]
+        return pr

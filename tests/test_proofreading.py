@@ -1,0 +1,156 @@
+"""Proofreader on the agglomeration of noisy GT-derived affinities of fib25_b."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from napari_segneuron.proofreading import Proofreader
+from napari_segneuron.segmentation import agglomerate
+
+DATA = "/work/shared/data/fib25_b_labels.tif"
+
+
+@pytest.fixture(scope="module")
+def agg_gt():
+    lab = tifffile.imread(DATA)[:24, :64, :96]
+    rng = np.random.default_rng(2)
+    aff = np.zeros((3,) + lab.shape, np.float32)
+    for d in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[d], lo[d] = slice(1, None), slice(None, -1)
+        aff[d][tuple(hi)] = (lab[tuple(hi)] == lab[tuple(lo)]) & (lab[tuple(hi)] != 0)
+    aff = np.clip(ndimage.gaussian_filter(aff, (0, 1, 1, 1)) + rng.normal(0, 0.2, aff.shape), 0, 1)
+    agg = agglomerate(aff.astype(np.float32), None, fragments="distance", min_size=0, membrane_fill=0)
+    return agg, lab
+
+
+def _two_touching(seg: np.ndarray) -> tuple[int, int]:
+    a = seg[:, :, :-1].ravel()
+    b = seg[:, :, 1:].ravel()
+    m = (a != b) & (a != 0) & (b != 0)
+    return int(a[m][0]), int(b[m][0])
+
+
+def _splittable(pr: Proofreader) -> tuple[int, list[tuple[int, int, int]]]:
+    """A segment of more than one fragment, and one voxel in each of two of its fragments."""
+    lut = pr.lookup_table()
+    frag = pr.agg.fragments
+    ids, counts = np.unique(lut[lut > 0], return_counts=True)
+    seg = int(ids[np.argmax(counts)])
+    fs = np.flatnonzero(lut == seg)
+    seeds = [tuple(int(c) for c in np.argwhere(frag == f)[0]) for f in (fs[0], fs[-1])]
+    return seg, seeds
+
+
+def test_merge_joins_exactly_two_and_keeps_other_ids(agg_gt):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.3)
+    before = pr.labels()
+    assert np.array_equal(before, agg.labels(0.3, min_size=0))
+    a, b = _two_touching(before)
+    assert pr.merge(a, b) == a
+    after = pr.labels()
+    assert np.all(after[(before == a) | (before == b)] == a)
+    rest = (before != a) & (before != b)
+    assert np.array_equal(after[rest], before[rest])
+    assert b not in np.unique(after)
+
+
+def test_split_separates_seeds_and_survives_threshold(agg_gt):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.5)
+    seg, seeds = _splittable(pr)
+    before = pr.labels()
+    pieces = pr.split(seg, seeds)
+    after = pr.labels()
+    assert len(pieces) == 2 and seg in pieces
+    assert after[seeds[0]] != after[seeds[1]]
+    outside = before != seg
+    assert np.array_equal(after[outside], before[outside])
+    for t in (0.9, 0.1, 0.7, 0.5):
+        pr.set_threshold(t)
+        lab = pr.labels()
+        assert lab[seeds[0]] != lab[seeds[1]]
+    a, b = _two_touching(pr.labels(0.2))
+    pr.set_threshold(0.2)
+    pr.merge(a, b)
+    for t in (0.05, 0.2, 0.6):
+        lab = pr.labels(t)
+        fa, fb = agg.fragments == a, agg.fragments == b
+        assert len(np.unique(lab[fa | fb])) == 1, t
+
+
+def test_undo_redo_and_save_load(agg_gt, tmp_path):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.4)
+    base = pr.labels()
+    a, b = _two_touching(base)
+    pr.merge(a, b)
+    seg, seeds = _splittable(pr)
+    pr.split(seg, seeds)
+    edited = pr.labels()
+    pr.undo()
+    pr.undo()
+    assert np.array_equal(pr.labels(), base)
+    pr.redo()
+    pr.redo()
+    assert np.array_equal(pr.labels(), edited)
+    path = tmp_path / "edits.json"
+    pr.save(path)
+    json.loads(path.read_text())
+    again = Proofreader.load(path, agg)
+    assert again.edits == pr.edits and again.threshold == pr.threshold
+    assert np.array_equal(again.labels(), edited)
+    with pytest.raises(ValueError):
+        pr.split(seg, seeds[:1])
+
+
+@pytest.mark.parametrize("small", ["merge", "remove"])
+def test_no_edits_is_the_agglomeration_with_small_segments(agg_gt, small):
+    _, lab = agg_gt
+    aff, fg = _noisy(lab)
+    agg = agglomerate(aff, fg, fragments="distance", min_size=100, small=small)
+    pr = Proofreader(agg)
+    for t in (0.2, 0.48, 0.8):
+        assert np.array_equal(pr.labels(t), agg.labels(t)), t
+
+
+def _noisy(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    aff = np.zeros((3,) + lab.shape, np.float32)
+    for d in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[d], lo[d] = slice(1, None), slice(None, -1)
+        aff[d][tuple(hi)] = (lab[tuple(hi)] == lab[tuple(lo)]) & (lab[tuple(hi)] != 0)
+    aff = np.clip(ndimage.gaussian_filter(aff, (0, 1, 1, 1)) + rng.normal(0, 0.2, aff.shape), 0, 1)
+    fg = np.clip(ndimage.gaussian_filter((lab != 0).astype(np.float32), 1) + rng.normal(0, 0.1, lab.shape), 0, 1)
+    return aff.astype(np.float32), fg.astype(np.float32)
+
+
+def test_cli_segment_replays_edits(agg_gt, tmp_path):
+    from napari_segneuron.cli import main
+    from napari_segneuron.io import write_prediction
+
+    _, lab = agg_gt
+    aff, fg = _noisy(lab)
+    pred = tmp_path / "pred.zarr"
+    write_prediction(str(pred), aff, fg)
+    plain, edited = tmp_path / "plain.tif", tmp_path / "edited.tif"
+    assert main(["segment", str(pred), "-o", str(plain), "--threshold", "0.15"]) == 0
+    base = tifffile.imread(plain)
+    agg = agglomerate(aff, fg, max_threshold=0.15)
+    pr = Proofreader(agg, 0.15)
+    assert np.array_equal(pr.labels(), base)
+    a, b = _two_touching(base)
+    pr.merge(a, b)
+    pr.save(tmp_path / "edits.json")
+    assert main(["segment", str(pred), "-o", str(edited), "--threshold", "0.15", "--edits", str(tmp_path / "edits.json")]) == 0
+    out = tifffile.imread(edited)
+    assert np.array_equal(out, pr.labels())
+    assert np.all(out[(base == a) | (base == b)] == a)
