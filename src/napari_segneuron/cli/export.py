@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             from ..export.precomputed import write_precomputed
         except ImportError as err:
-            raise InputError(f"precomputed export needs cloud-volume and zmesh ({err}); "
+            raise InputError(f"precomputed export needs tensorstore and zmesh ({err}); "
                              "pip install 'napari-segneuron[export]'") from None
         write_precomputed(out, labels, voxel, meshes=args.meshes, overwrite=args.overwrite)
     print(f"wrote {out} ({args.fmt}, {labels.shape}, voxel {voxel} nm)", file=sys.stderr)
