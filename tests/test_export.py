@@ -84,3 +84,13 @@ def test_precomputed_roundtrip_with_meshes(tmp_path, crop):
         verts, faces = read_mesh(out, seg)
         assert len(faces) and faces.max() < len(verts)
         assert verts.min() >= -1e-3 and (verts.max(axis=0) <= extent + 1e-3).all()
+
+
+def test_ome_zarr_opens_in_project_reader(tmp_path, crop):
+    from napari_segneuron._widgets.reader import get_reader
+
+    out = tmp_path / "l.ome.zarr"
+    write_ome_zarr(out, crop, (40.0, 8.0, 8.0), levels=2)
+    (data, meta, kind), = get_reader(str(out))(str(out))
+    assert kind == "labels" and len(data) == 2 and tuple(meta["scale"]) == (40.0, 8.0, 8.0)
+    np.testing.assert_array_equal(np.asarray(data[0]), crop)
