@@ -1,4 +1,4 @@
-"""Command line: ``napari-segneuron predict|segment|evaluate|calibrate|finetune|pretrain|trace``.
+"""Command line: ``napari-segneuron predict|segment|evaluate|calibrate|finetune|pretrain|trace|export``.
 
 Each subcommand lives in its own module that defines ``add_parser(subparsers)``;
 this file only assembles them and turns expected errors into one-line messages.
@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "napari_segneuron.cli.calibrate",
     "napari_segneuron.cli.train",
     "napari_segneuron.cli.trace",
+    "napari_segneuron.cli.export",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,1 @@
+"""Export label volumes for sharing: OME-Zarr (NGFF) and Neuroglancer precomputed."""
