@@ -60,3 +60,22 @@ def test_one_tile_with_shared_statistics_is_the_plain_forward(model, crop):
     a = Predictor(model, shared_stats=True).predict_raw(vol)
     b = Predictor(model, shared_stats=False).predict_raw(vol)
     np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_two_fresh_autotune_caches_give_the_same_labels(tmp_path, monkeypatch, crop):
+    """As on two machines: each run probes into its own empty cache; the labels are identical."""
+    from napari_segneuron import autotune
+    from napari_segneuron.cli import main
+
+    monkeypatch.setattr(autotune, "DEFAULT_BUDGET_S", 2.0)
+    monkeypatch.setenv("NAPARI_SEGNEURON_AUTOTUNE", "on")  # the suite turns the automatic probe off
+    stack = tmp_path / "crop.tif"
+    tifffile.imwrite(stack, crop)
+    labels = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("NAPARI_SEGNEURON_CACHE", str(tmp_path / f"cache_{run}"))
+        out = tmp_path / f"{run}.tif"
+        assert main(["segment", str(stack), "-o", str(out)]) == 0
+        assert (tmp_path / f"cache_{run}" / "autotune.json").exists()
+        labels.append(tifffile.imread(out))
+    np.testing.assert_array_equal(labels[0], labels[1])
