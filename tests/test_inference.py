@@ -74,8 +74,9 @@ def test_single_tile_equals_plain_forward(model, em):
     vol = em[:16, :64, :96]
     aff, fg = Predictor(model, tile=(16, 64, 96), overlap=(0, 0, 0)).predict(vol)
     ref_aff, ref_fg = _plain_forward(model, vol)
-    assert np.abs(aff - ref_aff).max() < 1e-5
-    assert np.abs(fg - ref_fg).max() < 1e-5
+    # the shared norm statistics are this tile's own; only their fp32 rounding differs
+    assert np.abs(aff - ref_aff).max() < 5e-5
+    assert np.abs(fg - ref_fg).max() < 5e-5
 
 
 def test_tiled_agrees_with_untiled_away_from_borders(model, em):

@@ -9,8 +9,11 @@ fib25_b VI 0.4684 vs 0.4682 for the official loop), "gaussian" weights each tile
 Gaussian centred on it and divides by the summed weights (0.4797). Tiles are processed one
 z-row at a time, and every z-slice that no later tile touches is written out at once, so
 memory holds only about one tile-depth of accumulators (out-of-core for zarr/dask input).
-A tuned predictor (``autotune``) picks threads, memory format, precision and, per volume,
-the tile size from this machine's measured speed.
+A tuned predictor (``autotune``) picks threads, memory format and precision from this
+machine's measured speed; the tile plan is fixed by the tiling and the volume's shape alone
+(``DEFAULT_TILING`` on every device), so the same command gives the same labels everywhere.
+Instance-norm layers normalise every tile with statistics measured once on a fixed central
+region (``tiling.shared_norm_stats``; ``shared_stats=False``: each tile's own).
 
 Networks: MNet's ``forward`` returns ``(aff (N,3,...), fg (N,1,...))``; any other network may
 return a single tensor ``(N, C, Z, Y, X)`` of probabilities. ``Predictor.predict_raw`` gives
@@ -37,159 +40,14 @@ from .io import InputError, as_volume, intensity_scale  # noqa: F401  (re-export
 from .tta import DEFAULT_TTA, TTA_MODES, tta_mode  # noqa: F401  (re-exported: inference.DEFAULT_TTA)
 from ._model.weights import resolve_device
 
-Triple = tuple[int, int, int]
-#: MNet pools 4 times in y and x (z is interpolated back to any size)
-MNET_TILE_MULTIPLE: Triple = (1, 16, 16)
-
-
-def tile_multiple(model: Any) -> Triple:
-    """The model's ``tile_multiple`` as a (z, y, x) triple (an int applies to every axis)."""
-    m = getattr(model, "tile_multiple", MNET_TILE_MULTIPLE)
-    t = (int(m),) * 3 if isinstance(m, (int, np.integer)) else tuple(int(v) for v in m)
-    if len(t) != 3 or min(t) < 1:
-        raise InputError(f"tile_multiple must be a positive int or (z, y, x) triple, got {m!r}")
-    return t  # type: ignore[return-value]
-
-
-BLENDS = ("gaussian", "crop")
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tile geometry and blending. ``sigma`` is in units of the half tile (coordinates in [-1, 1])."""
-
-    tile: Triple
-    overlap: Triple
-    sigma: float = 0.5
-    floor: float = 1e-3
-    #: "gaussian": overlapping tiles blended with a Gaussian weight; "crop": each voxel taken from
-    #: the one tile whose border is farthest (the overlap is a halo cropped away, as plantseg does)
-    blend: str = "gaussian"
-
-    @property
-    def stride(self) -> Triple:
-        return tuple(t - o for t, o in zip(self.tile, self.overlap))  # type: ignore[return-value]
-
-    def validate(self, multiple: Triple = MNET_TILE_MULTIPLE) -> None:
-        if any(t < 1 for t in self.tile):
-            raise InputError(f"Tile size must be positive, got {self.tile}")
-        if any(t % m for t, m in zip(self.tile, multiple)):
-            if tuple(multiple) == MNET_TILE_MULTIPLE:
-                raise InputError(f"Tile y and x must be multiples of 16 (MNet pools 4 times in xy), got {self.tile}")
-            raise InputError(f"Tile sizes must be multiples of the network's tile_multiple {tuple(multiple)} "
-                             f"(z, y, x), got {self.tile}")
-        if any(o < 0 or o >= t for o, t in zip(self.overlap, self.tile)):
-            raise InputError(f"Overlap {self.overlap} must be >= 0 and smaller than the tile {self.tile}")
-        if self.blend not in BLENDS:
-            raise InputError(f"Blend must be one of {BLENDS}, got {self.blend!r}")
-
-
-#: the official SegNeuron inference setting: each voxel is predicted ~8 times
-OFFICIAL_TILING = Tiling(tile=(20, 128, 128), overlap=(10, 64, 64))
-#: fixed default (untuned): tiles fitted per volume up to this size, halo cropped (each voxel ~1.5-1.8 times)
-DEFAULT_TILING = Tiling(tile=(32, 192, 192), overlap=(8, 32, 32), blend="crop")
-#: default on a GPU when the user names no tile: halved in xy on out-of-memory
-GPU_TILING = Tiling(tile=(48, 256, 256), overlap=(8, 32, 32))
+from .tiling import (  # noqa: F401  (re-exported: the tile geometry lives in tiling)
+    BLENDS, DEFAULT_TILING, GPU_TILING, MNET_TILE_MULTIPLE, OFFICIAL_TILING, STATS_REGION, TilePlan, Tiling, Triple,
+    gaussian_weight, plan_axis, plan_tiles, shared_norm_stats, stats_region, tile_multiple, tile_starts,
+)
 
 
 class _TileTooLarge(Exception):
     """A single tile does not fit in GPU memory."""
-
-
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Start offsets along one axis; the last tile ends exactly at ``size`` (``size >= tile``)."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
-
-
-def plan_axis(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
-    """Tile length and start offsets along one axis, computing each voxel as few times as possible.
-
-    The fewest tiles of at most ``tile`` voxels that overlap by at least ``overlap``; their length
-    shrunk to the smallest multiple of ``multiple`` that still covers ``size``; starts spread
-    evenly so the first tile starts at 0 and the last ends flush at ``size`` (every overlap about
-    equal). An axis shorter than one tile gets one tile rounded up to ``multiple`` (mirror
-    padding under one multiple: no tile is mostly padding).
-    """
-    if size <= tile:
-        t = -(-size // multiple) * multiple
-        return t, [0]
-    overlap = min(overlap, tile - multiple)
-    n = -(-(size - overlap) // (tile - overlap))
-    t = -(-(size + (n - 1) * overlap) // n)
-    t = min(tile, -(-t // multiple) * multiple)
-    span = size - t
-    return t, [int(round(i * span / (n - 1))) for i in range(n)]
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Where the tiles go on a volume of ``shape``: the tile size, the start offsets per axis, and
-    the blend. Axes shorter than a tile are mirror-padded to ``padded``."""
-
-    shape: Triple
-    tile: Triple
-    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-    blend: str = "gaussian"
-    sigma: float = 0.5
-    floor: float = 1e-3
-
-    @property
-    def padded(self) -> Triple:
-        return tuple(max(s, t) for s, t in zip(self.shape, self.tile))  # type: ignore[return-value]
-
-    @property
-    def n_tiles(self) -> int:
-        return int(np.prod([len(s) for s in self.starts]))
-
-    @property
-    def overcompute(self) -> float:
-        """Voxels the network computes per output voxel (1.0 = each voxel exactly once)."""
-        return self.n_tiles * float(np.prod(self.tile)) / float(np.prod(self.shape))
-
-    def owned(self, axis: int, i: int) -> tuple[int, int]:
-        """The part ``[lo, hi)`` (tile coordinates) of tile ``i`` on ``axis`` that no other tile's
-        centre is closer to: the cut between neighbours sits in the middle of their overlap."""
-        starts, t = self.starts[axis], self.tile[axis]
-        lo = 0 if i == 0 else (starts[i] + starts[i - 1] + t) // 2 - starts[i]
-        hi = t if i == len(starts) - 1 else (starts[i + 1] + starts[i] + t) // 2 - starts[i]
-        return lo, hi
-
-    def box(self, index: Sequence[int]) -> tuple[slice, slice, slice]:
-        """The part of the tile at grid ``index`` that is written (tile coordinates): the whole
-        tile when blending, its owned part when cropping."""
-        if self.blend == "crop":
-            return tuple(slice(*self.owned(axis, i)) for axis, i in enumerate(index))  # type: ignore[return-value]
-        return (slice(None),) * 3  # type: ignore[return-value]
-
-
-def plan_tiles(shape: Sequence[int], tiling: Tiling, multiple: Sequence[int] = MNET_TILE_MULTIPLE,
-               fit: bool = True) -> TilePlan:
-    """The ``TilePlan`` for a volume: fitted (``plan_axis``) or, with ``fit=False``, the fixed
-    tiling and stride of ``tiling`` with the last tile flush (the official placement)."""
-    shape_t = tuple(int(s) for s in shape)
-    if fit:
-        axes = [plan_axis(n, t, o, m) for n, t, o, m in zip(shape_t, tiling.tile, tiling.overlap, multiple)]
-        tile = tuple(a[0] for a in axes)
-        starts = tuple(tuple(a[1]) for a in axes)
-    else:
-        tile = tuple(min(t, -(-n // m) * m) for n, t, m in zip(shape_t, tiling.tile, multiple))
-        padded = tuple(max(n, t) for n, t in zip(shape_t, tile))
-        starts = tuple(tuple(tile_starts(p, t, t - min(o, t - 1))) for p, t, o in zip(padded, tile, tiling.overlap))
-    return TilePlan(shape_t, tile, starts, tiling.blend, tiling.sigma, tiling.floor)  # type: ignore[arg-type]
-
-
-def gaussian_weight(shape: Sequence[int], sigma: float = 0.5, floor: float = 1e-3) -> np.ndarray:
-    """Separable Gaussian over coordinates in [-1, 1] per axis, never below ``floor``."""
-    w = np.ones((1, 1, 1), dtype=np.float64)
-    for axis, n in enumerate(shape):
-        coords = np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
-        profile = np.exp(-(coords**2) / (2.0 * sigma**2))
-        w = w * profile.reshape([-1 if a == axis else 1 for a in range(3)])
-    return np.maximum(w, floor).astype(np.float32)
 
 
 def as_channels(out: Any, input_shape: Sequence[int]) -> torch.Tensor:
@@ -229,8 +87,8 @@ class Predictor:
     ``blend``: "gaussian" or "crop" (default: the tiling's, see ``Tiling.blend``).
     ``tune``: None/False (fixed settings), "auto" (this machine's cached ``autotune`` result,
     probed the first time), "force" (probe again), or a ``Tuning``. A tuned predictor takes
-    threads, memory format and precision from the probe and, unless a tile is given, picks
-    for each volume the tile with the lowest predicted time (``plan``).
+    threads, memory format and precision from the probe, never the tile (``plan``).
+    ``shared_stats``: normalise every tile with the norm statistics of one fixed central region.
     """
 
     def __init__(
@@ -249,12 +107,13 @@ class Predictor:
         tta: Union[bool, str, None] = False,
         tune: Any = None,
         blend: Optional[str] = None,
+        shared_stats: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.tile_given = tile is not None or tiling is not None
         self.tta = tta_mode(tta)
         self.auto_tile = tile is None and tiling is None and self.device.type == "cuda"
-        base = tiling or (GPU_TILING if self.auto_tile else DEFAULT_TILING)
+        base = tiling or DEFAULT_TILING  # the same plan on every device; auto_tile: halved on GPU out-of-memory
         tile_t = _parse_triple(tile, "tile") or base.tile
         overlap_t = _parse_triple(overlap, "overlap")
         if overlap_t is None:
@@ -300,6 +159,7 @@ class Predictor:
         note_once(self.precision.note)
         self.half = self.precision.dtype is not None
         self.fit_tiles = fit_tiles and tiling is not OFFICIAL_TILING
+        self.shared_stats = bool(shared_stats)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"Batch size must be at least 1, got {batch_size}")
         self.batch_size = self.requested_batch_size = batch_size
@@ -475,9 +335,6 @@ class Predictor:
             try:
                 return self._predict(volume, progress, cancel, sink)
             except _TileTooLarge as err:
-                if self.tuning is not None and not self.tile_given:  # back off from the tuned tile
-                    self.tiling = replace(self.tiling, tile=tuple(err.args[0]))
-                    self.tile_given = True
                 tile = self.tiling.tile
                 if not self.auto_tile or min(tile[1:]) <= 32:
                     raise InputError(
@@ -490,17 +347,9 @@ class Predictor:
                 self.batch_size = self.requested_batch_size
 
     def plan(self, shape: Sequence[int]) -> TilePlan:
-        """Where this predictor puts its tiles on a (Z, Y, X) volume of ``shape``: with a tuning
-        and no tile given, the tile size whose plan has the lowest predicted time."""
-        shape = tuple(int(s) for s in shape)
-        if self.tuning is not None and not self.tile_given and self.fit_tiles:
-            from .autotune import choose_tile
-
-            def plan_fn(shp, tile, overlap):
-                return plan_tiles(shp, replace(self.tiling, tile=tile, overlap=overlap), self.multiple)
-
-            return choose_tile(shape, self.tuning, self.tiling.overlap, self.multiple, plan_fn)[1]
-        return plan_tiles(shape, self.tiling, self.multiple, fit=self.fit_tiles)
+        """Where this predictor puts its tiles on a (Z, Y, X) volume of ``shape``: fixed by the tiling
+        and the shape alone (a tuning picks threads and precision, never the tile)."""
+        return plan_tiles(tuple(int(s) for s in shape), self.tiling, self.multiple, fit=self.fit_tiles)
 
     def settings(self) -> dict:
         """What this predictor runs with (for provenance and benchmarks)."""
@@ -509,7 +358,6 @@ class Predictor:
                "threads": self.threads or torch.get_num_threads(), "device": str(self.device),
                "retain_freed_memory": retaining()}
         if self.tuning is not None:
-            out["tile"] = "chosen per volume" if not self.tile_given else out["tile"]
             out["autotune"] = self.tuning.provenance()
         return out
 
@@ -518,10 +366,27 @@ class Predictor:
         shape = tuple(int(s) for s in volume.shape)
         offset, scale = intensity_scale(volume)
         plan = self.plan(shape)
+        weight = gaussian_weight(plan.tile, plan.sigma, plan.floor) if plan.blend == "gaussian" else None
+        region = self._stats_input(volume, shape, offset, scale) if self.shared_stats else None
+        with shared_norm_stats(self.model, region, run=self._forward_once):
+            self._predict_tiles(volume, plan, weight, offset, scale, progress, cancel, sink)
+
+    def _stats_input(self, volume: Any, shape: Triple, offset: float, scale: float) -> torch.Tensor:
+        """The ``stats_region`` of the volume, scaled as tiles are and mirror-padded to the network's multiple."""
+        box = stats_region(shape, self.multiple)
+        block = np.asarray(volume[box], dtype=np.float32)
+        block = np.clip(np.nan_to_num((block - offset) / scale, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        pads = [(0, -(-n // m) * m - n) for n, m in zip(block.shape, self.multiple)]
+        if any(p[1] for p in pads):
+            block = np.pad(block, pads, mode="reflect" if min(block.shape) > 1 else "edge")
+        return torch.from_numpy(np.ascontiguousarray(block))[None, None].to(self.device)
+
+    def _predict_tiles(self, volume: Any, plan: TilePlan, weight: Optional[np.ndarray], offset: float, scale: float,
+                       progress, cancel, sink) -> None:
+        shape = plan.shape
         tz, ty, tx = plan.tile
         padded = plan.padded
         zs, ys, xs = plan.starts
-        weight = gaussian_weight(plan.tile, plan.sigma, plan.floor) if plan.blend == "gaussian" else None
         total = plan.n_tiles
         done = 0
         started = time.monotonic()

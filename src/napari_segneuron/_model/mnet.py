@@ -89,7 +89,8 @@ class ConvNormAct(nn.Module):
         """Instance norm that keeps a channels-last tensor channels-last (``instance_norm``
         returns a contiguous tensor, so every next layer would convert it back): per-sample,
         per-channel mean and variance of the (voxels, channels) view, then one affine pass."""
-        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d):
+        if (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)
+                or getattr(self.norm, "external_stats", False)):  # statistics set from outside
             return self.norm(x)
         n, c = x.shape[:2]
         rows = x.permute(0, 2, 3, 4, 1).reshape(n, -1, c)  # a view for channels-last memory

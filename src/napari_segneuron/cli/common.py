@@ -42,8 +42,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="weights: 'default' (bundled), 'segneuron' (released, downloaded once) or a checkpoint file "
                         f"(default: {weights_default})")
     g.add_argument("--tile", type=triple, default=None, metavar="Z,Y,X",
-                   help="tile size in voxels; y and x multiples of 16 (default: chosen per volume from this machine's "
-                        "measured speed, see --autotune)")
+                   help="tile size in voxels; y and x multiples of 16 (default 32,192,192, fitted to the volume; "
+                        "the same on every machine)")
     g.add_argument("--overlap", type=triple, default=None, metavar="Z,Y,X",
                    help="overlap between tiles (default 8,32,32)")
     g.add_argument("--official-tiling", action="store_true",
@@ -61,7 +61,7 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_default: Optional[st
                    help="reduced precision where the device has it natively and it measured faster (fp16 on GPU, "
                         "bf16 on CPUs with avx512_bf16/amx_bf16; else fp32 with a note): faster, slightly different")
     g.add_argument("--autotune", action="store_true",
-                   help="time this machine's candidates again (threads, memory format, precision, tile sizes); done "
+                   help="time this machine's candidates again (threads, memory format, precision); done "
                         "automatically the first time a model architecture runs here and cached in "
                         "$NAPARI_SEGNEURON_CACHE/autotune.json")
     g.add_argument("--voxel-size", type=float_triple, default=None, metavar="Z,Y,X",
