@@ -12,8 +12,9 @@ memory holds only about one tile-depth of accumulators (out-of-core for zarr/das
 A tuned predictor (``autotune``) picks threads, memory format and precision from this
 machine's measured speed; the tile plan is fixed by the tiling and the volume's shape alone
 (``DEFAULT_TILING`` on every device), so the same command gives the same labels everywhere.
-Instance-norm layers normalise every tile with statistics measured once on a fixed central
-region (``tiling.shared_norm_stats``; ``shared_stats=False``: each tile's own).
+Instance-norm layers normalise each tile with its own statistics, as the released model does;
+``shared_stats=True`` normalises every tile with statistics measured once on a fixed central
+region (``tiling.shared_norm_stats``), which brings predictions with different tile plans closer.
 
 Networks: MNet's ``forward`` returns ``(aff (N,3,...), fg (N,1,...))``; any other network may
 return a single tensor ``(N, C, Z, Y, X)`` of probabilities. ``Predictor.predict_raw`` gives
@@ -88,7 +89,8 @@ class Predictor:
     ``tune``: None/False (fixed settings), "auto" (this machine's cached ``autotune`` result,
     probed the first time), "force" (probe again), or a ``Tuning``. A tuned predictor takes
     threads, memory format and precision from the probe, never the tile (``plan``).
-    ``shared_stats``: normalise every tile with the norm statistics of one fixed central region.
+    ``shared_stats``: normalise every tile with the norm statistics of one fixed central region
+    (default False: each tile its own, the released model's behaviour).
     """
 
     def __init__(
@@ -107,7 +109,7 @@ class Predictor:
         tta: Union[bool, str, None] = False,
         tune: Any = None,
         blend: Optional[str] = None,
-        shared_stats: bool = True,
+        shared_stats: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.tile_given = tile is not None or tiling is not None

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..atomic import atomic_output
 from ..io import InputError
+from . import checked_labels
 
 CHUNKS = (32, 256, 256)
 
@@ -53,12 +54,7 @@ def write_ome_zarr(
     """Write ``labels`` (z, y, x) as NGFF: at the root alone, or under ``labels/segmentation`` beside ``image``."""
     import zarr
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.dtype.kind not in "iu":
-        raise InputError(f"labels must be a 3D integer volume, got {labels.shape} {labels.dtype}")
+    path, labels = checked_labels(path, labels, overwrite)
     if image is not None and np.shape(image) != labels.shape:
         raise InputError(f"image {np.shape(image)} and labels {labels.shape} differ in shape")
     levels = max(2, levels)

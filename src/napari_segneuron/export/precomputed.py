@@ -14,7 +14,7 @@ import tensorstore as ts
 import zmesh
 
 from ..atomic import atomic_output
-from ..io import InputError
+from . import checked_labels
 
 MESH_DIR = "mesh"
 
@@ -62,14 +62,7 @@ def write_precomputed(
     overwrite: bool = False,
 ) -> Path:
     """Write ``labels`` (z, y, x) to a local precomputed folder; precomputed axes are x, y, z, channel."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.dtype.kind not in "iu":
-        raise InputError(f"labels must be a 3D integer volume, got {labels.shape} {labels.dtype}")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise InputError("labels must be non-negative")
+    path, labels = checked_labels(path, labels, overwrite)
     dtype = np.uint64 if labels.dtype.itemsize > 4 else np.uint32
     xyz = np.ascontiguousarray(np.transpose(labels.astype(dtype, copy=False), (2, 1, 0)))
     voxel_xyz = [float(v) for v in voxel_nm[::-1]]
