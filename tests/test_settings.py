@@ -44,7 +44,7 @@ def test_dock_provenance_to_cli_command_to_settings():
     args = build_parser().parse_args(words[1:])
     got = SegmentSettings.from_args(args)
     assert got == SegmentSettings.from_provenance(seg)
-    assert (got.threshold, got.fg_threshold, got.min_size, got.membrane_fill, got.scoring) == (0.42, 0.75, 80, 2, "auto")
+    assert (got.threshold, got.fg_threshold, got.min_size, got.membrane_fill, got.scoring) == (0.42, 0.75, 80, 2, "median")
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"min_size": -1}, {"small": "grow"},

@@ -81,7 +81,8 @@ class SegmentSettings:
         """From a run's ``segment`` provenance record; missing entries take their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in prov.items() if k in names and v is not None}
-        if prov.get("scoring_choice"):
+        # the score the run used, not the choice: 'auto' could pick another score for another voxel size
+        if not prov.get("scoring") and prov.get("scoring_choice"):
             values["scoring"] = prov["scoring_choice"]
         if "fg_threshold" in prov and prov["fg_threshold"] is None and "use_foreground" not in prov:
             values["use_foreground"] = False
