@@ -9,7 +9,7 @@ from napari_segneuron.cancel import CancelToken
 from napari_segneuron.io import read_swc, write_swc
 from napari_segneuron.lm_render import render_sample
 from napari_segneuron.training.data import TrainingInputError
-from napari_segneuron.training.finetune import TrainingCancelled
+from napari_segneuron.training.loop import TrainingCancelled
 from napari_segneuron.training.lm import dice, normalise_lm, predict_whole
 from napari_segneuron.training.lm_finetune import _lr_factor, finetune_lm, paths_to_mask, rasterize_swc
 

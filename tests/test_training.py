@@ -10,7 +10,8 @@ from napari_segneuron.cancel import CancelToken
 from napari_segneuron.training import augment as A
 from napari_segneuron.training.checkpoints import read_checkpoint, write_checkpoint
 from napari_segneuron.training.data import CropSampler, TrainingInputError, TrainVolume
-from napari_segneuron.training.finetune import (TrainingCancelled, build_mnet, finetune, segmentation_loss)
+from napari_segneuron.training.finetune import build_mnet, finetune, segmentation_loss
+from napari_segneuron.training.loop import TrainingCancelled
 from napari_segneuron.training.pretrain import (PretrainSampler, mask_with_noise, patch_mask, pretrain,
                                                 pretrain_loss, transfer_encoder)
 from napari_segneuron.training.targets import (affinities_from_labels, affinity_mask, labels_from_membranes,
@@ -466,7 +467,7 @@ def test_time_budget_starts_after_the_probe_and_progress_counts_its_seconds(tmp_
     import time
 
     from napari_segneuron.training import step_precision
-    from napari_segneuron.training.finetune import NO_ITERATION_CAP
+    from napari_segneuron.training.loop import NO_ITERATION_CAP
 
     img, lab = synthetic()
     probe_s, budget_s = 2.0, 1.5

@@ -127,7 +127,8 @@ def test_cancel_inside_a_forward_pass_stops_that_pass(tmp_path):
 
     from napari_segneuron.samples import load_labels, load_raw
     from napari_segneuron.cancel import CancelToken
-    from napari_segneuron.training.finetune import TrainingCancelled, build_mnet, finetune
+    from napari_segneuron.training.finetune import build_mnet, finetune
+    from napari_segneuron.training.loop import TrainingCancelled
 
     net = build_mnet((4, 8, 12, 16, 20))
     token = CancelToken()

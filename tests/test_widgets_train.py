@@ -210,7 +210,7 @@ def test_the_probe_is_announced_and_progress_says_iteration_n(docks, qtbot, tmp_
     assert steps and steps[0].startswith("iteration 1, loss ") and steps[0].endswith(" of 0.03 min)")
     assert not any("/1000000000" in m for _, _, m in messages)
     from napari_segneuron._widgets.train import NO_CAP
-    from napari_segneuron.training.finetune import NO_ITERATION_CAP
+    from napari_segneuron.training.loop import NO_ITERATION_CAP
 
     assert NO_CAP == NO_ITERATION_CAP == train._settings()["iterations"]
     assert train.last_result.iterations >= 1

@@ -55,7 +55,7 @@ START_PRETRAINED = "last pretrained checkpoint"
 MASK_BOX = "painted box (auto)"
 MASK_ALL = "whole volume annotated"
 ADAPTED_SUFFIX = "adapted"
-NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training (= training.finetune.NO_ITERATION_CAP)
+NO_CAP = 10**9  # "no iteration cap": the Minutes budget ends training (= training.loop.NO_ITERATION_CAP)
 MODEL_EM = "EM (SegNeuron)"
 MODEL_LM = "LM (light microscopy)"
 START_LM_DOCK = "model of the LM dock (else lm_default)"
@@ -855,7 +855,8 @@ class TrainingWidget(QWidget):
             from ..cancel import Cancelled
             from ..inference import Predictor
             from ..scale_estimate import estimate_magnification
-            from ..training.finetune import TrainingCancelled, TrainResult, finetune
+            from ..training.finetune import TrainResult, finetune
+            from ..training.loop import TrainingCancelled
             from ..training.grid import block_on_model_grid
 
             m = magnify
@@ -984,7 +985,7 @@ class TrainingWidget(QWidget):
         self._lm_start_text = start_text
 
         def work(progress, cancel):
-            from ..training.finetune import TrainingCancelled
+            from ..training.loop import TrainingCancelled
             from ..training.lm_finetune import finetune_lm
 
             try:

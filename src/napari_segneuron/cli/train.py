@@ -224,7 +224,7 @@ def to_model_grid(model, image, labels, mask, voxel_size, magnify: float = 1.0):
 def _budget(args) -> tuple:
     """(iterations, time limit in seconds or None) from --iterations / --minutes."""
     from ..io import InputError
-    from ..training.finetune import NO_ITERATION_CAP
+    from ..training.loop import NO_ITERATION_CAP
 
     minutes = getattr(args, "minutes", None)
     if minutes is None:

@@ -1,7 +1,8 @@
 """Training: targets, augmentation, supervised finetuning and self-supervised pretraining (Qt-free)."""
 from .augment import AugmentConfig, amplitude_mix, cutmix
 from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
-from .finetune import TrainingCancelled, TrainResult, finetune, predict_volume, validate
+from .loop import TrainingCancelled
+from .finetune import TrainResult, finetune, predict_volume, validate
 from .pretrain import PretrainNet, pretrain, transfer_encoder
 from .targets import affinities_from_labels, labels_from_membranes, targets_from_labels
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cancel import CancelToken, Cancelled
+from ..cancel import CancelToken
 from .augment import AugmentConfig
 from .checkpoints import read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
+from .loop import (LoopConfig, LoopResult, choose_step_precision,
+                   learning_rate, pick_device, restore_optimizer, run_loop, set_lr)
 
 #: what a finetune keeps from its starting weights' declarations (``model.info`` / checkpoint
 #: metadata): the physical voxel size they work at, the foreground threshold to segment with, the
@@ -32,21 +33,8 @@ from .data import CropSampler, TrainingInputError, TrainVolume, normalize_image
 #: override them: a block trained at a magnification declares the voxel size it was trained at
 #: (``training.grid.block_on_model_grid``), a magnification chosen by hand drops neurite_halfwidth.
 INHERITED_METADATA = ("voxel_size_nm", "fg_threshold", "neurite_halfwidth", "scoring", "threshold")
-#: ``iterations`` at or above this is "no cap" (a time budget ends the run): progress then says
-#: "iteration 6", not "iteration 6/1000000000"
-NO_ITERATION_CAP = 10**9
 
 ModelLike = Union["torch.nn.Module", str, Path, None]
-
-
-class TrainingCancelled(Cancelled):
-    """Raised when training is cancelled; ``.result`` holds the model and the last checkpoint."""
-
-    def __init__(self, result: "TrainResult"):
-        super().__init__("training cancelled by the user; last checkpoint kept"
-                         if getattr(result, "checkpoint", None) is not None
-                         else "training cancelled before the first step; nothing was saved")
-        self.result = result
 
 
 @dataclass
@@ -60,40 +48,6 @@ class TrainResult:
     validation: list = field(default_factory=list)    # dicts per validation
     cancelled: bool = False
     wall_time_s: float = 0.0
-
-
-def stop_training(exc: BaseException, result, save: Callable[[int], None], it: int, t0: float,
-                  net: torch.nn.Module, model_on_result: bool = False, first: int = 0):
-    """End a training loop that was interrupted at step ``it``: save that step (only if a step
-    finished in this run, i.e. ``it > first``: a run cancelled before its first step writes
-    nothing, ``result.checkpoint`` stays None), mark ``result`` cancelled with its wall time, put
-    ``net`` in eval mode (and on ``result.model`` if asked); re-raise a KeyboardInterrupt as is,
-    a cancel as ``TrainingCancelled(result)``."""
-    if it > first:
-        save(it)
-    result.cancelled = True
-    result.wall_time_s = time.time() - t0
-    net.eval()
-    if model_on_result:
-        result.model = net
-    if isinstance(exc, KeyboardInterrupt):
-        raise exc
-    raise TrainingCancelled(result) from None
-
-
-def cancel_hooks(net: torch.nn.Module, cancel: Optional[CancelToken]) -> list:
-    """Hooks that raise Cancelled inside a forward or backward pass as soon as ``cancel`` is set
-    (a Cancel then takes a fraction of an iteration); remove them with ``h.remove()``."""
-    if cancel is None:
-        return []
-
-    def check(*_args):
-        if cancel.cancelled:
-            raise Cancelled("cancelled by the user")
-
-    hooks = [m.register_forward_pre_hook(check) for m in net.modules()]
-    hooks += [p.register_hook(check) for p in net.parameters() if p.requires_grad]
-    return hooks
 
 
 def build_mnet(kn: Sequence[int] = (16, 32, 48, 64, 128), fmu: str = "sub"):
@@ -174,30 +128,6 @@ def training_data_record(volumes: Sequence[TrainVolume]) -> dict:
             "mask_box": None if box is None else [[int(a), int(b)] for a, b in box],
             "n_labels": int(np.unique(labels[labels > 0]).size),
             "n_volumes": len(volumes)}
-
-
-def pick_device(device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def learning_rate(it: int, total: int, base: float, final: float, schedule: str, warmup: int) -> float:
-    """Learning rate at iteration ``it`` (0-based)."""
-    if warmup > 0 and it < warmup:
-        return base * (it + 1) / warmup
-    if schedule == "constant":
-        return base
-    t = min(1.0, (it - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
-    if schedule == "poly":  # SegNeuron's decay, power 1.5
-        return final + (base - final) * (1 - t) ** 1.5
-    raise ValueError(f"unknown schedule {schedule!r}; use cosine, poly or constant")
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -474,7 +404,6 @@ def finetune(
     dev = pick_device(device)
     net = net.to(dev).float()
     net.train()
-    capped = iterations < NO_ITERATION_CAP
     result = TrainResult(model=net, checkpoint=None, iterations=start_iter, best_checkpoint=None,
                          best_score=meta0.get("best_score"))
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -494,13 +423,11 @@ def finetune(
         if "parent" in meta0:  # which declarations came from the parent (not set by ``metadata``)
             meta["inherited_from_parent"] = [k for k in INHERITED_METADATA
                                              if k in meta0 and meta.get(k) is not None and meta[k] == meta0[k]]
-    t_train = [time.time()]  # when the budget's clock starts: after the set-up (precision probe)
-
-    def save(it: int) -> None:
+    def save(it: int, run: LoopResult) -> Optional[Path]:
         if ckpt is None:
-            return
+            return None
         m = dict(meta, iterations_done=it, best_score=result.best_score,
-                 wall_time_s=round(time.time() - t_start, 1), setup_s=round(t_train[0] - t_start, 1))
+                 wall_time_s=round(time.time() - t_start, 1), setup_s=round(run.setup_s, 1))
         if isinstance(m.get("training_data"), dict):
             m["training_data"] = dict(m["training_data"], iterations=it)
         state = {"optimizer": opt.state_dict(), "iters": it}
@@ -509,107 +436,67 @@ def finetune(
             write_checkpoint(ema.model_copy(net), ckpt.with_name(f"{ckpt.stem}_ema{ckpt.suffix}"), it,
                              dict(m, averaged="ema"))
         write_checkpoint(net, ckpt, it, m, optimizer_state=state)
-        result.checkpoint = ckpt
+        return ckpt
 
     def evaluated() -> torch.nn.Module:
         """The weights that are validated, kept and returned: the average when there is one."""
         return ema.model_copy(net) if ema is not None else net
 
-    def keep(it: int) -> None:
-        if ckpt is not None:
-            m = dict(meta, iterations_done=it, wall_time_s=round(time.time() - t_start, 1))
-            write_checkpoint(evaluated(), ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it, m)
+    def after_step(it: int) -> None:
+        if validate_every and val_image is not None and it % validate_every == 0:
+            v = validate(evaluated(), val_image, val_labels, dev, aff_weight, fg_weight)
+            v["iteration"] = it
+            result.validation.append(v)
+            say("validation " + " ".join(f"{k}={v[k]}" for k in v if k != "vi_parts"))
+            if _better(v, result.best_score):
+                result.best_score = {k: v[k] for k in v if k in ("val_loss", "vi", "arand", "threshold", "iteration")}
+                if best_path is not None:
+                    write_checkpoint(evaluated(), best_path, it, dict(meta, best_score=result.best_score))
+                    result.best_checkpoint = best_path
+        if keep_every and it % keep_every == 0 and ckpt is not None:
+            write_checkpoint(evaluated(), ckpt.with_name(f"{ckpt.stem}_iter{it:06d}{ckpt.suffix}"), it,
+                             dict(meta, iterations_done=it, wall_time_s=round(time.time() - t_start, 1)))
 
-    def report(it: int, message: str) -> None:
-        """Progress: seconds of the time budget when there is one, else iterations."""
-        if progress is None:
-            return
-        if time_limit_s:
-            el = min(max(time.time() - t_train[0], 0.0), time_limit_s)
-            progress(int(el), int(math.ceil(time_limit_s)),
-                     f"{message} ({el / 60:.1f} of {time_limit_s / 60:g} min)")
-        else:
-            progress(it, iterations, message)
-
-    it = start_iter
-    running = None
-    from .step_precision import loss_on_one_batch, use_mixed_precision
-    announce = None if progress is None else (
-        lambda m: progress(0, int(math.ceil(time_limit_s)), m) if time_limit_s else progress(start_iter, iterations, m))
-    hooks = cancel_hooks(net, cancel)  # a Cancel also stops the precision probe mid-step
-    try:
-        mixed_precision = use_mixed_precision(
-            net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
-            loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: segmentation_loss(
-                net, b, dev, aff_weight, fg_weight, balance, mixed)[0]))
+    def setup(announce) -> None:
+        nonlocal mixed_precision
+        mixed_precision = choose_step_precision(net, sampler, batch_size, dev, mixed_precision, lambda b, mixed: (
+            segmentation_loss(net, b, dev, aff_weight, fg_weight, balance, mixed)[0]), say, announce)
         meta["mixed_precision"] = bool(mixed_precision)
-        torch.manual_seed(seed + start_iter)
-        if opt_state is not None:
-            try:
-                opt.load_state_dict(opt_state["optimizer"])
-                sampler.rng = np.random.default_rng(seed + start_iter)
-            except Exception:
-                say("optimizer state not usable; continuing with a fresh optimizer")
-            if ema is not None and isinstance(opt_state.get("ema"), dict):
-                ema.shadow.update({k: v.float() if v.is_floating_point() else v for k, v in opt_state["ema"].items()
-                                   if k in ema.shadow})
-        t_train[0] = time.time()
-        while it < iterations:
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("cancelled")
-            if time_limit_s is not None and it > start_iter and time.time() - t_train[0] > time_limit_s:
-                say(f"time limit reached at iteration {it}")
-                break
-            eff = it
-            if time_schedule and time_limit_s:
-                eff = max(it, int(iterations * (time.time() - t_train[0]) / time_limit_s))
-                eff = it if it < warmup else max(eff, warmup)
-            cur = learning_rate(eff, iterations, lr, min_lr, schedule, warmup)
-            for g in opt.param_groups:
-                g["lr"] = cur
-            batch = sampler.batch(batch_size)
-            opt.zero_grad(set_to_none=True)
-            loss, l_aff, l_fg = segmentation_loss(net, batch, dev, aff_weight, fg_weight, balance,
-                                                  mixed_precision)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at iteration {it}")
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                ema.update(net)
-            it += 1
-            result.iterations = it
-            lv = float(loss.item())
-            result.history.append((it, lv))
-            running = lv if running is None else 0.95 * running + 0.05 * lv
-            if loss_callback is not None:
-                loss_callback(it, lv)
-            report(it, f"iteration {it}{f'/{iterations}' if capped else ''}, loss {running:.4f}")
-            if it % 10 == 0 or it == start_iter + 1:
-                say(f"it {it} loss {lv:.4f} (aff {l_aff.item():.4f} fg {l_fg.item():.4f}) avg {running:.4f} "
-                    f"lr {cur:.2e} t {time.time() - t_start:.0f}s")
-            if validate_every and val_image is not None and it % validate_every == 0:
-                v = validate(evaluated(), val_image, val_labels, dev, aff_weight, fg_weight)
-                v["iteration"] = it
-                result.validation.append(v)
-                say("validation " + " ".join(f"{k}={v[k]}" for k in v if k != "vi_parts"))
-                if _better(v, result.best_score):
-                    result.best_score = {k: v[k] for k in v if k in ("val_loss", "vi", "arand", "threshold",
-                                                                       "iteration")}
-                    if best_path is not None:
-                        write_checkpoint(evaluated(), best_path, it, dict(meta, best_score=result.best_score))
-                        result.best_checkpoint = best_path
-            if checkpoint_every and it % checkpoint_every == 0:
-                save(it)
-            if keep_every and it % keep_every == 0:
-                keep(it)
-    except (Cancelled, KeyboardInterrupt) as exc:
-        stop_training(exc, result, save, it, t_start, net, first=start_iter)
-    finally:
-        for h in hooks:
-            h.remove()
-    save(it)
-    result.wall_time_s = time.time() - t_start
+        restore_optimizer(opt, opt_state, sampler, seed, start_iter, say)
+        if ema is not None and opt_state is not None and isinstance(opt_state.get("ema"), dict):
+            ema.shadow.update({k: v.float() if v.is_floating_point() else v for k, v in opt_state["ema"].items()
+                               if k in ema.shadow})
+
+    def lr_at(it: int, elapsed: float) -> float:
+        eff = it
+        if time_schedule and time_limit_s:  # decay over whichever of iterations / time runs out first
+            eff = max(it, int(iterations * elapsed / time_limit_s))
+            eff = it if it < warmup else max(eff, warmup)
+        return learning_rate(eff, iterations, lr, min_lr, schedule, warmup)
+
+    def step(it: int, cur: float):
+        set_lr(opt, cur)
+        batch = sampler.batch(batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss, l_aff, l_fg = segmentation_loss(net, batch, dev, aff_weight, fg_weight, balance, mixed_precision)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at iteration {it}")
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update(net)
+        return loss.item(), f"aff {l_aff.item():.4f} fg {l_fg.item():.4f}"
+
+    def finished(run: LoopResult) -> TrainResult:
+        result.iterations, result.history, result.checkpoint = run.iterations, run.history, run.checkpoint
+        result.cancelled, result.wall_time_s = run.cancelled, run.wall_time_s
+        return result
+
+    run = run_loop(net, step, LoopConfig(
+        iterations=iterations, time_limit_s=time_limit_s, start=start_iter, schedule=lr_at,
+        checkpoint_every=checkpoint_every, save=save, after_step=after_step, setup=setup, on_cancel=finished,
+        cancel=cancel, progress=progress, loss_callback=loss_callback, log=say, smoothing=0.95, t0=t_start))
+    finished(run)
     if ema is not None:
         result.model = ema.model_copy(net)
     result.model.eval()

@@ -20,10 +20,10 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..cancel import CancelToken, Cancelled
+from ..cancel import CancelToken
 from ..lm_render import Render, rasterise
 from .data import TrainingInputError
-from .finetune import cancel_hooks, pick_device, stop_training
+from .loop import LoopConfig, LoopResult, pick_device, run_loop
 from .lm import CropSource, LMTrainer
 
 DEFAULT_CROP = (20, 112, 112)
@@ -235,62 +235,33 @@ def finetune_lm(
     cap = int(iterations) if iterations is not None else None
     warmup = max(1, min(10, (cap or 100) // 10))
     result = LMFinetuneResult(model=net, checkpoint=None, iterations=0, metadata=meta)
-
     saved = [0]
 
-    def save(it: int) -> None:
+    def save(it: int, run: LoopResult) -> Optional[Path]:
         from .._model.vit3d import save_vit3d
 
         m = dict(meta, steps=start_steps + it, finetune=dict(
             meta["finetune"], steps=it, wall_time_s=round(time.time() - t0, 1),
-            final_loss=round(result.history[-1][1], 5) if result.history else None))
+            final_loss=round(run.history[-1][1], 5) if run.history else None))
         m.update(metadata or {})
         result.metadata = m
         if ckpt is None or it < 1 or saved[0] == it:
-            return
+            return None
         save_vit3d(net, ckpt, iters=start_steps + it, metadata=m, half=half)
-        result.checkpoint = ckpt
         saved[0] = it
+        return ckpt
 
-    def fraction(it: int) -> float:
-        by_steps = it / cap if cap else 0.0
-        by_time = (time.time() - t_start) / budget if budget else 0.0
-        return max(by_steps, by_time)
+    def lr_at(it: int, elapsed: float) -> float:
+        """The budget's fraction used (steps or time, whichever is further) sets the decay."""
+        frac = max(it / cap if cap else 0.0, elapsed / budget if budget else 0.0)
+        return lr * _lr_factor(frac, it, warmup)
 
-    it, running = 0, None
-    t_start = time.time()
-    hooks = cancel_hooks(net, cancel)
-    try:
-        while True:
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("cancelled by the user")
-            if cap is not None and it >= cap:
-                break
-            if budget is not None and it > 0 and time.time() - t_start >= budget:
-                break
-            loss = trainer.train_step(source, int(batch_size), lr * _lr_factor(fraction(it), it, warmup), dev)
-            it += 1
-            result.iterations = it
-            result.history.append((it, loss))
-            running = loss if running is None else 0.9 * running + 0.1 * loss
-            if loss_callback is not None:
-                loss_callback(it, loss)
-            if progress is not None:
-                steps = f"step {it}" + (f"/{cap}" if cap else "")
-                if budget is not None:
-                    el = min(time.time() - t_start, budget)
-                    progress(int(el), int(math.ceil(budget)),
-                             f"{steps}, loss {running:.4f} ({el / 60:.1f} of {budget / 60:g} min)")
-                else:
-                    progress(it, cap, f"{steps}, loss {running:.4f}")
-            if checkpoint_every and it % checkpoint_every == 0:
-                save(it)
-    except (Cancelled, KeyboardInterrupt) as exc:
-        stop_training(exc, result, save, it, t0, net, model_on_result=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    save(it)
-    result.wall_time_s = time.time() - t0
-    result.model = net.eval()
-    return result
+    def finished(run: LoopResult) -> LMFinetuneResult:
+        result.iterations, result.history, result.checkpoint = run.iterations, run.history, run.checkpoint
+        result.cancelled, result.wall_time_s, result.model = run.cancelled, run.wall_time_s, net.eval()
+        return result
+
+    return finished(run_loop(net, lambda it, cur: trainer.train_step(source, int(batch_size), cur, dev), LoopConfig(
+        iterations=cap, minutes=minutes, schedule=lr_at, checkpoint_every=checkpoint_every, save=save,
+        on_cancel=finished, cancel=cancel, progress=progress, loss_callback=loss_callback, log_every=0,
+        unit="step", smoothing=0.9, t0=t0)))

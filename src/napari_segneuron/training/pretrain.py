@@ -8,7 +8,6 @@ image and the per-slice HOG visualisation (skimage). Loss (SegNeuron):
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -18,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cancel import CancelToken, Cancelled
+from ..cancel import CancelToken
 from .augment import AugmentConfig, random_flip_rotate, zoom_pair
 from .checkpoints import _atomic_torch_save, load_weights_only, read_checkpoint, read_optimizer_state, write_checkpoint
 from .data import TrainingInputError, check_crop, normalize_image, _as3d
-from .finetune import (NO_ITERATION_CAP, TrainResult, autocast_for, stop_training, build_mnet, cancel_hooks,
-                       learning_rate, mnet_from_state_dict, pick_device)
+from .finetune import TrainResult, autocast_for, build_mnet, mnet_from_state_dict
+from .loop import (LoopConfig, LoopResult, choose_step_precision, learning_rate, pick_device, restore_optimizer,
+                   run_loop, set_lr)
 
 
 class PretrainNet(nn.Module):
@@ -239,84 +239,43 @@ def pretrain(
         net = PretrainNet(kn, fmu)
     dev = pick_device(device)
     net = net.to(dev).float().train()
-    capped = iterations < NO_ITERATION_CAP
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     meta = {"kn": list(net.kn), "fmu": net.mnet.fmu, "trained_by": "napari_segneuron.training.pretrain",
             "crop": list(sampler.crop), "image_weight": image_weight, "hog_weight": hog_weight,
             "input_normalization": "uint8/255", **(metadata or {})}
-    result = TrainResult(model=net, checkpoint=None, iterations=start)
-    t_train = [time.time()]  # the budget's clock starts after the set-up (precision probe)
 
-    def save(it: int) -> None:
+    def save(it: int, run: LoopResult) -> Optional[Path]:
         if ckpt is None:
-            return
-        write_checkpoint(net.mnet, ckpt, it, dict(meta, iterations_done=it, setup_s=round(t_train[0] - t0, 1)),
+            return None
+        write_checkpoint(net.mnet, ckpt, it, dict(meta, iterations_done=it, setup_s=round(run.setup_s, 1)),
                          optimizer_state={"optimizer": opt.state_dict(), "iters": it})
         _atomic_torch_save({"image_head": net.image_head.state_dict(), "hog_head": net.hog_head.state_dict()},
                            Path(str(ckpt) + ".heads"))
-        result.checkpoint = ckpt
+        return ckpt
 
-    def report(it: int, message: str) -> None:
-        """Progress: seconds of the time budget when there is one, else iterations."""
-        if progress is None:
-            return
-        if time_limit_s:
-            el = min(max(time.time() - t_train[0], 0.0), time_limit_s)
-            progress(int(el), int(math.ceil(time_limit_s)), f"{message} ({el / 60:.1f} of {time_limit_s / 60:g} min)")
-        else:
-            progress(it, iterations, message)
+    def setup(announce) -> None:
+        nonlocal mixed_precision
+        mixed_precision = choose_step_precision(net, sampler, batch_size, dev, mixed_precision, lambda b, mixed: (
+            pretrain_loss(net, b, dev, image_weight, hog_weight, mixed)[0]), say, announce)
+        restore_optimizer(opt, opt_state, sampler, seed, start, say)
 
-    from .step_precision import loss_on_one_batch, use_mixed_precision
-    announce = None if progress is None else (
-        lambda m: progress(0, int(math.ceil(time_limit_s)), m) if time_limit_s else progress(start, iterations, m))
-    it = start
-    hooks = cancel_hooks(net, cancel)  # a Cancel also stops the precision probe mid-step
-    try:
-        mixed_precision = use_mixed_precision(
-            net, (batch_size, 1) + tuple(sampler.crop), dev, mixed_precision, log=say, announce=announce,
-            loss=loss_on_one_batch(sampler, batch_size, lambda b, mixed: pretrain_loss(
-                net, b, dev, image_weight, hog_weight, mixed)[0]))
-        torch.manual_seed(seed + start)
-        if opt_state is not None:
-            try:
-                opt.load_state_dict(opt_state["optimizer"])
-                sampler.rng = np.random.default_rng(seed + start)
-            except Exception:
-                say("optimizer state not usable; fresh optimizer")
-        t_train[0] = time.time()
-        while it < iterations:
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("cancelled")
-            if time_limit_s is not None and it > start and time.time() - t_train[0] > time_limit_s:
-                say(f"time limit reached at iteration {it}")
-                break
-            cur = learning_rate(it, iterations, lr, min_lr, schedule, warmup)
-            for g in opt.param_groups:
-                g["lr"] = cur
-            batch = sampler.batch(batch_size)
-            opt.zero_grad(set_to_none=True)
-            loss, li, lh = pretrain_loss(net, batch, dev, image_weight, hog_weight, mixed_precision)
-            loss.backward()
-            opt.step()
-            it += 1
-            result.iterations = it
-            lv = float(loss.item())
-            result.history.append((it, lv))
-            if loss_callback is not None:
-                loss_callback(it, lv)
-            report(it, f"pretraining iteration {it}{f'/{iterations}' if capped else ''}, loss {lv:.4f}")
-            if it % 10 == 0 or it == start + 1:
-                say(f"pretrain it {it} loss {lv:.5f} (img {li.item():.5f} hog {lh.item():.5f}) lr {cur:.2e} "
-                    f"t {time.time() - t0:.0f}s")
-            if checkpoint_every and it % checkpoint_every == 0:
-                save(it)
-    except (Cancelled, KeyboardInterrupt) as exc:  # Ctrl-C also keeps the last step
-        stop_training(exc, result, save, it, t0, net, first=start)
-    finally:
-        for h in hooks:
-            h.remove()
-    save(it)
-    result.wall_time_s = time.time() - t0
-    net.eval()
-    return result
+    def step(it: int, cur: float):
+        set_lr(opt, cur)
+        batch = sampler.batch(batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss, li, lh = pretrain_loss(net, batch, dev, image_weight, hog_weight, mixed_precision)
+        loss.backward()
+        opt.step()
+        return loss.item(), f"img {li.item():.5f} hog {lh.item():.5f}"
+
+    def as_result(run: LoopResult) -> TrainResult:
+        return TrainResult(model=net, checkpoint=run.checkpoint, iterations=run.iterations, history=run.history,
+                           cancelled=run.cancelled, wall_time_s=run.wall_time_s)
+
+    return as_result(run_loop(net, step, LoopConfig(
+        iterations=iterations, time_limit_s=time_limit_s, start=start,
+        schedule=lambda it, _elapsed: learning_rate(it, iterations, lr, min_lr, schedule, warmup),
+        checkpoint_every=checkpoint_every, save=save, setup=setup, on_cancel=as_result, cancel=cancel,
+        progress=progress, loss_callback=loss_callback, log=say, log_prefix="pretrain ", unit="pretraining iteration",
+        t0=t0)))
