@@ -77,7 +77,8 @@ def test_cli_trace_writes_swc_and_mask(tmp_path, lm_weights):
     tifffile.imwrite(stack, r.stack)
     out, mask_out = tmp_path / "tree.swc", tmp_path / "mask.tif"
     rc = main(["trace", str(stack), "-o", str(out), "--mask-out", str(mask_out), "--weights", str(lm_weights),
-               "--threshold", "0.3", "--voxel-size", "2,0.5,0.5", "--min-size", "1"])
+               "--threshold", "0.3", "--voxel-size", "2,0.5,0.5", "--min-size", "1", "--max-gap", "10",
+               "--root", "6,24,24"])
     assert rc == 0
     assert out.read_text().startswith("# napari-segneuron")
     nodes = read_swc(out)
@@ -92,7 +93,8 @@ def test_cli_trace_writes_swc_and_mask(tmp_path, lm_weights):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [([], "must end in .swc"), (["--threshold", "1.5"], "threshold"), (["--weights", "default"], "not a light-microscopy")],
+    [([], "must end in .swc"), (["--threshold", "1.5"], "threshold"), (["--root", "9,99,0"], "outside"),
+     (["--max-gap", "-1"], "max-gap"), (["--weights", "default"], "not a light-microscopy")],
 )
 def test_cli_trace_bad_input_gets_one_line(tmp_path, capsys, extra, message):
     stack = tmp_path / "s.tif"
