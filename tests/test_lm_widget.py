@@ -49,3 +49,40 @@ def test_trace_dock_predicts_and_traces_with_the_image_scale(make_napari_viewer,
     # SWC coordinates are physical: x = column * 0.5, z = slice * 2
     zyx = np.round(nodes[:, [4, 3, 2]] / np.array(scale)).astype(int)
     assert r.mask[tuple(zyx.T)].mean() > 0.95
+
+
+def test_trace_dock_voxel_size_max_gap_status_and_2d_nodes(make_napari_viewer, qtbot):
+    from napari.layers import Points, Shapes
+
+    from napari_segneuron._widgets.trace import TraceWidget
+
+    viewer = make_napari_viewer()
+    r = render_sample(np.random.default_rng(5), shape=(24, 96, 96))
+    viewer.add_image(r.stack, name="lm")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-segneuron", "Trace neurons (LM)")
+    assert isinstance(dock, TraceWidget)
+    prob = r.mask.astype(np.float32) * 0.9
+    for x in (20, 45, 70):  # dim gaps cut across the neuron
+        prob[:, :, x:x + 4] = np.where(r.mask[:, :, x:x + 4], 0.2, 0.0)
+    viewer.add_image(prob, name="lm foreground")
+    dock.voxel_size.setText("2,0.5,0.5")
+    dock.max_gap.setValue(15)
+    dock.trace()
+    qtbot.waitUntil(lambda: not dock.runner.busy and "lm SWC" in viewer.layers, timeout=60000)
+    assert "in 1 trees" in dock.status_label.text() and "µm" in dock.status_label.text()
+    nodes = viewer.layers["lm SWC"].metadata["swc_nodes"]
+    assert isinstance(viewer.layers["lm SWC"], Shapes)
+    # SWC in µm: x = column * 0.5, z = slice * 2
+    zyx = np.round(nodes[:, [4, 3, 2]] / np.array([2, 0.5, 0.5])).astype(int)
+    assert r.mask[tuple(zyx.T)].mean() > 0.9
+    pts = viewer.layers["lm SWC nodes"]
+    assert isinstance(pts, Points) and len(pts.data) == len(nodes)
+    # in the 2D view the current slice shows trace nodes
+    viewer.dims.ndisplay = 2
+    z = int(np.median(zyx[:, 0]))
+    viewer.dims.set_point(0, z)
+    assert len(pts._view_data) > 0
+
+    dock.voxel_size.setText("nonsense")
+    dock.trace()
+    assert "Voxel size" in dock.status_label.text()

@@ -77,7 +77,8 @@ def test_cli_trace_writes_swc_and_mask(tmp_path, lm_weights):
     tifffile.imwrite(stack, r.stack)
     out, mask_out = tmp_path / "tree.swc", tmp_path / "mask.tif"
     rc = main(["trace", str(stack), "-o", str(out), "--mask-out", str(mask_out), "--weights", str(lm_weights),
-               "--threshold", "0.3", "--voxel-size", "2,0.5,0.5", "--min-size", "1"])
+               "--threshold", "0.3", "--voxel-size", "2,0.5,0.5", "--min-size", "1", "--max-gap", "10",
+               "--root", "6,24,24"])
     assert rc == 0
     assert out.read_text().startswith("# napari-segneuron")
     nodes = read_swc(out)
@@ -92,7 +93,8 @@ def test_cli_trace_writes_swc_and_mask(tmp_path, lm_weights):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [([], "must end in .swc"), (["--threshold", "1.5"], "threshold"), (["--weights", "default"], "not a light-microscopy")],
+    [([], "must end in .swc"), (["--threshold", "1.5"], "threshold"), (["--root", "9,99,0"], "outside"),
+     (["--max-gap", "-1"], "max-gap"), (["--weights", "default"], "not a light-microscopy")],
 )
 def test_cli_trace_bad_input_gets_one_line(tmp_path, capsys, extra, message):
     stack = tmp_path / "s.tif"
@@ -107,3 +109,66 @@ def test_cli_trace_bad_input_gets_one_line(tmp_path, capsys, extra, message):
 def test_cli_trace_missing_stack(tmp_path, capsys):
     assert main(["trace", str(tmp_path / "none.tif"), "-o", str(tmp_path / "t.swc")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def _n_trees(nodes):
+    return int((nodes[:, 6] < 0).sum())
+
+
+def _cut(prob, mask, xs, width, level):
+    """Dim the foreground in slabs of ``width`` columns starting at each x in ``xs``."""
+    prob = prob.copy()
+    for x in xs:
+        prob[:, :, x:x + width] = np.where(mask[:, :, x:x + width], level, 0.0)
+    return prob
+
+
+def test_gaps_in_a_rendered_neuron_are_crossed_into_one_tree():
+    r = render_sample(np.random.default_rng(5), shape=(24, 96, 96))
+    prob = _cut(r.mask.astype(np.float32) * 0.9, r.mask, (20, 45, 70), 4, 0.2)
+    nodes_off, _ = trace(prob, max_gap=0)
+    nodes, _ = trace(prob, max_gap=15)
+    assert _n_trees(nodes_off) >= 3
+    assert _n_trees(nodes) == 1
+    truth = centreline_points(r.nodes)
+    truth = truth[np.all((truth >= 0) & (truth <= np.array(r.mask.shape) - 1), axis=1)]
+    assert swc_match_f1(swc_points_voxels(nodes), truth, tolerance=3)["f1"] > 0.9
+
+
+def test_gap_longer_than_max_gap_or_through_empty_background_is_not_joined():
+    shape = (12, 30, 100)
+    mask = _tube(shape, (5, 15, 6), (95, 15, 6), 2.0)
+    dim_long = _cut(mask.astype(np.float32), mask, (40,), 20, 0.2)
+    assert _n_trees(trace(dim_long, max_gap=15)[0]) == 2
+    assert _n_trees(trace(dim_long, max_gap=30)[0]) == 1
+    # in µm: voxels of 0.5 µm, a 20-voxel (10 µm) gap needs max_gap_um above 10
+    assert _n_trees(trace(dim_long, voxel_size=(0.5, 0.5, 0.5), max_gap_um=8)[0]) == 2
+    assert _n_trees(trace(dim_long, voxel_size=(0.5, 0.5, 0.5), max_gap_um=15)[0]) == 1
+    empty = _cut(mask.astype(np.float32), mask, (45,), 6, 0.0)
+    assert _n_trees(trace(empty, max_gap=30)[0]) == 2
+
+
+def test_two_neurons_far_apart_stay_two_trees_rooted_at_their_somata():
+    a = render_sample(np.random.default_rng(5), shape=(24, 96, 96)).mask
+    b = render_sample(np.random.default_rng(6), shape=(24, 96, 96)).mask
+    mask = np.zeros((24, 96, 96 * 2 + 40), bool)
+    mask[:, :, :96], mask[:, :, -96:] = a, b
+    nodes, _ = trace(mask.astype(np.float32) * 0.9 + 0.1, max_gap=15)  # dim haze everywhere: not empty
+    roots = nodes[nodes[:, 6] < 0]
+    assert len(roots) == 2
+    assert roots[:, 2].min() < 96 and roots[:, 2].max() > 96 + 40
+    # each root is its tree's thickest node (the soma)
+    assert np.isclose(roots[:, 5].max(), nodes[:, 5].max())
+
+
+def test_two_somata_joined_by_a_dim_bridge_stay_two_trees_and_a_given_root_is_used():
+    shape = (16, 30, 80)
+    mask = _tube(shape, (8, 15, 8), (72, 15, 8), 1.5)
+    zz, yy, xx = np.indices(shape)
+    for cx in (10, 70):
+        mask |= (zz - 8) ** 2 + (yy - 15) ** 2 + (xx - cx) ** 2 <= 36
+    prob = _cut(mask.astype(np.float32), mask, (38,), 4, 0.2)
+    assert _n_trees(trace(prob, max_gap=15)[0]) == 2
+    nodes, _ = trace(_cut(mask.astype(np.float32), mask, (50,), 4, 0.2), max_gap=15, root=[(8, 15, 30)])
+    root = nodes[nodes[:, 6] < 0]
+    assert _n_trees(nodes) == 1 and abs(root[0, 2] - 30) <= 1.5

@@ -57,10 +57,12 @@ def prune_spurs(skeleton: np.ndarray, min_length: float, spacing: Sequence[float
 
 
 def skeleton_to_swc(
-    skeleton: np.ndarray, radius: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0)
+    skeleton: np.ndarray, radius: np.ndarray, voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    roots: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """SWC rows for a skeleton image: one tree per 26-connected component, rooted at its
-    thickest voxel; ``radius`` (Z,Y,X) gives each node's radius (physical units)."""
+    thickest voxel, or at the skeleton voxel nearest a given root ((K, 3) z, y, x voxels);
+    ``radius`` (Z,Y,X) gives each node's radius (physical units)."""
     coords = np.argwhere(skeleton)
     if len(coords) == 0:
         return np.zeros((0, 7))
@@ -83,12 +85,20 @@ def skeleton_to_swc(
     n_comp, comp = sparse.csgraph.connected_components(graph, directed=False)
     rad = radius[tuple(coords.T)]
     vz, vy, vx = (float(v) for v in voxel_size)
+    chosen: dict[int, int] = {}
+    if roots is not None and len(roots):
+        from scipy.spatial import cKDTree
+
+        sp = np.array([vz, vy, vx])
+        _, nearest = cKDTree(coords * sp).query(np.asarray(roots, dtype=np.float64).reshape(-1, 3) * sp)
+        for j in np.atleast_1d(nearest):
+            chosen.setdefault(int(comp[j]), int(j))
     out = np.zeros((len(coords), 7))
     new_id = np.zeros(len(coords), dtype=np.int64)
     counter = 0
     for k in range(n_comp):
         members = np.nonzero(comp == k)[0]
-        root = members[np.argmax(rad[members])]
+        root = chosen.get(k, members[np.argmax(rad[members])])
         # breadth-first from the root over the skeleton graph: parents come before children
         parent = {root: -1}
         queue = deque([root])
@@ -107,6 +117,112 @@ def skeleton_to_swc(
     return out[:counter]
 
 
+def _endpoints(skeleton: np.ndarray) -> np.ndarray:
+    """Skeleton voxels with at most one 26-neighbour (tips and lone voxels)."""
+    counts = ndi.convolve(skeleton.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant") - 1
+    return skeleton & (counts <= 1)
+
+
+def gap_cost(foreground: np.ndarray, image: Optional[np.ndarray] = None, background: float = 0.05,
+             eps: float = 0.05) -> np.ndarray:
+    """Per-voxel cost of a gap-crossing path: ``1 / (evidence + eps)`` where the evidence is the
+    foreground probability (or the larger of it and the 1-99.5 % normalised ``image``);
+    voxels with evidence below ``background`` are impassable (``inf``)."""
+    evidence = np.clip(np.asarray(foreground, dtype=np.float32), 0.0, 1.0)
+    if image is not None:
+        img = np.asarray(image, dtype=np.float32)
+        lo, hi = np.percentile(img, (1.0, 99.5))
+        evidence = np.maximum(evidence, np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
+    cost = 1.0 / (evidence + eps)
+    cost[evidence < background] = np.inf
+    return cost
+
+
+def join_fragments(
+    skeleton: np.ndarray,
+    cost: np.ndarray,
+    max_gap: float,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    somata: Optional[np.ndarray] = None,
+    cancel: Optional[CancelToken] = None,
+) -> tuple[np.ndarray, int]:
+    """Join skeleton fragments along geodesic paths of least ``cost``.
+
+    From every tip of every fragment, the nearest voxel of each other fragment within
+    ``max_gap`` (physical units) is a candidate; the cheapest path between them inside a
+    box around the pair (``skimage.graph.MCP_Geometric``) is a candidate bridge unless it
+    crosses an impassable voxel. Bridges are accepted cheapest first when they join two
+    different trees (Kruskal), never two trees that each hold a soma (``somata``: fragment
+    labels, 1-based, that are somata). Returns (skeleton with the bridges, number of joins).
+    """
+    from scipy.spatial import cKDTree
+    from skimage.graph import MCP_Geometric
+
+    skeleton = skeleton.astype(bool).copy()
+    labels, n = ndi.label(skeleton, structure=np.ones((3, 3, 3), bool))
+    if n < 2 or max_gap <= 0:
+        return skeleton, 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    coords = np.argwhere(skeleton)
+    lab = labels[tuple(coords.T)]
+    tree = cKDTree(coords * sp)
+    tips = np.argwhere(_endpoints(skeleton))
+    reach = np.ceil(max_gap / sp).astype(int) + 1
+    shape = np.array(skeleton.shape)
+    candidates = []
+    for tip in tips:
+        check(cancel)
+        a = labels[tuple(tip)]
+        near = tree.query_ball_point(tip * sp, max_gap)
+        best: dict[int, tuple[float, int]] = {}
+        for j in near:
+            b = int(lab[j])
+            if b == a:
+                continue
+            d = float(np.linalg.norm((coords[j] - tip) * sp))
+            if b not in best or d < best[b][0]:
+                best[b] = (d, j)
+        for b, (_, j) in best.items():
+            target = coords[j]
+            lo = np.maximum(np.minimum(tip, target) - reach // 2, 0)
+            hi = np.minimum(np.maximum(tip, target) + reach // 2 + 1, shape)
+            box = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+            local = cost[box].copy()
+            # the fragments' own voxels are free to walk on
+            local[np.isin(labels[box], (a, b))] = 0.0
+            mcp = MCP_Geometric(local, sampling=tuple(sp))
+            start, end = tuple(tip - lo), tuple(target - lo)
+            cum, _ = mcp.find_costs([start], [end])
+            c = float(cum[end])
+            if not np.isfinite(c):
+                continue
+            path = np.asarray(mcp.traceback(end)) + lo
+            if len(path) and np.linalg.norm(np.ptp(path, axis=0) * sp) > 2 * max_gap:
+                continue
+            candidates.append((c, int(a), int(b), path))
+    parent = list(range(n + 1))
+    has_soma = np.zeros(n + 1, bool)
+    if somata is not None:
+        has_soma[np.asarray(somata, dtype=int)] = True
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    joins = 0
+    for c, a, b, path in sorted(candidates, key=lambda t: t[0]):
+        ra, rb = find(a), find(b)
+        if ra == rb or (has_soma[ra] and has_soma[rb]):
+            continue
+        parent[rb] = ra
+        has_soma[ra] |= has_soma[rb]
+        skeleton[tuple(path.T)] = True
+        joins += 1
+    return skeleton, joins
+
+
 def trace(
     foreground: np.ndarray,
     threshold: float = 0.5,
@@ -114,10 +230,24 @@ def trace(
     min_size: int = 50,
     spur_length: float = 4.0,
     cancel: Optional[CancelToken] = None,
+    max_gap: float = 15.0,
+    max_gap_um: Optional[float] = None,
+    background: float = 0.05,
+    image: Optional[np.ndarray] = None,
+    root: Optional[Sequence[Sequence[float]]] = None,
+    soma_ratio: float = 0.6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trace a (Z,Y,X) foreground probability (or mask): returns (SWC nodes (N,7), mask).
 
-    ``spur_length`` is in voxels of the finest axis; ``min_size`` in voxels.
+    ``spur_length`` and ``max_gap`` are in voxels of the finest axis (``max_gap_um``, when
+    given, replaces ``max_gap`` in the voxel-size units); ``min_size`` in voxels. Fragments
+    of the skeleton are joined across gaps up to that length along the cheapest path through
+    the foreground probability (and ``image``, when given; see :func:`gap_cost`), never
+    through voxels whose evidence is below ``background``; ``max_gap=0`` turns joining off.
+    Each tree is rooted at its soma (the thickest point) or at the ``root`` points
+    ((z, y, x) voxels, one per neuron). Fragments whose thickest point reaches ``soma_ratio``
+    of the thickest radius overall (and twice the median skeleton radius) count as somata:
+    two somata are never joined, so several somata give several trees.
     """
     from skimage.morphology import skeletonize
 
@@ -136,7 +266,33 @@ def trace(
     # distance to the nearest background voxel centre, less half a voxel (the boundary lies between)
     half = 0.5 * min(spacing)
     radius = np.maximum(ndi.distance_transform_edt(mask, sampling=spacing) - half, half)
-    return skeleton_to_swc(skel, radius, spacing), mask
+    gap = float(max_gap_um) if max_gap_um is not None else float(max_gap) * min(spacing)
+    if gap > 0 and skel.any():
+        labels, n = ndi.label(skel, structure=np.ones((3, 3, 3), bool))
+        somata = soma_fragments(labels, n, radius, soma_ratio, root)
+        skel, _ = join_fragments(skel, gap_cost(foreground, image, background), gap, spacing, somata, cancel)
+    return skeleton_to_swc(skel, radius, spacing, roots=root), mask
+
+
+def soma_fragments(labels: np.ndarray, n: int, radius: np.ndarray, soma_ratio: float = 0.6,
+                   root: Optional[Sequence[Sequence[float]]] = None) -> np.ndarray:
+    """Labels (1-based) of the skeleton fragments that hold a soma: those holding a given
+    root point, else those whose thickest point reaches ``soma_ratio`` of the thickest overall
+    and twice the median skeleton radius (the thickest fragment always counts)."""
+    if n == 0:
+        return np.zeros(0, int)
+    index = np.arange(1, n + 1)
+    if root is not None and len(root):
+        from scipy.spatial import cKDTree
+
+        coords = np.argwhere(labels > 0)
+        _, j = cKDTree(coords).query(np.asarray(root, dtype=np.float64).reshape(-1, 3))
+        return np.unique(labels[tuple(coords[np.atleast_1d(j)].T)])
+    peak = np.asarray(ndi.maximum(radius, labels, index))
+    median = float(np.median(radius[labels > 0]))
+    big = (peak >= soma_ratio * peak.max()) & (peak >= 2 * median)
+    big[np.argmax(peak)] = True
+    return index[big]
 
 
 def swc_match_f1(traced_zyx: np.ndarray, truth_zyx: np.ndarray, tolerance: float = 3.0) -> dict:

@@ -11,12 +11,23 @@ from .common import TerminalProgress, float_triple, triple
 from ..io import InputError
 
 
+def point(text: str) -> tuple[float, float, float]:
+    """Parse a ``Z,Y,X`` voxel position (zero allowed)."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X voxel coordinates, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 0:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X voxel coordinates (not negative), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "trace",
         help="trace neurons in a 3D light-microscopy stack to SWC",
         description="Predict the neuron foreground of a 3D light-microscopy stack (confocal / two-photon, tif or "
-        "zarr, z-y-x) with the LM model, skeletonise it and write one SWC tree per connected component. SWC "
+        "zarr, z-y-x) with the LM model, skeletonise it and join the pieces across dim gaps along the cheapest paths and write one SWC tree per neuron, rooted at its soma. SWC "
         "coordinates: x = column, y = row, z = slice, times the voxel size (µm from the tif metadata or "
         "--voxel-size; 1 when unknown).",
     )
@@ -34,6 +45,17 @@ def add_parser(subparsers) -> None:
                    help="drop foreground components smaller than N voxels (default 50)")
     p.add_argument("--spur-length", type=float, default=4.0, metavar="L",
                    help="prune terminal branches shorter than L voxels (default 4)")
+    p.add_argument("--max-gap", type=float, default=15.0, metavar="L",
+                   help="join skeleton pieces across dim gaps up to L voxels along the cheapest path through the "
+                   "foreground and the stack; 0 = off (default 15)")
+    p.add_argument("--max-gap-um", type=float, default=None, metavar="L",
+                   help="the maximum gap in the voxel-size units (µm); replaces --max-gap")
+    p.add_argument("--background", type=float, default=0.05, metavar="B",
+                   help="never join through voxels whose foreground probability and normalised intensity are "
+                   "both below B (default 0.05)")
+    p.add_argument("--root", type=point, action="append", default=None, metavar="Z,Y,X",
+                   help="root (soma) of a neuron in voxels; repeat for several neurons (default: the thickest point "
+                   "of each tree)")
     p.add_argument("--tile", type=triple, default=None, metavar="Z,Y,X", help="tile size (default 40,168,168)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -51,6 +73,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise InputError(f"--mask-out must end in .tif, .tiff or .zarr, got {Path(args.mask_out).name}")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
+    if args.max_gap < 0 or (args.max_gap_um is not None and args.max_gap_um < 0):
+        raise InputError("--max-gap / --max-gap-um must not be negative")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         voxel = tuple(v / 1000.0 for v in voxel_nm)  # SWC coordinates in µm
     else:
         voxel = (1.0, 1.0, 1.0)
+    for r in args.root or ():
+        if any(c > s - 1 for c, s in zip(r, volume.shape)):
+            raise InputError(f"--root {r} lies outside the stack of shape {volume.shape}")
     model = load_lm_model(args.weights, device=None if args.device == "auto" else args.device)
     if args.threshold is None:
         args.threshold = float((model.info.get("metadata") or {}).get("threshold", 0.5))
@@ -79,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     nodes, mask = trace(prob, threshold=args.threshold, voxel_size=voxel, min_size=args.min_size,
-                        spur_length=args.spur_length)
+                        spur_length=args.spur_length, max_gap=args.max_gap, max_gap_um=args.max_gap_um,
+                        background=args.background, image=volume, root=args.root)
     n_trees = int((nodes[:, 6] < 0).sum()) if len(nodes) else 0
     header = (f"napari-segneuron {__version__} trace; weights {model.info.get('name')}; threshold {args.threshold}\n"
               f"source {Path(args.input).name}; voxel size (z,y,x) {voxel}; {n_trees} trees")
