@@ -182,3 +182,25 @@ def test_split_inside_one_fragment_refines_it(agg_gt, tmp_path):
     assert np.array_equal(pr.labels(), before)
     pr.redo()
     assert np.array_equal(pr.labels(), after)
+
+
+def test_done_segment_never_changes(agg_gt, tmp_path):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.3)
+    seg, seeds = _splittable(pr)
+    mask = pr.labels() == seg
+    pr.lock(seg)
+    assert pr.locked() == {seg}
+    for t in (0.05, 0.3, 0.9):
+        assert np.array_equal(pr.labels(t) == seg, mask)
+    a, b = _two_touching(np.where(mask, 0, pr.labels()))
+    pr.merge(a, b)
+    assert np.array_equal(pr.labels() == seg, mask)
+    with pytest.raises(ValueError, match="done"):
+        pr.split(seg, seeds)
+    pr.save(tmp_path / "e.json")
+    again = Proofreader.load(tmp_path / "e.json", agg)
+    assert np.array_equal(again.labels(0.9) == seg, mask)
+    pr.undo()
+    pr.undo()
+    assert pr.locked() == set()

@@ -64,7 +64,7 @@ class Proofreader:
                 for pair in e.get("released", []):
                     cannot.discard(tuple(pair))
                 must.append((int(e["keep"]), int(e["other"])))
-            else:
+            elif e["op"] == "split":
                 dropped = {tuple(p) for p in e.get("released", [])}
                 must = [m for m in must if m not in dropped]
                 cannot.update(tuple(p) for p in e["cannot"])
@@ -87,7 +87,15 @@ class Proofreader:
         for f in partners:
             members.setdefault(f, set()).add(f)
 
+        locks = [e["fragments"] for e in self.edits if e["op"] == "lock"]
+        tag: dict[int, int] = {}  # root -> the lock holding it: a locked segment joins nothing else
+        for i, fs in enumerate(locks):
+            for f in fs:
+                tag[int(f)] = i
+
         def blocked(ra: int, rb: int) -> bool:
+            if tag.get(ra, -1) != tag.get(rb, -1):
+                return True
             ma, mb = members.get(ra), members.get(rb)
             if not ma or not mb:
                 return False
@@ -98,6 +106,8 @@ class Proofreader:
             if ra == rb or blocked(ra, rb):
                 return
             sets.union(ra, rb)
+            if rb in tag:
+                tag[ra] = tag.pop(rb)
             if rb in members:
                 members.setdefault(ra, set()).update(members.pop(rb))
 
@@ -105,8 +115,15 @@ class Proofreader:
             join(int(x), int(y))
         for a, b in must:
             ra, rb = sets.find(a), sets.find(b)
-            if ra != rb:
+            if ra != rb and tag.get(ra, -1) == tag.get(rb, -1):
                 sets.union(ra, rb)
+        for e in self.edits:  # a locked segment keeps exactly its fragments, and its id
+            if e["op"] == "lock":
+                seg = int(e["segment"])
+                for f in e["fragments"]:
+                    sets.union(seg, int(f))
+                r = sets.find(seg)
+                sets.parent[seg], sets.parent[r] = seg, seg
         return sets
 
     def lookup_table(self, threshold: Optional[float] = None) -> np.ndarray:
@@ -163,6 +180,7 @@ class Proofreader:
         lut = self.lookup_table()
         if a == b or a == 0 or b == 0 or not (lut == a).any() or not (lut == b).any():
             raise ValueError(f"cannot merge segments {a} and {b}")
+        self._check_open(a, b)
         fa, fb = set(np.flatnonzero(lut == a).tolist()), set(np.flatnonzero(lut == b).tolist())
         _, cannot = self._constraints()
         released = [list(p) for p in cannot if (p[0] in fa and p[1] in fb) or (p[0] in fb and p[1] in fa)]
@@ -173,6 +191,7 @@ class Proofreader:
         """Cut ``segment_id`` between two or more (z, y, x) seeds; returns the ids of the pieces."""
         if len(seeds) < 2:
             raise ValueError("split needs two or more seeds")
+        self._check_open(segment_id)
         lut = self.lookup_table()
         seeds = [tuple(int(c) for c in s) for s in seeds]
         if any(len(s) != self.fragments.ndim or not all(0 <= c < n for c, n in zip(s, self.fragments.shape))
@@ -195,6 +214,26 @@ class Proofreader:
                     **({"refined": refined} if refined else {})})
         new = self.lookup_table()
         return sorted({int(new[f]) for f in frags})
+
+    def locked(self) -> set[int]:
+        """Ids of the segments marked as done."""
+        lut = self.lookup_table()
+        return {int(lut[int(e["fragments"][0])]) for e in self.edits if e["op"] == "lock"}
+
+    def lock(self, segment_id: int) -> None:
+        """Mark ``segment_id`` as done: no edit or threshold changes it again (undo releases it)."""
+        frags = self._segment_fragments(int(segment_id))
+        if segment_id == 0 or not len(frags):
+            raise ValueError(f"no segment {segment_id} to mark as done")
+        if int(segment_id) in self.locked():
+            raise ValueError(f"segment {segment_id} is already done")
+        self._push({"op": "lock", "segment": int(segment_id), "fragments": [int(f) for f in frags],
+                    "threshold": self.threshold})
+
+    def _check_open(self, *ids: int) -> None:
+        done = self.locked() & {int(i) for i in ids}
+        if done:
+            raise ValueError(f"segment {min(done)} is marked as done; undo that to edit it")
 
     def _refine(self, seeds: list[tuple[int, ...]], frags: list[int]) -> list[list]:
         """Cut each fragment holding several seeds into one piece per seed; [[fragment, [new ids]]]."""
