@@ -2,7 +2,8 @@
 
 An oracle holding the ground truth makes, each step, the edit that fixes the most misplaced
 voxels: merge the two largest segments that mostly hold one body, or split a segment at the
-centres of its two largest bodies (``Proofreader.split`` with those two seeds). Beside it the
+centres of its two largest bodies (``Proofreader.split`` with those two seeds); an edit that
+fixes nothing is undone (the step still counts) and not tried again. Beside it the
 same oracle makes *perfect* edits on the label array (a split cuts exactly along the truth),
 starting from the same labels. Prints VI (split/merge) after 0, 10, 25, 50, 100 edits and the
 time per Proofreader edit.
@@ -28,16 +29,32 @@ from napari_segneuron.segmentation import agglomerate
 
 DATA = Path("/work/shared/data")
 STEPS = (0, 10, 25, 50, 100)
+VERBOSE = False
 
 
 def _table(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = gt > 0
-    pairs, counts = np.unique(np.stack([seg[m], gt[m]]).astype(np.int64), axis=1, return_counts=True)
-    return pairs[0], pairs[1], counts
+    g = gt[m].astype(np.int64)
+    base = int(g.max()) + 1
+    keys, counts = np.unique(seg[m].astype(np.int64) * base + g, return_counts=True)
+    return keys // base, keys % base, counts
 
 
-def best_edit(seg: np.ndarray, gt: np.ndarray):
-    """('merge', a, b, gain) or ('split', s, body1, body2, gain): the edit fixing most voxels."""
+def misplaced(seg: np.ndarray, gt: np.ndarray) -> int:
+    """Voxels outside their segment's main body plus voxels outside their body's main segment."""
+    s, g, c = _table(seg, gt)
+    out = 0
+    for ids in (s, g):
+        tot = np.bincount(ids, weights=c)
+        top = np.zeros_like(tot)
+        np.maximum.at(top, ids, c)
+        out += int(tot.sum() - top.sum())
+    return out
+
+
+def best_edit(seg: np.ndarray, gt: np.ndarray, skip: frozenset | set = frozenset()):
+    """('merge', a, b, gain) or ('split', s, body1, body2, gain): the edit fixing most voxels
+    (edits in ``skip``, keyed by their first three fields, are passed over)."""
     s, g, c = _table(seg, gt)
     best = None
     major: dict[int, tuple[int, int]] = {}  # segment -> (its main body, overlap)
@@ -51,7 +68,7 @@ def best_edit(seg: np.ndarray, gt: np.ndarray):
         if len(lst) > 1:
             lst.sort(reverse=True)
             gain = lst[1][0]
-            if best is None or gain > best[-1]:
+            if (best is None or gain > best[-1]) and ("merge", lst[0][1], lst[1][1]) not in skip:
                 best = ("merge", lst[0][1], lst[1][1], gain)
     per_seg: dict[int, list[tuple[int, int]]] = {}
     for si, gi, ci in zip(s, g, c):
@@ -61,7 +78,7 @@ def best_edit(seg: np.ndarray, gt: np.ndarray):
         if len(lst) > 1:
             lst.sort(reverse=True)
             gain = lst[1][0]
-            if best is None or gain > best[-1]:
+            if (best is None or gain > best[-1]) and ("split", si, lst[0][1]) not in skip:
                 best = ("split", si, lst[0][1], lst[1][1], gain)
     return best
 
@@ -80,25 +97,37 @@ def run(name: str, agg, gt: np.ndarray, threshold: float, n: int = max(STEPS)) -
     pr = Proofreader(agg, threshold)
     perfect = pr.labels().astype(np.int64)
     rows_o, rows_p, times = {}, {}, []
+    skip: set = set()
     seg = pr.labels()
     for k in range(n + 1):
         if k in STEPS:
             rows_o[k], rows_p[k] = vi(seg, gt), vi(perfect, gt)
         if k == n:
             break
-        e = best_edit(seg, gt)
-        if e is not None:
+        e = best_edit(seg, gt, skip)
+        if e is not None:  # one step: the edit, undone (and not tried again) when it fixed nothing
             t0 = time.perf_counter()
+            n_edits = len(pr.edits)
             try:
                 if e[0] == "merge":
                     pr.merge(e[1], e[2])
                 else:
                     sm = seg == e[1]
                     pr.split(e[1], [centre(sm & (gt == e[2])), centre(sm & (gt == e[3]))])
-            except ValueError:
-                pass
-            seg = pr.labels()
+            except ValueError as exc:
+                if VERBOSE:
+                    print("refused:", e, exc)
+            new = pr.labels()
             times.append(time.perf_counter() - t0)
+            if VERBOSE:
+                print(k, e, misplaced(seg, gt), misplaced(new, gt))
+            if len(pr.edits) > n_edits and misplaced(new, gt) < misplaced(seg, gt):
+                seg = new
+            else:
+                skip.add(e[:3])
+                if len(pr.edits) > n_edits:
+                    pr.undo()
+                    seg = pr.labels()
         p = best_edit(perfect, gt)
         if p is not None:
             if p[0] == "merge":
@@ -123,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", default="0:50,0:100,0:200", help="z0:z1,y0:y1,x0:x1 of fib25_b")
     ap.add_argument("--prediction", default=None, help="a saved fib25_b prediction (.zarr/.tif)")
     ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--verbose", action="store_true", help="print every edit and the misplaced voxels before/after")
     args = ap.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
     box = tuple(slice(*map(int, p.split(":"))) for p in args.crop.split(","))
     gt = tifffile.imread(DATA / "fib25_b_labels.tif")[box]
     if args.prediction:
