@@ -154,3 +154,53 @@ def test_cli_segment_replays_edits(agg_gt, tmp_path):
     out = tifffile.imread(edited)
     assert np.array_equal(out, pr.labels())
     assert np.all(out[(base == a) | (base == b)] == a)
+
+
+def test_split_inside_one_fragment_refines_it(agg_gt, tmp_path):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.3)
+    frag = agg.fragments
+    ids, counts = np.unique(frag[frag > 0], return_counts=True)
+    f = int(ids[np.argmax(counts)])
+    vox = np.argwhere(frag == f)
+    a, b = vox[0], vox[np.argmax(((vox - vox[0]) ** 2).sum(1))]  # two far-apart voxels of one fragment
+    seeds = [tuple(int(c) for c in a), tuple(int(c) for c in b)]
+    seg = int(pr.labels()[seeds[0]])
+    before = pr.labels()
+    pieces = pr.split(seg, seeds)
+    after = pr.labels()
+    assert len(pieces) == 2 and after[seeds[0]] != after[seeds[1]]
+    assert np.array_equal(after[before != seg], before[before != seg])  # nothing outside changes
+    assert np.array_equal(agg.fragments, frag)  # the agglomeration itself is untouched
+    both = (after == after[seeds[0]]) | (after == after[seeds[1]])
+    assert both[frag == f].all()  # the fragment is cut in two, not emptied
+    assert pr.labels(0.6)[seeds[0]] != pr.labels(0.6)[seeds[1]]  # survives the threshold
+    pr.save(tmp_path / "e.json")
+    again = Proofreader.load(tmp_path / "e.json", agg)
+    assert np.array_equal(again.labels(), after)
+    pr.undo()
+    assert np.array_equal(pr.labels(), before)
+    pr.redo()
+    assert np.array_equal(pr.labels(), after)
+
+
+def test_done_segment_never_changes(agg_gt, tmp_path):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.3)
+    seg, seeds = _splittable(pr)
+    mask = pr.labels() == seg
+    pr.lock(seg)
+    assert pr.locked() == {seg}
+    for t in (0.05, 0.3, 0.9):
+        assert np.array_equal(pr.labels(t) == seg, mask)
+    a, b = _two_touching(np.where(mask, 0, pr.labels()))
+    pr.merge(a, b)
+    assert np.array_equal(pr.labels() == seg, mask)
+    with pytest.raises(ValueError, match="done"):
+        pr.split(seg, seeds)
+    pr.save(tmp_path / "e.json")
+    again = Proofreader.load(tmp_path / "e.json", agg)
+    assert np.array_equal(again.labels(0.9) == seg, mask)
+    pr.undo()
+    pr.undo()
+    assert pr.locked() == set()

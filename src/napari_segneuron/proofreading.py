@@ -5,6 +5,11 @@ fragments holding the seeds. ``labels(t)`` replays the agglomeration's merge his
 ``t``, skipping every merge that would join cannot-linked fragments (so a split cuts the
 weakest link between its seeds), then applies the must-links. Segment ids are root
 fragment ids, as in ``Agglomeration.labels``; an edit changes only the ids it touches.
+
+When one fragment holds two or more seeds, the split first refines that fragment: a
+seeded watershed on its distance transform cuts it into pieces (new fragment ids, held
+by the proofreader, never written back to the agglomeration); undone, a piece rejoins
+its parent fragment.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .atomic import atomic_output
 from .segmentation.agglomeration import Agglomeration
@@ -45,6 +51,9 @@ class Proofreader:
         self.edits: list[dict] = []
         self._redo: list[dict] = []
         self._cache: Optional[tuple[float, int, np.ndarray]] = None
+        self.fragments = agglomeration.fragments  # copied on the first refinement
+        self._sizes = np.asarray(agglomeration._sizes)
+        self._pieces: dict[int, int] = {}  # piece fragment id -> the fragment it was cut from
 
     # constraints -------------------------------------------------------------------
     def _constraints(self) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
@@ -55,7 +64,7 @@ class Proofreader:
                 for pair in e.get("released", []):
                     cannot.discard(tuple(pair))
                 must.append((int(e["keep"]), int(e["other"])))
-            else:
+            elif e["op"] == "split":
                 dropped = {tuple(p) for p in e.get("released", [])}
                 must = [m for m in must if m not in dropped]
                 cannot.update(tuple(p) for p in e["cannot"])
@@ -63,8 +72,12 @@ class Proofreader:
 
     def _sets(self, threshold: float) -> _Sets:
         must, cannot = self._constraints()
-        n = len(self.agg._sizes)
+        n = len(self._sizes)
         sets = _Sets(n)
+        active = {int(p) for e in self.edits for _, ps in e.get("refined", []) for p in ps}
+        for piece, parent in self._pieces.items():
+            if piece not in active:
+                sets.union(parent, piece)
         k = self.agg.n_merges(threshold)
         partners: dict[int, set[int]] = {}
         for a, b in cannot:
@@ -74,7 +87,15 @@ class Proofreader:
         for f in partners:
             members.setdefault(f, set()).add(f)
 
+        locks = [e["fragments"] for e in self.edits if e["op"] == "lock"]
+        tag: dict[int, int] = {}  # root -> the lock holding it: a locked segment joins nothing else
+        for i, fs in enumerate(locks):
+            for f in fs:
+                tag[int(f)] = i
+
         def blocked(ra: int, rb: int) -> bool:
+            if tag.get(ra, -1) != tag.get(rb, -1):
+                return True
             ma, mb = members.get(ra), members.get(rb)
             if not ma or not mb:
                 return False
@@ -85,6 +106,8 @@ class Proofreader:
             if ra == rb or blocked(ra, rb):
                 return
             sets.union(ra, rb)
+            if rb in tag:
+                tag[ra] = tag.pop(rb)
             if rb in members:
                 members.setdefault(ra, set()).update(members.pop(rb))
 
@@ -92,8 +115,15 @@ class Proofreader:
             join(int(x), int(y))
         for a, b in must:
             ra, rb = sets.find(a), sets.find(b)
-            if ra != rb:
+            if ra != rb and tag.get(ra, -1) == tag.get(rb, -1):
                 sets.union(ra, rb)
+        for e in self.edits:  # a locked segment keeps exactly its fragments, and its id
+            if e["op"] == "lock":
+                seg = int(e["segment"])
+                for f in e["fragments"]:
+                    sets.union(seg, int(f))
+                r = sets.find(seg)
+                sets.parent[seg], sets.parent[r] = seg, seg
         return sets
 
     def lookup_table(self, threshold: Optional[float] = None) -> np.ndarray:
@@ -102,7 +132,7 @@ class Proofreader:
         if self._cache is not None and self._cache[:2] == (t, len(self.edits)):
             return self._cache[2]
         sets = self._sets(t)
-        n = len(self.agg._sizes)
+        n = len(self._sizes)
         lut = np.fromiter((sets.find(i) for i in range(n)), np.int64, n)
         lut[0] = 0
         lut = self._small(lut)
@@ -111,7 +141,7 @@ class Proofreader:
 
     def _small(self, roots: np.ndarray) -> np.ndarray:
         """Drop or merge segments below the agglomeration's ``min_size``, as it does."""
-        sizes = np.bincount(roots, weights=self.agg._sizes, minlength=len(roots))
+        sizes = np.bincount(roots, weights=self._sizes, minlength=len(roots))
         min_size = max(self.agg.min_size, 1)
         small = (sizes[roots] < min_size) & (roots > 0)
         if self.agg.small != "merge" or self.agg.min_size <= 1 or not small.any():
@@ -130,7 +160,7 @@ class Proofreader:
     # public API ----------------------------------------------------------------------
     def labels(self, threshold: Optional[float] = None) -> np.ndarray:
         """Label volume at ``threshold`` (the current one when None)."""
-        return self.lookup_table(threshold)[self.agg.fragments]
+        return self.lookup_table(threshold)[self.fragments]
 
     def set_threshold(self, t: float) -> None:
         self.agg.n_merges(t)  # validates t
@@ -150,6 +180,7 @@ class Proofreader:
         lut = self.lookup_table()
         if a == b or a == 0 or b == 0 or not (lut == a).any() or not (lut == b).any():
             raise ValueError(f"cannot merge segments {a} and {b}")
+        self._check_open(a, b)
         fa, fb = set(np.flatnonzero(lut == a).tolist()), set(np.flatnonzero(lut == b).tolist())
         _, cannot = self._constraints()
         released = [list(p) for p in cannot if (p[0] in fa and p[1] in fb) or (p[0] in fb and p[1] in fa)]
@@ -160,20 +191,79 @@ class Proofreader:
         """Cut ``segment_id`` between two or more (z, y, x) seeds; returns the ids of the pieces."""
         if len(seeds) < 2:
             raise ValueError("split needs two or more seeds")
+        self._check_open(segment_id)
         lut = self.lookup_table()
-        frags = [int(self.agg.fragments[tuple(int(c) for c in s)]) for s in seeds]
+        seeds = [tuple(int(c) for c in s) for s in seeds]
+        if any(len(s) != self.fragments.ndim or not all(0 <= c < n for c, n in zip(s, self.fragments.shape))
+               for s in seeds):
+            raise ValueError(f"every seed must be a (z, y, x) voxel inside the volume {self.fragments.shape}")
+        if len(set(seeds)) < len(seeds):
+            raise ValueError("two seeds are the same voxel")
+        frags = [int(self.fragments[s]) for s in seeds]
         if any(lut[f] != segment_id for f in frags):
             raise ValueError(f"every seed must lie inside segment {segment_id}")
-        if len(set(frags)) < len(frags):
-            raise ValueError("two seeds lie in one fragment; place them in different fragments")
+        refined = self._refine(seeds, frags)
+        frags = [int(self.fragments[s]) for s in seeds]
+        lut = self.lookup_table()
         inside = set(self._segment_fragments(segment_id).tolist())
         must, _ = self._constraints()
         released = [list(m) for m in must if m[0] in inside and m[1] in inside]
         cannot = [[min(x, y), max(x, y)] for i, x in enumerate(frags) for y in frags[i + 1:]]
         self._push({"op": "split", "segment": int(segment_id), "seeds": [[int(c) for c in s] for s in seeds],
-                    "cannot": cannot, "released": released, "threshold": self.threshold})
+                    "cannot": cannot, "released": released, "threshold": self.threshold,
+                    **({"refined": refined} if refined else {})})
         new = self.lookup_table()
         return sorted({int(new[f]) for f in frags})
+
+    def locked(self) -> set[int]:
+        """Ids of the segments marked as done."""
+        lut = self.lookup_table()
+        return {int(lut[int(e["fragments"][0])]) for e in self.edits if e["op"] == "lock"}
+
+    def lock(self, segment_id: int) -> None:
+        """Mark ``segment_id`` as done: no edit or threshold changes it again (undo releases it)."""
+        frags = self._segment_fragments(int(segment_id))
+        if segment_id == 0 or not len(frags):
+            raise ValueError(f"no segment {segment_id} to mark as done")
+        if int(segment_id) in self.locked():
+            raise ValueError(f"segment {segment_id} is already done")
+        self._push({"op": "lock", "segment": int(segment_id), "fragments": [int(f) for f in frags],
+                    "threshold": self.threshold})
+
+    def _check_open(self, *ids: int) -> None:
+        done = self.locked() & {int(i) for i in ids}
+        if done:
+            raise ValueError(f"segment {min(done)} is marked as done; undo that to edit it")
+
+    def _refine(self, seeds: list[tuple[int, ...]], frags: list[int]) -> list[list]:
+        """Cut each fragment holding several seeds into one piece per seed; [[fragment, [new ids]]]."""
+        from skimage.segmentation import watershed
+
+        out: list[list] = []
+        for f in sorted({f for f in frags if frags.count(f) > 1}):
+            mine = [s for s, g in zip(seeds, frags) if g == f]
+            box = ndimage.find_objects((self.fragments == f).astype(np.uint8))[0]
+            mask = self.fragments[box] == f
+            markers = np.zeros(mask.shape, np.int32)
+            for i, s in enumerate(mine, 1):
+                markers[tuple(c - b.start for c, b in zip(s, box))] = i
+            dist = ndimage.distance_transform_edt(mask)
+            pieces = watershed(-dist, markers, mask=mask)
+            if self.fragments is self.agg.fragments:
+                self.fragments = self.fragments.copy()
+            base = len(self._sizes)
+            new = list(range(base, base + len(mine) - 1))
+            view = self.fragments[box]
+            sizes = [int(np.count_nonzero(pieces == i)) for i in range(2, len(mine) + 1)]
+            for i, p in enumerate(new, 2):
+                view[pieces == i] = p
+                self._pieces[p] = f
+            self._sizes = np.concatenate([self._sizes, np.asarray(sizes, self._sizes.dtype)])
+            self._sizes[f] -= sum(sizes)
+            out.append([int(f), new])
+        if out:
+            self._cache = None
+        return out
 
     def undo(self) -> None:
         if self.edits:
@@ -195,5 +285,13 @@ class Proofreader:
     def load(cls, path: str | Path, agglomeration: Agglomeration) -> "Proofreader":
         doc: Any = json.loads(Path(path).read_text())
         pr = cls(agglomeration, doc.get("threshold"))
-        pr.edits = [dict(e) for e in doc.get("edits", [])]
+        edits = [dict(e) for e in doc.get("edits", [])]
+        for e in edits:  # cut the fragments again, in order, so the piece ids match
+            if e.get("refined"):
+                seeds = [tuple(int(c) for c in s) for s in e["seeds"]]
+                got = pr._refine(seeds, [int(pr.fragments[s]) for s in seeds])
+                if got != [[int(f), [int(p) for p in new]] for f, new in e["refined"]]:
+                    raise ValueError(f"{path}: the edits do not match these fragments")
+        pr.edits = edits
+        pr._cache = None
         return pr

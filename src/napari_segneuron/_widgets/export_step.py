@@ -1,6 +1,7 @@
 """Step 4 of the SegNeuron dock: export a labels layer and score it against a ground truth."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,6 +82,12 @@ class ExportStep:
         def work(progress, cancel):
             progress(0, 1, f"writing {Path(path).name}")
             write_labels(path, data, meta)
+            edits = (prov or {}).get("proofreading")
+            if edits:  # the edit log beside the labels: `segment --edits` replays it
+                from ..atomic import atomic_output
+
+                with atomic_output(Path(path.rstrip("/") + ".edits.json")) as tmp:
+                    Path(tmp).write_text(json.dumps(edits, indent=1))
             progress(1, 1, "saved")
             return path
 

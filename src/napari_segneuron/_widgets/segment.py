@@ -169,6 +169,7 @@ class Segmentation:
     provenance: dict
     squeeze: bool
     edited: bool = False
+    proofreader: Any = None  # set by the Proofread step: the slider then keeps its edits
 
 
 class SegNeuronWidget(ExportStep, QWidget):
@@ -384,6 +385,12 @@ class SegNeuronWidget(ExportStep, QWidget):
         self._slider_timer.setSingleShot(True)
         self._slider_timer.setInterval(0)
         self._slider_timer.timeout.connect(self._apply_threshold)
+        root.addWidget(box)
+        from .proofread import ProofreadStep
+
+        box = QGroupBox("Proofread")
+        self.proofread_step = ProofreadStep(self.viewer, lambda: self.segmentation)
+        QVBoxLayout(box).addWidget(self.proofread_step)
         root.addWidget(box)
 
         # ---- 4. Export & evaluate --------------------------------------------------------
@@ -1204,6 +1211,7 @@ class SegNeuronWidget(ExportStep, QWidget):
         except Exception:  # pragma: no cover - older napari
             pass
         self.segmentation = Segmentation(agg, layer, prov, squeeze)
+        self.proofread_step.attach()
         self.slider.setEnabled(True)
         self.labels_combo.set_value(layer)
         self.viewer.layers.selection.active = layer
@@ -1244,6 +1252,9 @@ class SegNeuronWidget(ExportStep, QWidget):
         try:
             if _large.is_lazy(seg.agglomeration.fragments):  # blockwise: a new lazy array, chunks on screen only
                 labels = _large.lazy_labels(seg.agglomeration, t, min_size=0 if dragging else None)
+            elif seg.proofreader is not None:  # edits stay applied at every threshold
+                seg.proofreader.set_threshold(t)
+                labels = seg.proofreader.labels()
             else:
                 labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
         except Exception as exc:  # noqa: BLE001
