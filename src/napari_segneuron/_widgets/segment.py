@@ -1252,10 +1252,12 @@ class SegNeuronWidget(ExportStep, QWidget):
         try:
             if _large.is_lazy(seg.agglomeration.fragments):  # blockwise: a new lazy array, chunks on screen only
                 labels = _large.lazy_labels(seg.agglomeration, t, min_size=0 if dragging else None)
-            elif seg.proofreader is not None:  # edits stay applied at every threshold
+            elif seg.proofreader is not None and seg.proofreader.edits:  # edits stay applied at every threshold
                 seg.proofreader.set_threshold(t)
                 labels = seg.proofreader.labels()
             else:
+                if seg.proofreader is not None:
+                    seg.proofreader.set_threshold(t)
                 labels = seg.agglomeration.labels(t, min_size=0 if dragging else None)
         except Exception as exc:  # noqa: BLE001
             self.runner.show_error(error_message(exc, "Updating the segmentation"))
