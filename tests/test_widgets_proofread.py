@@ -59,11 +59,19 @@ def test_merge_split_undo_done_and_slider(segmented, qtbot, tmp_path):
     step.click(p, "split")
     step.click(q, "split")
     assert layer.data[p] != layer.data[q]
-    step.undo()
+    # Ctrl+Z with the segmentation selected undoes the edit (not napari's paint undo)
+    viewer.layers.selection.active = layer
+    keys = viewer.window._qt_viewer._key_map_handler
+
+    def press(combo: str) -> None:
+        keys.press_key(combo)
+        keys.release_key(combo)
+
+    press("Control-Z")
     assert layer.data[p] == layer.data[q]
     step.undo()
     assert np.array_equal(np.asarray(layer.data), before)
-    step.redo()
+    press("Control-Shift-Z")
     assert layer.data[p] == layer.data[q] == a
     # mark the merged segment done: a global threshold change leaves it (and the merge) alone
     step.click(p, "merge")  # selects it (a lone pick merges nothing)

@@ -69,7 +69,23 @@ class ProofreadStep(QWidget):
             self._layer = seg.layer
             if self._on_click not in seg.layer.mouse_drag_callbacks:
                 seg.layer.mouse_drag_callbacks.append(self._on_click)
+            # the labels layer's own Ctrl+Z (paint undo) comes first when it is selected: ours on it
+            seg.layer.bind_key("Control-Z", self._undo_key, overwrite=True)
+            seg.layer.bind_key("Control-Shift-Z", self._redo_key, overwrite=True)
         return self.proofreader
+
+    def _undo_key(self, layer) -> None:
+        """Ctrl+Z on the segmentation: the last proofreading edit, else napari's paint undo."""
+        if self.proofreader is not None and self.proofreader.edits:
+            self.undo()
+        else:
+            layer.undo()
+
+    def _redo_key(self, layer) -> None:
+        if self.proofreader is not None and self.proofreader._redo:
+            self.redo()
+        else:
+            layer.redo()
 
     def attach(self) -> None:
         """Hook the clicks onto the current segmentation's layer."""
