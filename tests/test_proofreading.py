@@ -14,10 +14,8 @@ from napari_segneuron.segmentation import agglomerate
 DATA = "/work/shared/data/fib25_b_labels.tif"
 
 
-@pytest.fixture(scope="module")
-def agg_gt():
-    lab = tifffile.imread(DATA)[:24, :64, :96]
-    rng = np.random.default_rng(2)
+def _noisy_affinities(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ground-truth affinities of ``lab``, blurred, with Gaussian noise drawn from ``rng``."""
     aff = np.zeros((3,) + lab.shape, np.float32)
     for d in range(3):
         hi = [slice(None)] * 3
@@ -25,7 +23,14 @@ def agg_gt():
         hi[d], lo[d] = slice(1, None), slice(None, -1)
         aff[d][tuple(hi)] = (lab[tuple(hi)] == lab[tuple(lo)]) & (lab[tuple(hi)] != 0)
     aff = np.clip(ndimage.gaussian_filter(aff, (0, 1, 1, 1)) + rng.normal(0, 0.2, aff.shape), 0, 1)
-    agg = agglomerate(aff.astype(np.float32), None, fragments="distance", min_size=0, membrane_fill=0)
+    return aff.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def agg_gt():
+    lab = tifffile.imread(DATA)[:24, :64, :96]
+    aff = _noisy_affinities(lab, np.random.default_rng(2))
+    agg = agglomerate(aff, None, fragments="distance", min_size=0, membrane_fill=0)
     return agg, lab
 
 
@@ -122,15 +127,9 @@ def test_no_edits_is_the_agglomeration_with_small_segments(agg_gt, small):
 
 def _noisy(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(3)
-    aff = np.zeros((3,) + lab.shape, np.float32)
-    for d in range(3):
-        hi = [slice(None)] * 3
-        lo = [slice(None)] * 3
-        hi[d], lo[d] = slice(1, None), slice(None, -1)
-        aff[d][tuple(hi)] = (lab[tuple(hi)] == lab[tuple(lo)]) & (lab[tuple(hi)] != 0)
-    aff = np.clip(ndimage.gaussian_filter(aff, (0, 1, 1, 1)) + rng.normal(0, 0.2, aff.shape), 0, 1)
+    aff = _noisy_affinities(lab, rng)
     fg = np.clip(ndimage.gaussian_filter((lab != 0).astype(np.float32), 1) + rng.normal(0, 0.1, lab.shape), 0, 1)
-    return aff.astype(np.float32), fg.astype(np.float32)
+    return aff, fg.astype(np.float32)
 
 
 def test_cli_segment_replays_edits(agg_gt, tmp_path):
