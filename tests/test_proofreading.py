@@ -203,3 +203,30 @@ def test_done_segment_never_changes(agg_gt, tmp_path):
     pr.undo()
     pr.undo()
     assert pr.locked() == set()
+
+
+def test_segment_threshold_goes_down_inside_one_segment_only(agg_gt, tmp_path):
+    agg, _ = agg_gt
+    pr = Proofreader(agg, 0.6)
+    before = pr.labels()
+    ids, counts = np.unique(before[before > 0], return_counts=True)
+    low = agg.labels(0.2)
+    # the biggest segment that the lower threshold cuts into several pieces
+    seg = next(int(i) for i in ids[np.argsort(-counts)] if len(np.unique(low[before == i])) > 1)
+    inside = before == seg
+    pieces = pr.set_segment_threshold(seg, 0.2)
+    after = pr.labels()
+    assert seg in pieces and len(pieces) == len(np.unique(low[inside]))
+    assert np.array_equal(after[~inside], before[~inside])  # every other segment: same voxels, same id
+    # inside, the partition is the one of the lower threshold
+    pairs = np.unique(np.stack([after[inside], low[inside]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    assert pr.edits[-1]["op"] == "segment_threshold"
+    with pytest.raises(ValueError, match="down the hierarchy"):
+        pr.set_segment_threshold(pieces[0], 0.9)
+    pr.save(tmp_path / "e.json")
+    assert np.array_equal(Proofreader.load(tmp_path / "e.json", agg).labels(), after)
+    pr.undo()
+    assert np.array_equal(pr.labels(), before)
+    pr.redo()
+    assert np.array_equal(pr.labels(), after)

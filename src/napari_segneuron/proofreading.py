@@ -111,12 +111,20 @@ class Proofreader:
             if rb in members:
                 members.setdefault(ra, set()).update(members.pop(rb))
 
-        for x, y in self.agg.merges[:k].tolist():
+        local = self._local_thresholds()
+        for i, (x, y) in enumerate(self.agg.merges[:k].tolist()):
+            if local and self._held_back(i, int(x), int(y), local):
+                continue
             join(int(x), int(y))
         for a, b in must:
             ra, rb = sets.find(a), sets.find(b)
             if ra != rb and tag.get(ra, -1) == tag.get(rb, -1):
                 sets.union(ra, rb)
+        for e in self.edits:  # a segment cut by its own threshold keeps its id on one piece
+            if e["op"] == "segment_threshold":
+                seg = int(e["segment"])
+                r = sets.find(seg)
+                sets.parent[seg], sets.parent[r] = seg, seg
         for e in self.edits:  # a locked segment keeps exactly its fragments, and its id
             if e["op"] == "lock":
                 seg = int(e["segment"])
@@ -125,6 +133,20 @@ class Proofreader:
                 r = sets.find(seg)
                 sets.parent[seg], sets.parent[r] = seg, seg
         return sets
+
+    def _local_thresholds(self) -> list[tuple[set[int], int]]:
+        """(fragments, merges kept inside them) for each per-segment threshold edit, in order."""
+        return [({int(f) for f in e["fragments"]}, self.agg.n_merges(float(e["local"])))
+                for e in self.edits if e["op"] == "segment_threshold"]
+
+    @staticmethod
+    def _held_back(i: int, x: int, y: int, local: list[tuple[set[int], int]]) -> bool:
+        """Whether merge ``i`` of ``x`` and ``y`` lies inside a segment whose own threshold stops it
+        (the latest per-segment edit holding both fragments decides)."""
+        for frags, k in reversed(local):
+            if x in frags and y in frags:
+                return i >= k
+        return False
 
     def lookup_table(self, threshold: Optional[float] = None) -> np.ndarray:
         """Fragment id -> segment id (0 = background) at ``threshold``, edits applied."""
@@ -214,6 +236,24 @@ class Proofreader:
                     **({"refined": refined} if refined else {})})
         new = self.lookup_table()
         return sorted({int(new[f]) for f in frags})
+
+    def set_segment_threshold(self, segment_id: int, t: float) -> list[int]:
+        """Move down the merge hierarchy inside ``segment_id`` only: merges between its own
+        fragments above ``t`` (at most the global threshold) are undone; every other segment keeps
+        its voxels and id. Returns the ids of the pieces (the one holding fragment ``segment_id`` keeps that id)."""
+        segment_id = int(segment_id)
+        frags = self._segment_fragments(segment_id)
+        if segment_id == 0 or not len(frags):
+            raise ValueError(f"no segment {segment_id} to set a threshold for")
+        self._check_open(segment_id)
+        self.agg.n_merges(t)  # validates t
+        if float(t) > self.threshold + 1e-9:
+            raise ValueError(f"a segment's own threshold goes down the hierarchy only: {t} is above the "
+                             f"global threshold {self.threshold}")
+        self._push({"op": "segment_threshold", "segment": segment_id, "fragments": [int(f) for f in frags],
+                    "local": float(t), "threshold": self.threshold})
+        new = self.lookup_table()
+        return sorted({int(new[f]) for f in frags} - {0})
 
     def locked(self) -> set[int]:
         """Ids of the segments marked as done."""
