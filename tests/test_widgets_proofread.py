@@ -89,3 +89,31 @@ def test_merge_split_undo_done_and_slider(segmented, qtbot, tmp_path):
     wait_idle(qtbot, w)
     log = json.loads((tmp_path / "seg.tif.edits.json").read_text())
     assert [e["op"] for e in log["edits"]] == ["merge", "lock"]
+
+
+def test_selected_segment_threshold_slider(segmented, qtbot):
+    _, w = segmented
+    w.set_threshold(0.6)  # the tiny model's merges start at 0.36
+    qtbot.waitUntil(lambda: w.segmentation.provenance["segment"]["threshold"] == 0.6, timeout=10_000)
+    step = w.proofread_step
+    layer = w.segmentation.layer
+    step.attach()
+    assert step.proofreader.threshold == 0.6
+    before = np.array(layer.data)
+    low = w.segmentation.agglomeration.labels(0.6 * 0.85)
+    ids, counts = np.unique(before[before > 0], return_counts=True)
+    seg = next(int(i) for i in ids[np.argsort(-counts)] if len(np.unique(low[before == i])) > 1)
+    step.click(tuple(int(c) for c in np.argwhere(before == seg)[0]), "merge")  # selects it
+    step._merge_pick = []
+    step.segment_slider.setValue(85)
+    step.apply_segment_threshold()
+    after = np.asarray(layer.data)
+    inside = before == seg
+    assert len(np.unique(after[inside])) > 1 and seg in np.unique(after[inside])
+    assert np.array_equal(after[~inside], before[~inside])
+    assert w.segmentation.layer.metadata["segneuron"]["proofreading"]["edits"][-1]["op"] == "segment_threshold"
+    step.segment_slider.setValue(100)  # back to the global threshold: the segment is whole again, one edit
+    step.apply_segment_threshold()
+    assert np.array_equal(np.asarray(layer.data), before) and len(step.proofreader.edits) == 1
+    step.undo()
+    assert np.array_equal(np.asarray(layer.data), before) and not step.proofreader.edits

@@ -240,9 +240,13 @@ class Proofreader:
     def set_segment_threshold(self, segment_id: int, t: float) -> list[int]:
         """Move down the merge hierarchy inside ``segment_id`` only: merges between its own
         fragments above ``t`` (at most the global threshold) are undone; every other segment keeps
-        its voxels and id. Returns the ids of the pieces (the one holding fragment ``segment_id`` keeps that id)."""
+        its voxels and id. Moved again right after, the new threshold replaces the last one for the
+        whole segment (one undo step). Returns the ids of the pieces (the one holding fragment
+        ``segment_id`` keeps that id)."""
         segment_id = int(segment_id)
-        frags = self._segment_fragments(segment_id)
+        last = self.edits[-1] if self.edits else None
+        again = last is not None and last["op"] == "segment_threshold" and last["segment"] == segment_id
+        frags = np.asarray(last["fragments"]) if again else self._segment_fragments(segment_id)
         if segment_id == 0 or not len(frags):
             raise ValueError(f"no segment {segment_id} to set a threshold for")
         self._check_open(segment_id)
@@ -250,6 +254,8 @@ class Proofreader:
         if float(t) > self.threshold + 1e-9:
             raise ValueError(f"a segment's own threshold goes down the hierarchy only: {t} is above the "
                              f"global threshold {self.threshold}")
+        if again:  # the slider moved again: this edit replaces that one
+            self.edits.pop()
         self._push({"op": "segment_threshold", "segment": segment_id, "fragments": [int(f) for f in frags],
                     "local": float(t), "threshold": self.threshold})
         new = self.lookup_table()

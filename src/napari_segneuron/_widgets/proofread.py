@@ -1,7 +1,8 @@
 """Proofread step: merge, split, undo/redo and mark-as-done on the segmentation's labels layer.
 
 Thin glue over ``napari_segneuron.proofreading.Proofreader``: Ctrl+click two segments to merge
-them, Shift+click two points of one segment to split it, Ctrl+Z / Ctrl+Shift+Z to undo / redo.
+them, Shift+click two points of one segment to split it, Ctrl+Z / Ctrl+Shift+Z to undo / redo; the
+*Selected segment threshold* slider moves down the merge hierarchy inside the last clicked segment only.
 Every edit rewrites the labels layer's data in place and records the edit log in
 ``layer.metadata['segneuron']['proofreading']``.
 """
@@ -11,7 +12,8 @@ import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
 from ..proofreading import Proofreader
 
@@ -48,6 +50,20 @@ class ProofreadStep(QWidget):
             b.clicked.connect(f)
             hl.addWidget(b)
         lay.addWidget(row)
+        srow = QWidget()
+        sl = QHBoxLayout(srow)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(QLabel("Selected segment threshold"))
+        self.segment_slider = QSlider(Qt.Horizontal)
+        self.segment_slider.setRange(0, 100)
+        self.segment_slider.setValue(100)
+        self.segment_slider.setToolTip("Drag left to split the last clicked segment along its own merge history; "
+                                       "other segments do not change")
+        self.segment_slider.sliderReleased.connect(self.apply_segment_threshold)
+        sl.addWidget(self.segment_slider)
+        self.segment_value = QLabel("")
+        sl.addWidget(self.segment_value)
+        lay.addWidget(srow)
         self.count_label = QLabel("0 edits")
         lay.addWidget(self.count_label)
         viewer.bind_key("Control-Z", lambda v: self.undo(), overwrite=True)
@@ -156,6 +172,25 @@ class ProofreadStep(QWidget):
     def redo(self) -> None:
         if self._ensure() is not None:
             self._apply(self.proofreader.redo)
+
+    def segment_threshold(self) -> float:
+        """The selected segment's threshold the slider shows (a fraction of the global one)."""
+        pr = self.proofreader
+        top = pr.threshold if pr is not None else 1.0
+        return round(top * self.segment_slider.value() / 100.0, 4)
+
+    def apply_segment_threshold(self) -> None:
+        """Cut the selected segment down its own merge history to the slider's threshold."""
+        pr = self._ensure()
+        if pr is None or not self.selected:
+            self.count_label.setText("Click a segment first (Ctrl+click or Shift+click), then move the slider")
+            return
+        t = self.segment_threshold()
+        self.segment_value.setText(f"{t:.3f}")
+        try:
+            self._apply(lambda: pr.set_segment_threshold(self.selected, t))
+        except ValueError as exc:
+            self.count_label.setText(str(exc))
 
     def mark_done(self) -> None:
         pr = self._ensure()
