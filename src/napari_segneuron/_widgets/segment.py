@@ -725,6 +725,26 @@ class SegNeuronWidget(ExportStep, QWidget):
             )
         return voxel
 
+    # The public API other docks use (training, calibration): the predictor the dock would use, the
+    # voxel size it would predict with, and the magnification it estimated.
+    def predictor(self, settings: Optional[dict] = None):
+        """A ``Predictor`` with the dock's model and predict settings."""
+        return self._predictor(settings)
+
+    def voxel_size(self, layer, predictor, provenance: Optional[dict] = None):
+        """The voxel size (nm) Predict would use for ``layer``, or a pending 'auto' estimate."""
+        return self._voxel_size(layer, predictor, provenance)
+
+    def resolved_voxel(self, planned, predictor, volume, progress=None, cancel=None,
+                       provenance: Optional[dict] = None):
+        """In a worker: turn ``voxel_size``'s answer into a voxel size, estimating 'auto' on ``volume``."""
+        return self._resolved_voxel(planned, predictor, volume, progress, cancel, provenance)
+
+    def estimated_magnification(self, planned) -> Optional[float]:
+        """The magnification estimated for a pending 'auto' (after ``resolved_voxel``), else None."""
+        est = self._scale_estimates.get(getattr(planned, "key", None))
+        return None if est is None else est.magnify
+
     def _predictor(self, settings: Optional[dict] = None):
         from ..inference import Predictor
 

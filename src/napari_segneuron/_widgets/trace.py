@@ -105,6 +105,11 @@ class TraceWidget(QWidget):
             self._model_key = key
         return self._model
 
+    def loaded_model(self, key: Optional[str] = None):
+        """The model already loaded for ``key`` (default: the Model box's choice), or None."""
+        key = self.weights_combo.currentText() if key is None else key
+        return self._model if self._model is not None and self._model_key == key else None
+
     def set_model(self, model, path) -> None:
         """Use ``model`` (loaded from ``path``, e.g. just finetuned) for the next Predict / Trace;
         the Model box shows the file."""

@@ -964,8 +964,9 @@ class TrainingWidget(QWidget):
             dock = find_trace_dock(self.viewer)
             if dock is not None:
                 key = dock.weights_combo.currentText()
-                if dock._model is not None and dock._model_key == key:
-                    return dock._model, f"the LM dock's model '{dock._model.info.get('name')}'"
+                model = dock.loaded_model(key)
+                if model is not None:
+                    return model, f"the LM dock's model '{model.info.get('name')}'"
                 if key and key != CHECKPOINT_ITEM:
                     return key, f"the LM dock's '{Path(key).name}'"
             if self.lm_model is not None:
@@ -1091,13 +1092,13 @@ class TrainingWidget(QWidget):
             labels = self._volume(self.labels_combo.value(), "labels")
             self._check_labels(image, labels)
             mask, note = self.mask_region(labels, image.shape)
-            predictor = dock._predictor()
+            predictor = dock.predictor()
             voxel = dock.voxel_field.value()
             fg_default, t_default = float(dock.fg_threshold.value()), float(dock.threshold())
             scoring_default = dock.scoring.currentText()
             # the default to beat is what the dock predicts with: its magnification, or 'auto' (estimated below)
             m_default = dock.magnification(image_layer)
-            pending = dock._voxel_size(image_layer, predictor) if m_default is None else None
+            pending = dock.voxel_size(image_layer, predictor) if m_default is None else None
         except Exception as exc:  # noqa: BLE001
             self.runner.show_error(error_message(exc, "Calibrate"))
             return False
@@ -1109,8 +1110,8 @@ class TrainingWidget(QWidget):
 
             m = m_default
             if m is None:  # 'auto' not estimated for this image yet: as Predict would (and remembered there)
-                dock._resolved_voxel(pending, predictor, image, progress, cancel)
-                m = dock._scale_estimates[pending.key].magnify
+                dock.resolved_voxel(pending, predictor, image, progress, cancel)
+                m = dock.estimated_magnification(pending)
             return calibrate(predictor, image, labels, voxel_size=voxel, mask=mask, default_threshold=t_default,
                              default_fg_threshold=fg_default, default_scoring=scoring_default, default_magnify=m, worker=dock.agglomerate_in_worker,
                              progress=progress, cancel=cancel)
