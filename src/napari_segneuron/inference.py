@@ -39,6 +39,7 @@ from .allocator import retaining
 from .cancel import CancelToken, check
 from .io import InputError, as_volume, intensity_scale  # noqa: F401  (re-exported: inference.intensity_scale)
 from .tta import DEFAULT_TTA, TTA_MODES, tta_mode  # noqa: F401  (re-exported: inference.DEFAULT_TTA)
+from ._model.info import ModelInfo
 from ._model.weights import resolve_device
 
 from .tiling import (  # noqa: F401  (re-exported: the tile geometry lives in tiling)
@@ -167,8 +168,8 @@ class Predictor:
         self.batch_size = self.requested_batch_size = batch_size
         from .resample import DEFAULT_TOLERANCE, parse_voxel_size
 
-        info = getattr(model, "info", None) or {}
-        self.model_voxel_size = parse_voxel_size(model_voxel_size or info.get("voxel_size_nm"), "model voxel size")
+        declared = ModelInfo.of(model).voxel_size_nm
+        self.model_voxel_size = parse_voxel_size(model_voxel_size or declared, "model voxel size")
         self.tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
 
     # -- device helpers -------------------------------------------------------------------

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..cancel import CancelToken, Cancelled, check
+from .info import _fraction_or_none
 from .weights import WeightsError, sha256_of
+
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -248,7 +250,7 @@ def fetch_weights(
 def declared_fg_threshold(name_or_path: Union[str, os.PathLike]) -> Optional[float]:
     """The foreground threshold that checkpoint metadata or a registry entry declares for these
     weights, without loading the network (None when neither does or the file is not here)."""
-    from .weights import _read_checkpoint, _unit_or_none, extract_state_dict
+    from .weights import _read_checkpoint, extract_state_dict
 
     entry = REGISTRY.get(str(name_or_path))
     path = cached_path(entry) if entry is not None and not entry.bundled else (
@@ -256,7 +258,7 @@ def declared_fg_threshold(name_or_path: Union[str, os.PathLike]) -> Optional[flo
     declared = None
     if path.is_file():
         try:
-            declared = _unit_or_none(extract_state_dict(_read_checkpoint(path, mmap=True))[1].get("fg_threshold"))
+            declared = _fraction_or_none(extract_state_dict(_read_checkpoint(path, mmap=True))[1].get("fg_threshold"))
         except Exception:  # noqa: BLE001 - an unreadable file is reported where it is loaded
             declared = None
     if declared is None and entry is not None:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .info import ModelInfo
+
 INFLATION_MODES = ("center", "average")
 DEFAULT_ARCH = {
     "patch": (5, 14, 14),
@@ -264,14 +266,8 @@ class ViT3DSeg(nn.Module):
         self.dec0 = nn.Sequential(nn.Conv3d(c1 + c0, c0, 1), nn.LeakyReLU(0.1, inplace=True))
         self.head = nn.Conv3d(c0, 1, 1)
         self.tile_multiple = tuple(int(p) for p in self.arch["patch"])
-        self.info: dict = {
-            "name": "vit3d",
-            "family": FAMILY,
-            "arch": dict(self.arch),
-            "n_parameters": sum(p.numel() for p in self.parameters()),
-            "device": "cpu",
-            "voxel_size_nm": None,
-        }
+        self.info = ModelInfo(name="vit3d", family=FAMILY, arch=dict(self.arch),
+                              n_parameters=sum(p.numel() for p in self.parameters()))
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[2:]

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ..atomic import atomic_output
+from .info import ModelInfo
 from .mnet import MNet
 
 STATE_DICT_KEYS = ("model_weights", "model_state_dict", "state_dict", "model")
@@ -171,39 +172,22 @@ def load_model(path: PathLike, device: Optional[Union[str, torch.device]] = None
     model = model_from_state_dict(sd, metadata)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    model.info = {
-        "name": name or metadata.get("name") or path.stem,
-        "path": str(path),
-        "sha256": sha256_of(path),
-        "kn": model.kn,
-        "fmu": model.fmu,
-        "in_channels": model.in_channels,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(dev),
-        "voxel_size_nm": tuple(metadata["voxel_size_nm"]) if metadata.get("voxel_size_nm") else None,
-        "fg_threshold": _unit_or_none(metadata.get("fg_threshold")),
-        # the model's neurite half-width on its training data at their true scale (scale_estimate)
-        "neurite_halfwidth": _positive_or_none(metadata.get("neurite_halfwidth")),
-        "iters": int(obj.get("iters", 0)) if isinstance(obj, Mapping) and isinstance(obj.get("iters", 0), int) else 0,
-        "metadata": metadata,
-    }
+    model.info = ModelInfo(
+        name=name or metadata.get("name") or path.stem,
+        path=str(path),
+        sha256=sha256_of(path),
+        kn=model.kn,
+        fmu=model.fmu,
+        in_channels=model.in_channels,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        device=str(dev),
+        voxel_size_nm=metadata.get("voxel_size_nm"),
+        fg_threshold=metadata.get("fg_threshold"),
+        neurite_halfwidth=metadata.get("neurite_halfwidth"),
+        iters=int(obj.get("iters", 0)) if isinstance(obj, Mapping) and isinstance(obj.get("iters", 0), int) else 0,
+        metadata=metadata,
+    )
     return model
-
-
-def _positive_or_none(value) -> Optional[float]:
-    """A positive finite number from checkpoint metadata, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    v = float(value)
-    return v if 0.0 < v < float("inf") else None
-
-
-def _unit_or_none(value) -> Optional[float]:
-    """A checkpoint's recommended foreground threshold, if it declares a number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    v = float(value)
-    return v if 0.0 <= v <= 1.0 else None
 
 
 def save_checkpoint(

@@ -253,7 +253,9 @@ def input_voxel_size(args: argparse.Namespace, from_file, predictor, volume=None
         known = f"{fmt(voxel)} nm" if voxel else "voxel size unknown, taken as the model's"
         print(f"magnify {magnify:g}: the stack ({known}) is predicted as if its voxels were {fmt(magnified)} nm",
               file=sys.stderr)
-        trained = ((getattr(predictor.model, "info", None) or {}).get("metadata") or {}).get("magnify")
+        from .._model.info import ModelInfo  # not at the top: --help stays free of torch
+
+        trained = ModelInfo.of(predictor.model).trained_magnify
         if trained:
             print(f"note: these weights were finetuned at magnification {trained:g} and declare that grid; "
                   f"--magnify {magnify:g} magnifies on top of it (leave it out to predict as they were trained)",

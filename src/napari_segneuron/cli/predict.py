@@ -41,11 +41,11 @@ def add_parser(subparsers) -> None:
 
 def provenance(args: argparse.Namespace, model, predictor) -> dict:
     from .. import __version__
+    from .._model.info import ModelInfo
 
     return {
         "plugin_version": __version__,
-        "weights": model.info.get("name"),
-        "weights_sha256": model.info.get("sha256"),
+        **ModelInfo.of(model).provenance(),
         "tile": list(predictor.tiling.tile),
         "overlap": list(predictor.tiling.overlap),
         "half": predictor.half,
@@ -54,7 +54,6 @@ def provenance(args: argparse.Namespace, model, predictor) -> dict:
         "model_voxel_size_nm": predictor.model_voxel_size,
         "magnify": magnify_of(args),
         **({"magnify_estimate": args.magnify_estimate.record()} if getattr(args, "magnify_estimate", None) else {}),
-        "model_fg_threshold": model.info.get("fg_threshold"),
         "command": " ".join(["napari-segneuron"] + sys.argv[1:]) if sys.argv else "",
     }
 

@@ -260,8 +260,9 @@ def run_segment(args: argparse.Namespace) -> int:
             aff, fg = predictor.predict(volume, progress=bar, voxel_size=voxel, model_grid=grid)
         finally:
             bar.close()
-        meta.update(weights=model.info.get("name"), weights_sha256=model.info.get("sha256"),
-                    inference=predictor.settings(), model_fg_threshold=model.info.get("fg_threshold"))
+        from .._model.info import ModelInfo
+
+        meta.update(**ModelInfo.of(model).provenance(), inference=predictor.settings())
         resolve_fg_threshold(args, model)
         resolve_scoring_arg(args, voxel)
         if voxel:
