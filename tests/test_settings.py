@@ -9,7 +9,7 @@ import pytest
 
 from napari_segneuron.cli import build_parser
 from napari_segneuron.io import InputError
-from napari_segneuron.settings import SegmentSettings
+from napari_segneuron.settings import PredictSettings, SegmentSettings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -83,3 +83,50 @@ def test_cli_writes_the_settings_record_it_ran_with(tmp_path, snemi):
     assert (s.threshold, s.membrane_fill) == (0.4, 1)
     again = agglomerate(aff, fg, max_threshold=s.threshold, **s.agglomerate_kwargs()).labels(s.threshold)
     assert np.array_equal(np.squeeze(tifffile.imread(out)), again)
+
+
+# -- predict settings ---------------------------------------------------------------------------
+def _parsed_predict(cli_args: list[str], command: str = "predict") -> PredictSettings:
+    args = build_parser().parse_args([command, "in.tif", "-o", "out.zarr", *cli_args])
+    return PredictSettings.from_args(args)
+
+
+@pytest.mark.parametrize("command", ["predict", "segment"])
+def test_predict_defaults_are_the_command_lines_defaults(command):
+    assert _parsed_predict([], command) == PredictSettings()
+    assert PredictSettings().magnify_is_auto and PredictSettings().tta == "min"
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"tile": (24, 160, 160), "overlap": (4, 16, 16), "batch_size": 2, "tta": "mean", "magnify": 1.5},
+    {"device": "cpu", "half": True, "tta": False, "magnify": 1.0, "model_voxel_size": (40, 8, 8)},
+    {"official_tiling": True, "magnify": 2},
+])
+def test_predict_settings_to_flags_and_provenance_and_back(changes):
+    s = PredictSettings(**changes).validate()
+    assert _parsed_predict(s.cli_args()) == s
+    assert PredictSettings.from_provenance(s.provenance()) == s
+
+
+def test_predict_provenance_gives_the_magnification_the_run_used():
+    # the dock's record after 'auto' estimated 1.5: the command reproduces 1.5, not a new estimate
+    assert PredictSettings.from_provenance({"magnify": 1.5, "magnify_auto": True, "tta": "min"}).magnify == 1.5
+    assert PredictSettings.from_provenance({"magnify_auto": True}).magnify_is_auto
+    assert PredictSettings.from_provenance({"magnify_auto": False}).magnify == 1.0
+    assert PredictSettings.from_provenance({}).tta is False  # a record without flips ran without them
+
+
+def test_the_predictor_follows_the_settings(tiny_model_cpu):
+    p = PredictSettings(tile=(16, 64, 64), overlap=(4, 16, 16), device="cpu", tta=False,
+                        model_voxel_size=(30, 30, 30)).predictor(tiny_model_cpu)
+    assert tuple(p.tiling.tile) == (16, 64, 64) and tuple(p.tiling.overlap) == (4, 16, 16)
+    assert p.tta is False and p.model_voxel_size == (30.0, 30.0, 30.0) and p.device.type == "cpu"
+
+
+@pytest.mark.parametrize("bad, name", [({"tile": (0, 64, 64)}, "tile"), ({"overlap": (1, 2)}, "overlap"),
+                                       ({"batch_size": -1}, "batch_size"), ({"device": "tpu"}, "device"),
+                                       ({"magnify": -2}, "magnify"), ({"tta": "max"}, "augmentation")])
+def test_out_of_range_predict_settings_are_refused_by_name(bad, name):
+    with pytest.raises(InputError, match=name):
+        PredictSettings(**bad).validate()

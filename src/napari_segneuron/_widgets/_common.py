@@ -326,26 +326,9 @@ def cli_command(prov: dict, output: Optional[str] = None) -> str:
     args: list[str] = ["napari-segneuron", "segment", src]
     args += ["-o", output or prov.get("output") or "segmentation.zarr"]
     args += ["--weights", str(weights_arg)]
-    if pred.get("tile"):
-        args += ["--tile", ",".join(str(v) for v in pred["tile"])]
-    if pred.get("overlap"):
-        args += ["--overlap", ",".join(str(v) for v in pred["overlap"])]
-    if pred.get("batch_size"):
-        args += ["--batch-size", str(pred["batch_size"])]
-    if pred.get("device") and pred["device"] != "auto":
-        args += ["--device", str(pred["device"])]
-    if pred.get("half"):
-        args += ["--half"]
-    # always spelled out: the command line's default ('min') may not be what the dock used
-    from ..tta import tta_mode
+    from ..settings import PredictSettings, SegmentSettings
 
-    args += ["--tta", tta_mode(pred.get("tta")) or "off"]
-    if pred.get("magnify") not in (None, 1, 1.0):
-        args += ["--magnify", f"{pred['magnify']:g}"]
-    elif pred.get("magnify_auto") is False:
-        args += ["--magnify", "1"]  # chosen by hand: the command line would otherwise estimate it ('auto')
-    from ..settings import SegmentSettings
-
+    args += PredictSettings.from_provenance(pred).cli_args()
     args += SegmentSettings.from_provenance(seg).cli_args()
     if prov.get("voxel_size_nm"):
         args += ["--voxel-size", ",".join(f"{v:g}" for v in prov["voxel_size_nm"])]

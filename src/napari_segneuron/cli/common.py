@@ -206,23 +206,12 @@ def load_weights(name_or_path: str, device: Optional[str]):
 
 
 def make_predictor(args: argparse.Namespace, model):
+    """The ``Predictor`` the parsed arguments describe (``settings.PredictSettings``)."""
     from ..allocator import retain_freed_memory
-    from ..inference import OFFICIAL_TILING, Predictor
+    from ..settings import PredictSettings
 
     retain_freed_memory()  # a command-line process: reuse freed layer memory instead of page-faulting new
-    tiling = OFFICIAL_TILING if getattr(args, "official_tiling", False) else None
-    return Predictor(
-        model,
-        model_voxel_size=getattr(args, "model_voxel_size", None),
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=None if args.device == "auto" else args.device,
-        half=args.half,
-        tiling=tiling,
-        tta=getattr(args, "tta", False),
-        tune="force" if getattr(args, "autotune", False) else "auto",
-    )
+    return PredictSettings.from_args(args).predictor(model)
 
 
 def check_output_path(path: str, overwrite: bool) -> None:
